@@ -1,0 +1,27 @@
+"""layerwise: compress trained neural networks layer by layer.
+
+Python API (the CLI calls the same functions):
+    layerwise.load(spec)                    -> LoadedModel (zoo:NAME, directory, hub id)
+    layerwise.evaluate(model, data=...)     -> EvalReport
+    layerwise.data.load_corpus(name)        -> Corpus
+    layerwise.data.calibration_samples(...) -> LongTensor [n, L]
+    layerwise.zoo.load(name)                -> LoadedModel
+"""
+__version__ = "0.1.0"
+
+from .errors import ConfigError, DataError, LayerwiseError, ModelLoadError  # noqa: E402
+
+
+def load(spec: str, **kwargs):
+    from .models.loader import load_model
+
+    return load_model(spec, **kwargs)
+
+
+def evaluate(model, **kwargs):
+    from .eval import evaluate as _evaluate
+
+    return _evaluate(model, **kwargs)
+
+
+__all__ = ["__version__", "load", "evaluate", "LayerwiseError", "ConfigError", "DataError", "ModelLoadError"]

@@ -1,0 +1,126 @@
+"""`layerwise eval`: one call measuring quality, fidelity and speed of a model on a corpus."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data.corpora import load_corpus
+from ..data.tokens import eval_windows
+from ..errors import DataError
+from ..models.loader import LoadedModel, is_causal_lm
+from .fidelity import AgreementResult, EmbeddingResult, agreement, embedding_fidelity, texts_for_encoder
+from .perplexity import PerplexityResult, perplexity
+from .speed import SpeedResult, bytes_on_disk, count_parameters, measure_speed, model_bytes
+
+
+@dataclass
+class EvalReport:
+    model: str
+    data: str
+    split: str
+    kind: str                              # "causal-lm" or "encoder"
+    parameters: int
+    nonzero_parameters: int
+    model_mb: float
+    bytes_on_disk: int | None
+    perplexity: PerplexityResult | None = None
+    agreement: AgreementResult | None = None
+    embedding: EmbeddingResult | None = None
+    speed: SpeedResult | None = None
+    reference: str | None = None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("perplexity", "agreement", "embedding", "speed")}
+        for k in ("perplexity", "agreement", "embedding", "speed"):
+            v = getattr(self, k)
+            d[k] = v.to_dict() if v is not None else None
+        return d
+
+    def rows(self) -> list[tuple[str, str]]:
+        r = [("model", self.model), ("kind", self.kind), ("data", f"{self.data} / {self.split}"),
+             ("parameters", f"{self.parameters:,}")]
+        if self.nonzero_parameters != self.parameters:
+            r.append(("non-zero parameters", f"{self.nonzero_parameters:,} "
+                      f"({1 - self.nonzero_parameters / self.parameters:.1%} zeros)"))
+        r.append(("weights in memory", f"{self.model_mb:.1f} MB"))
+        if self.bytes_on_disk is not None:
+            r.append(("bytes on disk", f"{self.bytes_on_disk:,}"))
+        if self.perplexity:
+            p = self.perplexity
+            r.append(("perplexity", f"{p.perplexity:.3f}  ({p.windows} windows x {p.seqlen}, {p.tokens:,} tokens)"))
+        if self.agreement:
+            a = self.agreement
+            r.append((f"top-1 agreement vs {self.reference}", f"{a.top1_agreement:.4f}"))
+            r.append((f"KL(reference || model)", f"{a.kl_divergence:.5f} nats/token"))
+        if self.embedding:
+            e = self.embedding
+            r.append((f"embedding cosine vs {self.reference}", f"mean {e.cosine_mean:.5f}, min {e.cosine_min:.5f} "
+                      f"({e.texts} texts)"))
+        if self.speed:
+            s = self.speed
+            r.append(("prefill", f"{s.prefill_tokens_per_s:,.0f} tokens/s (batch 1 x {s.prefill_len})"))
+            if s.decode_tokens_per_s:
+                r.append(("decode", f"{s.decode_tokens_per_s:,.1f} tokens/s ({s.decode_len} greedy steps, KV cache)"))
+            r.append(("peak RSS", f"{s.peak_rss_mb:,.0f} MB  ({s.device}, {s.threads} threads)"))
+        r.append(("evaluation time", f"{self.seconds:.1f} s"))
+        return r
+
+
+def _as_loaded(model) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        from ..models.loader import load_model
+
+        return load_model(model)
+    if isinstance(model, torch.nn.Module):
+        return LoadedModel(model, None, source=type(model).__name__)
+    raise DataError(f"cannot evaluate an object of type {type(model).__name__}")
+
+
+def evaluate(model, data: str = "stdlib", split: str = "validation", seqlen: int = 256,
+             max_windows: int | None = None, batch_size: int = 8, reference=None, tokenizer=None,
+             speed: bool = True, max_texts: int = 256) -> EvalReport:
+    """Evaluate `model` (a `LoadedModel`, a `zoo:`/path/hub spec, or an `nn.Module` with `tokenizer`)."""
+    t0 = time.perf_counter()
+    lm = _as_loaded(model)
+    tok = tokenizer or lm.tokenizer
+    if tok is None:
+        raise DataError(f"model {lm.source} has no tokenizer; pass --tokenizer PATH or zoo:NAME")
+    ref = _as_loaded(reference) if reference is not None else None
+    net = lm.model
+    net.eval()
+    causal = is_causal_lm(net)
+    corpus = load_corpus(data)
+    report = EvalReport(model=lm.source, data=corpus.name, split=split,
+                        kind="causal-lm" if causal else "encoder",
+                        parameters=count_parameters(net), nonzero_parameters=count_parameters(net, nonzero=True),
+                        model_mb=model_bytes(net) / 2**20,
+                        bytes_on_disk=bytes_on_disk(net, lm.path) if lm.path else None,
+                        reference=ref.source if ref else None)
+    max_pos = getattr(net.config, "max_position_embeddings", None) or getattr(net.config, "n_positions", None)
+    if max_pos is not None and seqlen > max_pos:
+        raise DataError(f"--seqlen {seqlen} exceeds the model's {max_pos} positions")
+    with torch.no_grad():
+        if causal:
+            windows = eval_windows(corpus, tok, seqlen, split, max_windows)
+            report.perplexity = perplexity(net, windows, batch_size)
+            if ref is not None:
+                report.agreement = agreement(net, ref.model, windows, batch_size)
+            sample = windows[:1]
+            if speed:
+                report.speed = measure_speed(net, sample, causal=True)
+        else:
+            texts = texts_for_encoder(corpus.split(split), max_texts=max_texts)
+            if ref is not None:
+                report.embedding = embedding_fidelity(net, ref.model, tok, texts, seqlen=min(seqlen, 128))
+            if speed:
+                enc = tok(texts[:1] * 1, truncation=True, max_length=min(seqlen, 128), return_tensors="pt")
+                report.speed = measure_speed(net, enc["input_ids"], causal=False,
+                                             attention_mask=enc.get("attention_mask"))
+    report.seconds = time.perf_counter() - t0
+    return report

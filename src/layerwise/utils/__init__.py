@@ -1,0 +1,1 @@
+"""Small helpers shared by several modules (seeding, hashing, atomic output, threads)."""

@@ -1,0 +1,73 @@
+"""Model cards: card.json (for programs), README.md (for people) and curve.png."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_curve(card: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = card.get("curve") or []
+    if not curve:
+        return
+    tokens = [c["tokens"] / 1e6 for c in curve]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot(tokens, [c["train_loss"] for c in curve], label="train loss (mean since last point)")
+    ax[0].plot(tokens, [c["val_loss"] for c in curve], label="validation loss")
+    ax[0].set_xlabel("tokens seen (M)")
+    ax[0].set_ylabel("cross-entropy (nats)")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(tokens, [c["val_ppl"] for c in curve], color="C1")
+    ax[1].set_yscale("log")
+    ax[1].set_xlabel("tokens seen (M)")
+    ax[1].set_ylabel("validation perplexity")
+    fig.suptitle(f"{card['name']}: {card['parameters'] / 1e6:.2f}M params, {card['corpus']['source']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def card_markdown(card: dict) -> str:
+    t, e, c = card["training"], card["eval"], card["corpus"]
+    cfg = card["config"]
+    lines = [
+        f"# {card['name']}",
+        "",
+        card["description"],
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | `{card['architecture']}` (stock transformers) |",
+        f"| parameters | {card['parameters']:,} |",
+        f"| config | " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) + " |",
+        f"| corpus | `{c['source']}` — Python {c.get('python', '?')}, {c['documents']} documents, "
+        f"{c['characters']:,} characters; train split sha256 `{c['train']['sha256'][:16]}…` |",
+        f"| tokenizer | {card['tokenizer']['type']}, {card['tokenizer']['vocab_size']} tokens, "
+        f"trained on {card['tokenizer']['trained_on']} |",
+        f"| seed | {t['seed']} |",
+        f"| steps | {t['steps']:,} × {t['batch_size']} × {t['seqlen']} tokens |",
+        f"| tokens seen | {t['tokens_seen']:,} ({t['epochs']:.1f} epochs of the train split) |",
+        f"| optimizer | {t['optimizer']}, lr {t['lr']}, {t['schedule']}, clip {t['grad_clip']} |",
+        f"| wall time | {t['wall_time_s'] / 60:.1f} min on {t['machine']}, {t['threads']} threads, {t['precision']} |",
+        f"| stack | Python {t['python']}, torch {t['torch']}, transformers {t['transformers']} |",
+        f"| validation perplexity | **{e['perplexity']:.3f}** ({e['windows']} windows × {e['seqlen']} tokens, "
+        f"{e['tokens']:,} scored tokens) |",
+        f"| test perplexity | {e['test_perplexity']:.3f} |",
+        "",
+        "Reproduce the validation number: `layerwise eval zoo:%s --data stdlib`." % card["name"],
+        "",
+        "![training curve](curve.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card_files(directory: Path, card: dict) -> None:
+    directory = Path(directory)
+    (directory / "card.json").write_text(json.dumps(card, indent=1, sort_keys=False) + "\n")
+    (directory / "README.md").write_text(card_markdown(card))
+    plot_curve(card, directory / "curve.png")

@@ -1,0 +1,68 @@
+"""The reference models: stock `transformers` architectures, trained deterministically on `stdlib`.
+
+They are deliberately narrow and trained for many tokens per parameter: a wide, undertrained model
+loses almost nothing under compression and makes every method look equally good.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    name: str
+    description: str
+    architecture: str                 # transformers config class family
+    config: dict                      # kwargs of the config class (vocab_size comes from the tokenizer)
+    corpus: str = "stdlib"
+    vocab_size: int = 4096
+    seqlen: int = 256
+    batch_size: int = 16
+    steps: int = 1000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 100
+    eval_windows: int = 64            # windows of the validation split scored during training
+    checkpoint_every: int = 100
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seqlen
+
+
+SPECS: dict[str, ZooSpec] = {}
+
+
+def register(spec: ZooSpec) -> ZooSpec:
+    SPECS[spec.name] = spec
+    return spec
+
+
+register(ZooSpec(
+    name="llama-tiny",
+    description="4-block Llama (GQA 4/2 heads, hidden 128): fast tests and quick demos",
+    architecture="llama",
+    config=dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5,
+                rope_theta=10000.0, tie_word_embeddings=False, attention_bias=False, mlp_bias=False),
+    steps=1500, lr=3e-3, warmup=100, eval_every=100, checkpoint_every=100, seed=0,
+))
+
+register(ZooSpec(
+    name="llama-12l",
+    description="12-block Llama (GQA 4/2 heads, hidden 128): the reference model for benchmarks",
+    architecture="llama",
+    config=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=12, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5,
+                rope_theta=10000.0, tie_word_embeddings=False, attention_bias=False, mlp_bias=False),
+    steps=3000, lr=2e-3, warmup=150, eval_every=150, checkpoint_every=100, seed=0,
+))
