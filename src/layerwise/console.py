@@ -13,7 +13,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
 T = TypeVar("T")
 
 # Tables and results go to stdout; progress and warnings to stderr so `--json` output stays clean.
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)
 
 

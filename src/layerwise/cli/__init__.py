@@ -18,6 +18,7 @@ from ..errors import LayerwiseError
 from .app import app
 from . import demo as _demo  # noqa: F401  (registers commands)
 from . import evaluate as _evaluate  # noqa: F401
+from . import prune as _prune  # noqa: F401
 from . import zoo as _zoo  # noqa: F401
 
 

@@ -76,7 +76,7 @@ def _load_from_dir(path: Path, dtype: torch.dtype, tokenizer: str | None):
     except (ValueError, OSError, json.JSONDecodeError, KeyError) as e:
         raise ModelLoadError(f"cannot read {path / 'config.json'}: {e}") from e
     # `layerwise.load` restores models whose per-layer shapes differ from the stock config.
-    if (path / "layerwise_plan.json").exists() or (path / "plan.json").exists():
+    if (path / "layerwise_model.json").exists():
         try:
             from ..io import load as lw_load  # noqa: WPS433 (optional, added by the export stage)
         except ImportError:

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from ..console import console
+from .app import app
+
+
+@app.command("prune")
+def prune_cmd(
+    model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id."),
+    method: str = typer.Option("wanda", "--method", "-m", help="magnitude | wanda | sparsegpt."),
+    sparsity: float = typer.Option(0.5, "--sparsity", "-s", help="Fraction of weights to remove, in [0, 1)."),
+    nm: Optional[str] = typer.Option(None, "--nm", help="Semi-structured N:M (keep N of every M), e.g. 2:4."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (written atomically)."),
+    calib: str = typer.Option("stdlib", "--calib", help="Calibration corpus: stdlib, text:PATH, hf:NAME."),
+    nsamples: int = typer.Option(128, help="Calibration sequences."),
+    seqlen: int = typer.Option(256, help="Tokens per calibration sequence."),
+    seed: int = typer.Option(0, help="Seed of the calibration sample."),
+    targets: Optional[List[str]] = typer.Option(None, "--targets", help="Only these linears (substring or re:REGEX); repeatable."),
+    ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="Skip these linears (substring or re:REGEX); repeatable."),
+    plan: Optional[str] = typer.Option(None, "--plan", help="Replay a (hand-edited) plan.json instead of --sparsity."),
+    allocation: str = typer.Option("uniform", "--allocation", help="Per-layer sparsity allocation."),
+    propagate: str = typer.Option("pruned", help="Feed the next block the pruned (default) or dense outputs."),
+    batch_size: int = typer.Option(8, help="Calibration sequences per block forward."),
+    in_memory: bool = typer.Option(False, "--in-memory", help="Load the whole model instead of streaming blocks."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run at its last finished block."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory or zoo:NAME if the model has none."),
+    evaluate: bool = typer.Option(False, "--eval", help="Measure validation perplexity before and after."),
+):
+    """Prune the linears of every block to a sparsity, block by block, and save a reloadable checkpoint.
+
+    Example: layerwise prune zoo:llama-12l --method sparsegpt --sparsity 0.5 --out runs/sgpt50
+    """
+    from ..pipeline.prune import prune
+
+    res = prune(model, method=method, sparsity=sparsity, nm=nm, calib=calib, nsamples=nsamples, seqlen=seqlen,
+                seed=seed, targets=targets, ignore=ignore, plan=plan, allocation=allocation, out=out,
+                overwrite=overwrite, resume=resume, propagate=propagate, batch_size=batch_size,
+                stream=False if in_memory else None, tokenizer=tokenizer, evaluate=evaluate)
+    console.print(res.plan.table(f"plan: {method}", max_rows=40))
+    t = res.timings
+    console.print(f"time: {t['total_s']:.1f} s (capture {t['capture_s']:.1f}, forward {t['forward_s']:.1f}, "
+                  f"statistics {t['stats_s']:.1f}, solve {t['solve_s']:.1f}, io {t['io_s']:.1f})")
+    if res.metrics:
+        console.print("perplexity: " + ", ".join(f"{k} {v:.3f}" for k, v in res.metrics.items()))
+    if res.out:
+        console.print(f"wrote {res.out} (plan.json, manifest.json, report.md)")

@@ -1,0 +1,174 @@
+"""The block-by-block engine.
+
+For each block: collect input statistics of its linears over the calibration batches (one pass of
+the still-dense block), run the block's action (prune, quantize, ...), then feed the *compressed*
+block's outputs to the next block (`propagate="pruned"`, the default of Wanda/SparseGPT) or the
+dense outputs from the first pass (`propagate="dense"`). Only one block needs to be materialized.
+After each block an atomic checkpoint (next block, propagated activations, plan rows) lets a killed
+run resume at the last finished block with the same result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..console import progress_bar
+from ..errors import ConfigError
+from .capture import BlockBatch, capture_block_inputs, check_finite
+from .stats import InputStats, StatsCollector
+from .store import BlockStore
+
+PROPAGATE = ("pruned", "dense")
+STATE_FILE = "engine_state.pt"
+
+
+@dataclass
+class Timings:
+    capture_s: float = 0.0
+    forward_s: float = 0.0      # block forward passes (statistics pass without hook time + propagation)
+    stats_s: float = 0.0        # time inside the statistics hooks
+    solve_s: float = 0.0        # the action itself (mask selection, OBS updates, rounding, ...)
+    io_s: float = 0.0           # loading / writing blocks and checkpoints
+    total_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BlockWork:
+    """What an action receives for one block."""
+
+    index: int
+    block: torch.nn.Module
+    linears: list            # list[LinearRef] selected for this block
+    stats: dict[str, InputStats]
+    batches: list[BlockBatch]
+
+
+Action = Callable[[BlockWork], list[dict]]
+
+
+@dataclass
+class EngineResult:
+    rows: list[dict] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+    final_hidden: list[torch.Tensor] | None = None
+    resumed_from: int = 0
+    propagate: str = "pruned"
+    first_ids: torch.Tensor | None = None
+
+
+class Checkpointer:
+    def __init__(self, directory: Path, fingerprint: str):
+        self.dir = Path(directory)
+        self.fingerprint = fingerprint
+
+    @property
+    def path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"the partial run in {self.dir} was started with other options; "
+                              "rerun with the same options or without --resume")
+        return state
+
+    def save(self, next_block: int, hidden: list[torch.Tensor], rows: list[dict], timings: Timings) -> None:
+        tmp = self.dir / f".{STATE_FILE}.tmp"
+        torch.save({"fingerprint": self.fingerprint, "next_block": next_block, "hidden": hidden,
+                    "rows": rows, "timings": timings.to_dict()}, tmp)
+        os.replace(tmp, self.path)
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class _Interrupt(KeyboardInterrupt):
+    pass
+
+
+def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
+                   select: Callable[[str], bool] = lambda name: True, gram: bool = True,
+                   propagate: str = "pruned", batch_size: int = 8, checkpointer: Checkpointer | None = None,
+                   description: str = "compress") -> EngineResult:
+    if propagate not in PROPAGATE:
+        raise ConfigError(f"propagate must be one of {', '.join(PROPAGATE)} (got {propagate!r})")
+    adapter = store.adapter
+    res = EngineResult()
+    t_all = time.perf_counter()
+    t0 = time.perf_counter()
+    batches = capture_block_inputs(store.model, adapter, samples, batch_size)
+    res.timings.capture_s = time.perf_counter() - t0
+    start = 0
+    if checkpointer is not None:
+        state = checkpointer.load()
+        if state is not None:
+            start = state["next_block"]
+            res.rows = state["rows"]
+            res.timings = Timings(**state["timings"])
+            for b, h in zip(batches, state["hidden"]):
+                b.hidden = h
+            t0 = time.perf_counter()
+            for i in range(start):
+                store.restore_block(i)
+            res.timings.io_s += time.perf_counter() - t0
+            res.resumed_from = start
+    stop_after = os.environ.get("LAYERWISE_STOP_AFTER_BLOCK")  # test hook: simulate a kill
+    n = adapter.num_blocks
+    with torch.no_grad(), progress_bar() as prog:
+        task = prog.add_task(description, total=n, completed=start, info="")
+        for i in range(start, n):
+            t0 = time.perf_counter()
+            block = store.load_block(i)
+            res.timings.io_s += time.perf_counter() - t0
+            refs = [r for r in adapter.linears(i, block) if select(r.name)]
+            prog.update(task, info=f"block {i}: statistics")
+            dense_out: list[torch.Tensor] = []
+            t0 = time.perf_counter()
+            with StatsCollector(refs, gram=gram) as coll:
+                for b in batches:
+                    out = adapter.call_block(block, b.hidden, b.args, b.kwargs)
+                    coll.end_batch()
+                    if propagate == "dense":
+                        dense_out.append(out)
+            res.timings.stats_s += coll.seconds
+            res.timings.forward_s += time.perf_counter() - t0 - coll.seconds
+            prog.update(task, info=f"block {i}: solve")
+            t0 = time.perf_counter()
+            rows = action(BlockWork(i, block, refs, coll.stats, batches)) if refs else []
+            res.timings.solve_s += time.perf_counter() - t0
+            res.rows.extend(rows)
+            del coll
+            t0 = time.perf_counter()
+            if propagate == "pruned":
+                new = [adapter.call_block(block, b.hidden, b.args, b.kwargs) for b in batches]
+            else:
+                new = dense_out
+            res.timings.forward_s += time.perf_counter() - t0
+            for h in new:
+                check_finite(h, f"leaving block {i}")
+            for b, h in zip(batches, new):
+                b.hidden = h
+            t0 = time.perf_counter()
+            store.release_block(i)
+            if checkpointer is not None:
+                checkpointer.save(i + 1, [b.hidden for b in batches], res.rows, res.timings)
+            res.timings.io_s += time.perf_counter() - t0
+            prog.advance(task)
+            if stop_after is not None and i + 1 == int(stop_after) and i + 1 < n:
+                raise _Interrupt(f"stopped after block {i} (LAYERWISE_STOP_AFTER_BLOCK)")
+    res.final_hidden = [b.hidden for b in batches]
+    res.timings.total_s += time.perf_counter() - t_all
+    return res

@@ -1,0 +1,100 @@
+"""Per-linear input statistics accumulated by forward hooks, in float64.
+
+Linears that receive the very same input tensor (q/k/v; gate/up) share one accumulator, so the
+Gram matrix of an input is computed once however many linears read it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.adapters import LinearRef
+
+
+@dataclass
+class InputStats:
+    columns: int
+    gram: bool
+    tokens: int = 0
+    sequences: int = 0
+    sq: torch.Tensor | None = None          # Σ_t x_tj²           [in]
+    H: torch.Tensor | None = None           # Σ_t x_t x_tᵀ        [in, in]
+    readers: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.sq = torch.zeros(self.columns, dtype=torch.float64)
+        if self.gram:
+            self.H = torch.zeros(self.columns, self.columns, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach()
+        seqs = x.shape[0] if x.ndim == 3 else 1
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.tokens += x.shape[0]
+        self.sequences += seqs
+        self.sq += x.pow(2).sum(0, dtype=torch.float64)
+        if self.H is not None:
+            self.H += (x.t() @ x).double()
+
+    @property
+    def mean_sq(self) -> torch.Tensor:
+        """Mean of x_j² over tokens (Wanda's squared input-feature norm up to a constant)."""
+        return self.sq / max(1, self.tokens)
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """H = (2/T) Σ x xᵀ, the Hessian of the layer-wise squared error (SparseGPT / GPTQ)."""
+        assert self.H is not None, "Gram statistics were not collected"
+        return self.H * (2.0 / max(1, self.tokens))
+
+
+class StatsCollector:
+    def __init__(self, linears: list[LinearRef], gram: bool = True):
+        self.linears = linears
+        self.gram = gram
+        self.stats: dict[str, InputStats] = {}
+        self._owner: dict[str, str] = {}      # linear -> name of the linear whose accumulator it shares
+        self._batch_seen: dict[tuple, tuple] = {}
+        self._handles = []
+        self.seconds = 0.0
+        self._first_batch = True
+
+    def _hook(self, ref: LinearRef):
+        def fn(module, inputs):
+            t0 = time.perf_counter()
+            x = inputs[0]
+            if self._first_batch:
+                key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+                seen = self._batch_seen.get(key)
+                owner = seen[1] if seen is not None else None
+                if owner is None:
+                    # Holding the tensor keeps its address from being reused by a later input
+                    # of the same shape within this batch.
+                    self._batch_seen[key] = (x, ref.name)
+                    self._owner[ref.name] = ref.name
+                    self.stats[ref.name] = InputStats(x.shape[-1], self.gram)
+                else:
+                    self._owner[ref.name] = owner
+                    self.stats[ref.name] = self.stats[owner]
+                self.stats[ref.name].readers.append(ref.name)
+            if self._owner[ref.name] == ref.name:
+                self.stats[ref.name].add(x)
+            self.seconds += time.perf_counter() - t0
+        return fn
+
+    def __enter__(self):
+        for ref in self.linears:
+            self._handles.append(ref.module.register_forward_pre_hook(self._hook(ref)))
+        return self
+
+    def end_batch(self) -> None:
+        if self._first_batch:
+            self._first_batch = False
+            self._batch_seen.clear()
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

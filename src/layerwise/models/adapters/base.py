@@ -1,0 +1,192 @@
+"""Architecture adapters: where the blocks are, which linears they hold, how a block is called.
+
+One adapter serves a family of architectures. Adding an architecture is one file that subclasses
+`Adapter` and registers itself. The sequential engine, the pruners and the exporters only talk to
+models through an adapter.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+def _conv1d_types() -> tuple:
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        return (Conv1D,)
+    except ImportError:  # pragma: no cover
+        return ()
+
+
+CONV1D = _conv1d_types()
+
+
+@dataclass
+class LinearRef:
+    """A linear layer inside a block, seen as an `out × in` matrix whatever its storage."""
+
+    name: str                # full module name in the model, e.g. "model.layers.3.mlp.down_proj"
+    local: str               # name inside the block, e.g. "mlp.down_proj"
+    block: int
+    module: nn.Module
+
+    @property
+    def transposed(self) -> bool:
+        return isinstance(self.module, CONV1D)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as `out × in` (a transposed view for GPT-2's Conv1D)."""
+        w = self.module.weight
+        return w.t() if self.transposed else w
+
+    def set_weight(self, w: torch.Tensor) -> None:
+        with torch.no_grad():
+            tgt = self.module.weight
+            tgt.copy_((w.t() if self.transposed else w).to(tgt.dtype))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        w = self.weight
+        return int(w.shape[0]), int(w.shape[1])
+
+    @property
+    def numel(self) -> int:
+        return self.module.weight.numel()
+
+
+class StopForward(Exception):
+    """Raised by the capture hook to end a forward pass once block 0's inputs are recorded."""
+
+
+class Adapter:
+    """Generic adapter driven by a dotted path to the block list; subclasses add specifics."""
+
+    name: ClassVar[str] = "generic"
+    model_types: ClassVar[tuple[str, ...]] = ()
+    blocks_path: ClassVar[str] = ""
+    # Modules outside the blocks that are never pruned by default.
+    default_ignore: ClassVar[tuple[str, ...]] = ("lm_head", "embed", "wte", "wpe", "pooler")
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    # --- structure ----------------------------------------------------------------------------
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        mt = getattr(getattr(model, "config", None), "model_type", None)
+        return mt in cls.model_types and cls._resolve(model, cls.blocks_path) is not None
+
+    @staticmethod
+    def _resolve(root: nn.Module, path: str) -> Any:
+        obj: Any = root
+        for part in path.split("."):
+            if not hasattr(obj, part):
+                return None
+            obj = getattr(obj, part)
+        return obj
+
+    def block_list(self) -> nn.ModuleList:
+        blocks = self._resolve(self.model, self.blocks_path)
+        if blocks is None:
+            raise AttributeError(f"{type(self.model).__name__} has no {self.blocks_path}")
+        return blocks
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_list())
+
+    def block_prefix(self, i: int) -> str:
+        return f"{self.blocks_path}.{i}"
+
+    def linears(self, i: int, block: nn.Module | None = None) -> list[LinearRef]:
+        block = self.block_list()[i] if block is None else block
+        out = []
+        for local, mod in block.named_modules():
+            if isinstance(mod, nn.Linear) or (CONV1D and isinstance(mod, CONV1D)):
+                out.append(LinearRef(f"{self.block_prefix(i)}.{local}", local, i, mod))
+        return out
+
+    def all_linears(self) -> list[LinearRef]:
+        return [ref for i in range(self.num_blocks) for ref in self.linears(i)]
+
+    # --- running one block ---------------------------------------------------------------------
+    def call_block(self, block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        out = block(hidden, *args, **kwargs)
+        # Older transformers return (hidden, ...); newer return the tensor. Never index a tensor.
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out
+
+    def clean_kwargs(self, kwargs: dict) -> dict:
+        kw = dict(kwargs)
+        for k in ("cache", "past_key_value", "past_key_values", "layer_past"):
+            if k in kw:
+                kw[k] = None
+        if "use_cache" in kw:
+            kw["use_cache"] = False
+        kw.pop("output_attentions", None)
+        return kw
+
+    def clean_args(self, args: tuple) -> tuple:
+        return args
+
+    def model_inputs(self, ids: torch.Tensor) -> dict:
+        return {"input_ids": ids}
+
+    # --- config bookkeeping ---------------------------------------------------------------------
+    def config_num_blocks_key(self) -> str:
+        return "num_hidden_layers"
+
+    def describe(self) -> str:
+        return f"{self.name} adapter: {self.num_blocks} blocks at {self.blocks_path}"
+
+
+ADAPTERS: list[type[Adapter]] = []
+
+
+def register(cls: type[Adapter]) -> type[Adapter]:
+    ADAPTERS.append(cls)
+    return cls
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    for cls in ADAPTERS:
+        if cls.matches(model):
+            return cls(model)
+    mt = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    from ...errors import ConfigError
+
+    supported = sorted({t for c in ADAPTERS for t in c.model_types})
+    raise ConfigError(f"no adapter for model type '{mt}'; supported: {', '.join(supported)}")
+
+
+def compile_patterns(patterns: list[str] | None) -> list:
+    """Module selectors: a plain string matches as a substring of the name, `re:...` as a regex."""
+    out = []
+    for p in patterns or []:
+        if p.startswith("re:"):
+            try:
+                out.append(re.compile(p[3:]))
+            except re.error as e:
+                from ...errors import ConfigError
+
+                raise ConfigError(f"bad regular expression {p!r}: {e}") from e
+        else:
+            out.append(p)
+    return out
+
+
+def name_matches(name: str, patterns: list) -> bool:
+    for p in patterns:
+        if isinstance(p, str):
+            if p in name:
+                return True
+        elif p.search(name):
+            return True
+    return False

@@ -1,0 +1,211 @@
+"""`layerwise prune`: calibrate, plan, prune block by block, export, verify."""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..console import console, info
+from ..data.tokens import calibration_samples
+from ..engine import Checkpointer, InMemoryStore, LazyStore, fingerprint, run_sequential
+from ..engine.sequential import BlockWork
+from ..errors import ConfigError, DataError, LayerwiseError
+from ..models.adapters import compile_patterns, get_adapter, name_matches
+from ..plan import Plan, PlanRow
+from ..prune import PRUNERS, Budget, check_sparsity, get_pruner, nm_str, parse_nm
+from ..utils.hf import quiet
+from .output import OutputDir
+from .source import resolve
+
+
+@dataclass
+class PruneResult:
+    plan: Plan
+    out: Path | None
+    model: nn.Module | None
+    timings: dict
+    metrics: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+
+
+def uniform_plan(linears, method: str, sparsity: float, nm: tuple | None) -> Plan:
+    rows = [PlanRow(name=r.name, block=r.block, shape=r.shape, sparsity=0.0 if nm else sparsity,
+                    pattern=nm_str(nm), method=method) for r in linears]
+    return Plan(rows, {"allocation": "uniform", "target_sparsity": (1 - nm[0] / nm[1]) if nm else sparsity,
+                       "method": method, "pattern": nm_str(nm)})
+
+
+def select_linears(adapter, targets: list[str] | None, ignore: list[str] | None):
+    inc = compile_patterns(targets)
+    exc = compile_patterns(ignore)
+    all_lin = adapter.all_linears()
+    chosen = [r for r in all_lin if (not inc or name_matches(r.name, inc)) and not name_matches(r.name, exc)]
+    if not chosen:
+        what = f"--targets {' '.join(targets)}" if targets else "the selection"
+        raise ConfigError(f"{what} matches no linear layer inside the blocks "
+                          f"(e.g. {all_lin[0].name if all_lin else 'none'})")
+    for pat, raw in zip(inc, targets or []):
+        if not any(name_matches(r.name, [pat]) for r in all_lin):
+            raise ConfigError(f"target pattern {raw!r} matches no linear layer inside the blocks")
+    return chosen
+
+
+def make_prune_action(plan: Plan, pruners: dict):
+    rows = plan.by_name()
+
+    def action(work: BlockWork) -> list[dict]:
+        done = []
+        for ref in work.linears:
+            row = rows[ref.name]
+            t0 = time.perf_counter()
+            budget = Budget(row.sparsity, parse_nm(row.pattern) if row.pattern != "unstructured" else None)
+            W = ref.weight.detach().float().clone()
+            st = work.stats[ref.name]
+            out = pruners[row.method].prune(W, st, budget)
+            ref.set_weight(out.weight)
+            Wn = ref.weight.detach().double()
+            dW = W.double() - Wn
+            if st.H is not None:
+                H = st.H
+                num = float(((dW @ H) * dW).sum())
+                den = float(((W.double() @ H) * W.double()).sum())
+                row.recon_error = num / den if den > 0 else 0.0
+            row.zeros_planned = budget.planned_zeros(ref.shape)
+            row.zeros = int((Wn == 0).sum())
+            row.damping = out.info.get("damping")
+            row.seconds = time.perf_counter() - t0
+            done.append(row.to_dict())
+        return done
+
+    return action
+
+
+def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib: str = "stdlib",
+          nsamples: int = 128, seqlen: int = 256, seed: int = 0, targets: list[str] | None = None,
+          ignore: list[str] | None = None, plan: str | Plan | None = None, allocation: str = "uniform",
+          out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
+          propagate: str = "pruned", batch_size: int = 8, stream: bool | None = None, tokenizer=None,
+          evaluate: bool = False, eval_windows: int = 200, command: str | None = None,
+          plan_hook=None) -> PruneResult:
+    """Prune `model` layer by layer. Returns the plan (with what was done), and the model when it
+    was processed in memory. With `out`, writes a reloadable checkpoint + plan + manifest + report."""
+    quiet()
+    t_start = time.perf_counter()
+    # --- validate everything before touching the model or the disk ---------------------------
+    if method not in PRUNERS:
+        raise ConfigError(f"unknown pruning method '{method}'; choose one of {', '.join(sorted(PRUNERS))}")
+    nm_t = parse_nm(nm)
+    sparsity = check_sparsity(sparsity)
+    if nsamples < 1 or seqlen < 2 or batch_size < 1:
+        raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
+    if propagate not in ("pruned", "dense"):
+        raise ConfigError(f"--propagate must be pruned or dense (got {propagate!r})")
+    output = OutputDir(out, overwrite=overwrite, resume=resume) if out is not None else None
+    if isinstance(plan, (str, Path)):
+        plan = Plan.load(plan)
+
+    src = resolve(model, tokenizer, load=not (stream is not False and out is not None))
+    if src.tokenizer is None:
+        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
+    if output is not None:
+        output.check_not_source(src.path)
+    use_stream = src.loaded is None
+    try:
+        partial = output.begin() if output is not None else None
+        store = (LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial))
+        adapter = store.adapter
+        shapes = {r.name: r.shape for r in adapter.all_linears()}
+        if plan is None:
+            chosen = select_linears(adapter, targets, ignore)
+            if allocation != "uniform" and plan_hook is None:
+                raise ConfigError(f"unknown allocation '{allocation}'; available: uniform")
+            plan = uniform_plan(chosen, method, sparsity, nm_t)
+        else:
+            plan.validate(shapes, set(PRUNERS))
+        max_pos = getattr(store.model.config, "max_position_embeddings", None) or \
+            getattr(store.model.config, "n_positions", None)
+        if max_pos and seqlen > max_pos:
+            raise ConfigError(f"--seqlen {seqlen} exceeds the model's {max_pos} positions")
+        samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
+        if plan_hook is not None:
+            plan = plan_hook(store, plan, samples)
+            plan.validate(shapes, set(PRUNERS))
+        pruners = {m: get_pruner(m) for m in {r.method for r in plan.rows}}
+        metrics: dict = {}
+        if evaluate:
+            metrics["perplexity_dense"] = _perplexity(src, None, eval_windows)
+        need_gram = True  # reconstruction errors for the plan and report need the Gram matrix
+        selected = {r.name for r in plan.rows}
+        options = {"model": src.spec, "method": method, "sparsity": sparsity, "nm": nm_str(nm_t),
+                   "allocation": plan.meta.get("allocation", allocation), "calib": calib, "nsamples": nsamples,
+                   "seqlen": seqlen, "seed": seed, "propagate": propagate, "batch_size": batch_size,
+                   "targets": targets, "ignore": ignore, "streamed": use_stream}
+        ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [
+            (r.name, r.sparsity, r.pattern, r.method) for r in plan.rows]})) if partial else None
+        if output is not None and not resume:
+            output.reset_state()
+        res = run_sequential(store, samples, make_prune_action(plan, pruners), select=lambda n: n in selected,
+                             gram=need_gram, propagate=propagate, batch_size=batch_size, checkpointer=ckpt,
+                             description=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'}")
+        if res.resumed_from:
+            info(f"resumed at block {res.resumed_from}")
+            done = {d["name"]: d for d in res.rows}
+            for r in plan.rows:
+                if r.name in done:
+                    for k, v in done[r.name].items():
+                        if k not in ("shape",):
+                            setattr(r, k, v)
+        timings = res.timings.to_dict()
+        plan.meta.update({"measured_sparsity": plan.measured_sparsity()})
+        from ..io import build_manifest
+
+        plan_summary = {"linears": len(plan), "parameters": plan.total_params,
+                        "planned_sparsity": plan.mean_sparsity(), "measured_sparsity": plan.measured_sparsity()}
+        result_model = store.model if store.fully_in_memory else None
+        res.propagate = propagate
+        res.first_ids = samples[:batch_size]
+        if evaluate and result_model is not None:
+            metrics["perplexity"] = _perplexity(src, result_model, eval_windows)
+        timings["total_s"] = time.perf_counter() - t_start
+        manifest = build_manifest("prune", options, seed, timings, metrics, plan_summary, command)
+        out_path = None
+        if output is not None:
+            out_path = output.finish(store, src, plan, manifest, res, samples[:2],
+                                     title=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'} "
+                                           f"on {src.spec}")
+        if evaluate and result_model is None and out_path is not None:
+            from ..io import write_json
+            from ..models.loader import load_model
+
+            metrics["perplexity"] = _perplexity(src, load_model(str(out_path)).model, eval_windows)
+            manifest["metrics"] = metrics
+            write_json(out_path / "manifest.json", manifest)
+        return PruneResult(plan, out_path, result_model, timings, metrics, manifest)
+    except LayerwiseError:
+        if output is not None:
+            output.abort()
+        raise
+    except KeyboardInterrupt:
+        if output is not None:
+            output.interrupted()
+        raise
+
+
+def _perplexity(src, model: nn.Module | None, windows: int) -> float:
+    """Validation perplexity (first `windows` windows of stdlib); `None` = the source model."""
+    from ..data.tokens import eval_windows as windows_of
+    from ..eval import perplexity
+
+    if model is None:
+        if src.loaded is not None:
+            model = src.loaded.model
+        else:
+            from ..models.loader import load_model
+
+            model = load_model(src.spec).model
+    w = windows_of("stdlib", src.tokenizer, 256, "validation", windows)
+    return perplexity(model, w, batch_size=16).perplexity

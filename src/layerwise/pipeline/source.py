@@ -1,0 +1,72 @@
+"""Resolve what the user passed as MODEL into something the engine can run on."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from ..models.loader import LoadedModel, _load_tokenizer, load_model
+
+
+@dataclass
+class Source:
+    spec: str
+    path: Path | None           # a local save_pretrained directory, when there is one
+    loaded: LoadedModel | None  # the model in memory, when it was loaded (or given) whole
+    tokenizer: object
+
+    @property
+    def can_stream(self) -> bool:
+        return self.path is not None and (
+            (self.path / "model.safetensors").exists() or (self.path / "model.safetensors.index.json").exists())
+
+
+def resolve(model, tokenizer=None, load: bool = True) -> Source:
+    """`model`: zoo:NAME, a directory, a hub id, a LoadedModel or an nn.Module.
+
+    With `load=False` a local directory is only checked (config, weights, tokenizer), not loaded:
+    the engine can then stream its blocks.
+    """
+    if isinstance(model, LoadedModel):
+        return Source(model.source, model.path, model, tokenizer or model.tokenizer)
+    if isinstance(model, nn.Module):
+        return Source(type(model).__name__, None, LoadedModel(model, tokenizer, type(model).__name__), tokenizer)
+    if not isinstance(model, str):
+        raise ModelLoadError(f"cannot use an object of type {type(model).__name__} as a model")
+    path = None
+    if model.startswith("zoo:"):
+        from .. import zoo
+
+        path = zoo.path(model[4:])
+    elif Path(model).expanduser().exists():
+        path = Path(model).expanduser()
+    if path is not None and not load:
+        from ..models.loader import WEIGHT_FILES
+
+        if not path.is_dir():
+            raise ModelLoadError(f"model path {path} is not a directory")
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} has no config.json; not a save_pretrained model directory")
+        if not any((path / f).exists() for f in WEIGHT_FILES):
+            raise ModelLoadError(f"{path} has no weights (expected model.safetensors or pytorch_model.bin)")
+        tok = _load_tokenizer(path, tokenizer) if not (tokenizer is not None and not isinstance(tokenizer, str)) \
+            else tokenizer
+        return Source(model, path, None, tok)
+    lm = load_model(model, tokenizer=tokenizer if isinstance(tokenizer, str) else None)
+    tok = tokenizer if (tokenizer is not None and not isinstance(tokenizer, str)) else lm.tokenizer
+    return Source(model, lm.path, lm, tok)
+
+
+def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
+    from ..models.adapters import get_adapter
+
+    return {r.name: r.shape for r in get_adapter(model).all_linears()}
+
+
+def dtype_of(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        return p.dtype
+    return torch.float32

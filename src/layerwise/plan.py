@@ -1,0 +1,158 @@
+"""The Plan: one row per targeted linear with its scores and budgets.
+
+Analyze writes scores into it, an allocator fills the budgets, an action reads it and writes back
+what it did (zeros, reconstruction error, time). It is printed as a table, saved as JSON next to the
+weights, can be edited by hand, and replayed with `--plan FILE`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class PlanRow:
+    name: str                         # full module name
+    block: int
+    shape: tuple[int, int]            # out × in
+    sparsity: float = 0.0             # target fraction of zeros (unstructured)
+    pattern: str = "unstructured"     # or "N:M"
+    method: str = "wanda"
+    scores: dict = field(default_factory=dict)
+    # Filled in by the action:
+    zeros_planned: int | None = None
+    zeros: int | None = None
+    recon_error: float | None = None  # ‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖² on the calibration inputs
+    damping: float | None = None
+    seconds: float | None = None
+
+    @property
+    def params(self) -> int:
+        return int(self.shape[0]) * int(self.shape[1])
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass
+class Plan:
+    rows: list[PlanRow]
+    meta: dict = field(default_factory=dict)
+
+    # --- access ---------------------------------------------------------------------------------
+    def by_name(self) -> dict[str, PlanRow]:
+        return {r.name: r for r in self.rows}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def total_params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    def mean_sparsity(self) -> float:
+        """Parameter-weighted mean of the planned sparsity."""
+        tp = self.total_params
+        return sum(r.params * _row_sparsity(r) for r in self.rows) / tp if tp else 0.0
+
+    def measured_sparsity(self) -> float | None:
+        if any(r.zeros is None for r in self.rows):
+            return None
+        return sum(r.zeros for r in self.rows) / self.total_params
+
+    # --- persistence ------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"version": PLAN_VERSION, "meta": self.meta, "rows": [r.to_dict() for r in self.rows]}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "plan") -> "Plan":
+        if not isinstance(d, dict) or "rows" not in d:
+            raise ConfigError(f"{source}: not a layerwise plan (no 'rows')")
+        rows = []
+        known = set(PlanRow.__dataclass_fields__)
+        for i, r in enumerate(d["rows"]):
+            if not isinstance(r, dict) or "name" not in r:
+                raise ConfigError(f"{source}: row {i} has no 'name'")
+            extra = set(r) - known
+            if extra:
+                raise ConfigError(f"{source}: row {i} ({r['name']}) has unknown field(s) {', '.join(sorted(extra))}")
+            try:
+                row = PlanRow(**{**r, "shape": tuple(r.get("shape", (0, 0)))})
+            except TypeError as e:
+                raise ConfigError(f"{source}: row {i} ({r['name']}): {e}") from e
+            rows.append(row)
+        return cls(rows, d.get("meta", {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"plan file {path} does not exist")
+        try:
+            d = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"plan file {path} is not valid JSON: {e}") from e
+        return cls.from_dict(d, source=str(path))
+
+    # --- checks ---------------------------------------------------------------------------------
+    def validate(self, shapes: dict[str, tuple[int, int]] | None = None, methods: set[str] | None = None) -> None:
+        seen = set()
+        for r in self.rows:
+            if r.name in seen:
+                raise ConfigError(f"plan lists {r.name} twice")
+            seen.add(r.name)
+            if shapes is not None:
+                if r.name not in shapes:
+                    raise ConfigError(f"plan row {r.name} names no linear layer of this model")
+                if tuple(r.shape) != tuple(shapes[r.name]):
+                    raise ConfigError(f"plan row {r.name} has shape {tuple(r.shape)}, the model has "
+                                      f"{tuple(shapes[r.name])}")
+            if not isinstance(r.sparsity, (int, float)) or math.isnan(r.sparsity) or not 0 <= r.sparsity < 1:
+                raise ConfigError(f"plan row {r.name}: sparsity must be in [0, 1) (got {r.sparsity})")
+            if r.pattern != "unstructured":
+                from .prune.masks import parse_nm
+
+                n, m = parse_nm(r.pattern)
+                if r.shape[1] % m:
+                    raise ConfigError(f"plan row {r.name}: pattern {r.pattern} needs in_features divisible by {m}")
+            if methods is not None and r.method not in methods:
+                raise ConfigError(f"plan row {r.name}: unknown method '{r.method}'; choose one of "
+                                  f"{', '.join(sorted(methods))}")
+
+    # --- display --------------------------------------------------------------------------------
+    def table(self, title: str = "plan", max_rows: int | None = None):
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left")
+        for col in ("layer", "shape", "method", "pattern", "sparsity", "zeros", "recon err", "scores"):
+            t.add_column(col, justify="right" if col in ("sparsity", "zeros", "recon err") else "left")
+        rows = self.rows if max_rows is None else self.rows[:max_rows]
+        for r in rows:
+            t.add_row(r.name, f"{r.shape[0]}x{r.shape[1]}", r.method, r.pattern, f"{_row_sparsity(r):.3f}",
+                      "-" if r.zeros is None else f"{r.zeros:,}",
+                      "-" if r.recon_error is None else f"{r.recon_error:.4f}",
+                      " ".join(f"{k}={v:.3g}" for k, v in r.scores.items() if isinstance(v, (int, float))))
+        if max_rows is not None and len(self.rows) > max_rows:
+            t.add_row(f"... {len(self.rows) - max_rows} more", "", "", "", "", "", "", "")
+        ms = self.measured_sparsity()
+        t.caption = (f"{len(self.rows)} linears, {self.total_params:,} parameters, planned sparsity "
+                     f"{self.mean_sparsity():.4f}" + (f", measured {ms:.4f}" if ms is not None else ""))
+        return t
+
+
+def _row_sparsity(r: PlanRow) -> float:
+    if r.pattern != "unstructured":
+        n, m = (int(x) for x in r.pattern.split(":"))
+        return 1 - n / m
+    return r.sparsity

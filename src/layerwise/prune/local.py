@@ -1,0 +1,97 @@
+"""Magnitude, Wanda and SparseGPT."""
+from __future__ import annotations
+
+import torch
+
+from ..engine.stats import InputStats
+from ..linalg import damped_inverse_cholesky, largest_remainder
+from .base import Budget, PruneOutput, Pruner, register
+from .masks import lowest_in_matrix, lowest_per_row, nm_mask, row_counts
+
+
+@register
+class Magnitude(Pruner):
+    """Smallest |W| over the whole matrix (per-matrix threshold, the literature's baseline)."""
+
+    name = "magnitude"
+    description = "remove the smallest |W| of each matrix; no data needed"
+    needs_calibration = False
+
+    def prune(self, weight, stats, budget):
+        score = weight.abs()
+        if budget.nm:
+            mask = nm_mask(score, *budget.nm)
+        else:
+            mask = lowest_in_matrix(score, budget.planned_zeros(tuple(weight.shape)))
+        return PruneOutput(weight.masked_fill(mask, 0.0), {})
+
+
+@register
+class Wanda(Pruner):
+    """|W_ij| · ‖x_j‖ compared within each output row (Sun et al., 2024)."""
+
+    name = "wanda"
+    description = "|W| x input-feature norm, per output row; one forward pass, no weight update"
+
+    def prune(self, weight, stats: InputStats, budget):
+        score = weight.abs() * stats.mean_sq.sqrt().float().view(1, -1)
+        if budget.nm:
+            mask = nm_mask(score, *budget.nm)
+        else:
+            k = budget.planned_zeros(tuple(weight.shape))
+            mask = lowest_per_row(score, row_counts(weight.shape[0], k))
+        return PruneOutput(weight.masked_fill(mask, 0.0), {})
+
+
+@register
+class SparseGPT(Pruner):
+    """OBS column sweep with inverse-Hessian compensation (Frantar & Alistarh, 2023).
+
+    Columns are processed left to right in blocks of `blocksize`; inside a block the mask is chosen
+    jointly over rows × block columns from W²/diag(U)², each pruned column's error is pushed onto
+    the remaining columns of the block, and a lazy update carries it to later blocks. The count of
+    pruned entries is exact: the total is split over column blocks by largest remainder.
+    """
+
+    name = "sparsegpt"
+    description = "second-order (OBS) pruning with weight reconstruction from the layer Hessian"
+    needs_gram = True
+
+    def __init__(self, blocksize: int = 128, percdamp: float = 0.01):
+        self.blocksize = blocksize
+        self.percdamp = percdamp
+
+    def prune(self, weight, stats: InputStats, budget):
+        W = weight.float().clone()
+        r, c = W.shape
+        U, damp = damped_inverse_cholesky(stats.hessian, self.percdamp)
+        B = self.blocksize
+        starts = list(range(0, c, B))
+        if budget.nm is None:
+            k_total = budget.planned_zeros((r, c))
+            k_blocks = largest_remainder(k_total, [min(B, c - s) for s in starts])
+        for bi, i1 in enumerate(starts):
+            i2 = min(i1 + B, c)
+            W1 = W[:, i1:i2].clone()
+            Err = torch.zeros_like(W1)
+            U1 = U[i1:i2, i1:i2]
+            d = torch.diag(U1)
+            if budget.nm is None:
+                mask1 = lowest_in_matrix(W1.pow(2) / d.pow(2).view(1, -1), k_blocks[bi])
+            else:
+                mask1 = torch.zeros_like(W1, dtype=torch.bool)
+                n_keep, m = budget.nm
+            for t in range(i2 - i1):
+                if budget.nm is not None and t % m == 0:
+                    seg = W1[:, t:t + m].pow(2) / d[t:t + m].pow(2).view(1, -1)
+                    mask1[:, t:t + m] = nm_mask(seg, n_keep, m)
+                w = W1[:, t].clone()
+                q = w.masked_fill(mask1[:, t], 0.0)
+                err = (w - q) / d[t]
+                W1[:, t:] -= err.view(-1, 1) * U1[t, t:].view(1, -1)
+                W1[:, t] = q
+                Err[:, t] = err
+            W[:, i1:i2] = W1
+            if i2 < c:
+                W[:, i2:] -= Err @ U[i1:i2, i2:]
+        return PruneOutput(W, {"damping": damp})

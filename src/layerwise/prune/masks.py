@@ -1,0 +1,88 @@
+"""Exact-count selection of the weights to remove (True = prune).
+
+Everything selects with stable sorts, so ties are broken by position and the same scores always
+give the same mask; the number of pruned entries is exactly the requested count (the reference
+implementations' `score <= threshold` over-prunes on ties).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+
+
+def parse_nm(nm: str | tuple | None) -> tuple[int, int] | None:
+    """'2:4' → (2, 4): at most N non-zeros in every M consecutive inputs (NVIDIA semantics)."""
+    if nm is None or nm == "" or nm == "none":
+        return None
+    if isinstance(nm, tuple):
+        n, m = nm
+    else:
+        try:
+            n_s, m_s = str(nm).split(":")
+            n, m = int(n_s), int(m_s)
+        except ValueError as e:
+            raise ConfigError(f"--nm must look like N:M, e.g. 2:4 (got {nm!r})") from e
+    if not (1 <= n < m):
+        raise ConfigError(f"N:M needs 1 <= N < M (got {n}:{m}): N weights are kept in every group of M")
+    return int(n), int(m)
+
+
+def nm_str(nm: tuple[int, int] | None) -> str:
+    return "unstructured" if nm is None else f"{nm[0]}:{nm[1]}"
+
+
+def zeros_for(numel: int, sparsity: float) -> int:
+    return int(math.floor(sparsity * numel + 0.5))
+
+
+def check_sparsity(p: float, what: str = "sparsity") -> float:
+    try:
+        p = float(p)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{what} must be a number in [0, 1) (got {p!r})") from e
+    if not (0.0 <= p < 1.0) or math.isnan(p):
+        raise ConfigError(f"{what} must be in [0, 1) (got {p:g})")
+    return p
+
+
+def lowest_in_matrix(score: torch.Tensor, k: int) -> torch.Tensor:
+    mask = torch.zeros(score.numel(), dtype=torch.bool)
+    if k > 0:
+        order = torch.argsort(score.reshape(-1), stable=True)
+        mask[order[:k]] = True
+    return mask.view_as(score)
+
+
+def row_counts(rows: int, k: int) -> torch.Tensor:
+    """k spread over rows as evenly as possible (the first k % rows rows get one more)."""
+    base = torch.full((rows,), k // rows, dtype=torch.long)
+    base[: k % rows] += 1
+    return base
+
+
+def lowest_per_row(score: torch.Tensor, k_row: torch.Tensor) -> torch.Tensor:
+    r, c = score.shape
+    order = torch.argsort(score, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(c).expand(r, c).contiguous())
+    return rank < k_row.view(-1, 1)
+
+
+def nm_mask(score: torch.Tensor, n_keep: int, m: int) -> torch.Tensor:
+    r, c = score.shape
+    if c % m:
+        raise ConfigError(f"N:M with M={m} needs in_features divisible by {m} (got {c})")
+    g = score.reshape(r, c // m, m)
+    order = torch.argsort(g, dim=-1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(m).expand_as(order).contiguous())
+    return (rank < (m - n_keep)).reshape(r, c)
+
+
+def valid_nm(w: torch.Tensor, n: int, m: int) -> bool:
+    r, c = w.shape
+    nz = (w.reshape(r, c // m, m) != 0).sum(-1)
+    return bool((nz <= n).all())

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerwise.engine import InMemoryStore, LazyStore, capture_block_inputs, run_sequential
+from layerwise.models.adapters import get_adapter
+from tests.conftest import tiny_model
+
+ARCHS = ["llama", "qwen2", "mistral", "gpt2", "bert"]
+
+
+def _ids(n=4, L=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 4096, (n, L), generator=g)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_block_by_block_equals_full_forward(arch):
+    """Captured side inputs replayed block by block reproduce the model's own hidden states."""
+    model = tiny_model(arch)
+    adapter = get_adapter(model)
+    ids = _ids()
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+             for b in adapter.block_list()]
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    (batch,) = capture_block_inputs(model, adapter, ids, batch_size=4)
+    h = batch.hidden
+    with torch.no_grad():
+        for i, block in enumerate(adapter.block_list()):
+            h = adapter.call_block(block, h, batch.args, batch.kwargs)
+            assert torch.equal(h, seen[i]), f"block {i}"
+
+
+def test_gqa_layout_and_linears():
+    model = tiny_model("llama")
+    a = get_adapter(model)
+    assert a.attention_layout() == {"heads": 4, "kv_heads": 2, "head_dim": 16}
+    names = [r.local for r in a.linears(0)]
+    assert names == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    g = get_adapter(tiny_model("gpt2"))
+    ref = g.linears(0)[0]
+    assert ref.transposed and ref.shape == (3 * 64, 64)  # c_attn: out = 3·hidden, in = hidden
+
+
+def test_statistics_are_shared_by_linears_reading_the_same_input():
+    model = tiny_model("llama")
+    store = InMemoryStore(model)
+    seen = {}
+
+    def action(work):
+        seen.update({k: id(v) for k, v in work.stats.items()})
+        # Σ x² over tokens must equal the Gram diagonal.
+        for st in work.stats.values():
+            assert torch.allclose(st.sq, torch.diag(st.H))
+        return []
+
+    run_sequential(store, _ids(8), action, batch_size=3)
+    p = "model.layers.1."
+    groups = {seen[p + "self_attn.q_proj"], seen[p + "self_attn.o_proj"], seen[p + "mlp.gate_proj"],
+              seen[p + "mlp.down_proj"]}
+    assert len(groups) == 4
+    assert seen[p + "self_attn.q_proj"] == seen[p + "self_attn.k_proj"] == seen[p + "self_attn.v_proj"]
+    assert seen[p + "mlp.gate_proj"] == seen[p + "mlp.up_proj"]
+
+
+def test_noop_action_leaves_logits_identical():
+    model = tiny_model("llama")
+    ids = _ids()
+    before = model(input_ids=ids).logits
+    run_sequential(InMemoryStore(model), _ids(6, seed=1), lambda w: [], batch_size=2)
+    assert torch.equal(before, model(input_ids=ids).logits)
+
+
+def test_dense_and_pruned_propagation_differ():
+    from layerwise.pipeline.prune import prune
+
+    outs = {}
+    for prop in ("pruned", "dense"):
+        m = tiny_model("llama")
+        from layerwise import zoo
+
+        r = prune(m, method="wanda", sparsity=0.6, tokenizer=zoo.load_tokenizer("llama-tiny"), nsamples=8,
+                  seqlen=32, propagate=prop)
+        outs[prop] = r.model.model.layers[1].mlp.down_proj.weight.clone()
+    assert not torch.equal(outs["pruned"], outs["dense"])
+
+
+def test_lazy_store_streams_blocks(tiny_dirs, tmp_path):
+    store = LazyStore(tiny_dirs["llama"], tmp_path)
+    blocks = store.adapter.block_list()
+    assert all(p.is_meta for b in blocks for p in b.parameters())
+    assert not store.model.model.embed_tokens.weight.is_meta
+    b0 = store.load_block(0)
+    assert not any(p.is_meta for p in b0.parameters())
+    store.release_block(0)
+    assert all(p.is_meta for p in b0.parameters())
+    assert (tmp_path / store.writer.shard_name(0)).exists()
