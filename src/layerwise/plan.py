@@ -28,7 +28,7 @@ class PlanRow:
     # Filled in by the action:
     zeros_planned: int | None = None
     zeros: int | None = None
-    recon_error: float | None = None  # ‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖² on the calibration inputs
+    recon_error: float | None = None  # ‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖² on calibration inputs (≤4096 tokens unless Hessian-based)
     damping: float | None = None
     seconds: float | None = None
 

@@ -16,7 +16,8 @@ def _err(msg: str) -> None:
     sys.stderr.flush()
 from ..errors import LayerwiseError
 from .app import app
-from . import demo as _demo  # noqa: F401  (registers commands)
+from . import analyze as _analyze  # noqa: F401  (registers commands)
+from . import demo as _demo  # noqa: F401
 from . import evaluate as _evaluate  # noqa: F401
 from . import prune as _prune  # noqa: F401
 from . import zoo as _zoo  # noqa: F401

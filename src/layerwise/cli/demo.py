@@ -7,11 +7,13 @@ from .app import app
 
 @app.command("demo")
 def demo_cmd(model: str = typer.Option("zoo:llama-12l", help="Model to demonstrate on."),
-             max_windows: int = typer.Option(200, help="Validation windows to score (speed of the demo).")):
-    """Load the shipped reference model, print its card and evaluate it.
+             out: str = typer.Option("runs/demo", "--out", help="Where the pruned models and reports go."),
+             max_windows: int = typer.Option(200, help="Validation windows to score (speed of the demo)."),
+             nsamples: int = typer.Option(64, help="Calibration sequences for pruning.")):
+    """The reference model end to end: evaluate, prune with Wanda and SparseGPT at 50%, compare.
 
     Example: layerwise demo
     """
     from ..demo import run_demo
 
-    run_demo(model=model, max_windows=max_windows)
+    run_demo(model=model, out=out, max_windows=max_windows, nsamples=nsamples)

@@ -22,7 +22,12 @@ def prune_cmd(
     targets: Optional[List[str]] = typer.Option(None, "--targets", help="Only these linears (substring or re:REGEX); repeatable."),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="Skip these linears (substring or re:REGEX); repeatable."),
     plan: Optional[str] = typer.Option(None, "--plan", help="Replay a (hand-edited) plan.json instead of --sparsity."),
-    allocation: str = typer.Option("uniform", "--allocation", help="Per-layer sparsity allocation."),
+    allocation: str = typer.Option("uniform", "--allocation",
+                                   help="Per-layer sparsity: uniform | owl | alpha | farms | ecoflap."),
+    max_sparsity: float = typer.Option(0.99, help="Upper bound of any layer's sparsity under an allocation."),
+    owl_lambda: float = typer.Option(0.08, help="OWL: sparsities spread over target ± lambda."),
+    epsilon: float = typer.Option(0.2, help="AlphaPruning/FARMS: sparsity scale spread [1-eps, 1+eps]."),
+    p_max: Optional[float] = typer.Option(None, help="ECoFLaP: maximum block sparsity (default target + 0.1)."),
     propagate: str = typer.Option("pruned", help="Feed the next block the pruned (default) or dense outputs."),
     batch_size: int = typer.Option(8, help="Calibration sequences per block forward."),
     in_memory: bool = typer.Option(False, "--in-memory", help="Load the whole model instead of streaming blocks."),
@@ -40,7 +45,8 @@ def prune_cmd(
     res = prune(model, method=method, sparsity=sparsity, nm=nm, calib=calib, nsamples=nsamples, seqlen=seqlen,
                 seed=seed, targets=targets, ignore=ignore, plan=plan, allocation=allocation, out=out,
                 overwrite=overwrite, resume=resume, propagate=propagate, batch_size=batch_size,
-                stream=False if in_memory else None, tokenizer=tokenizer, evaluate=evaluate)
+                stream=False if in_memory else None, tokenizer=tokenizer, evaluate=evaluate,
+                max_sparsity=max_sparsity, allocation_params=_alloc_params(allocation, owl_lambda, epsilon, p_max))
     console.print(res.plan.table(f"plan: {method}", max_rows=40))
     t = res.timings
     console.print(f"time: {t['total_s']:.1f} s (capture {t['capture_s']:.1f}, forward {t['forward_s']:.1f}, "
@@ -49,3 +55,13 @@ def prune_cmd(
         console.print("perplexity: " + ", ".join(f"{k} {v:.3f}" for k, v in res.metrics.items()))
     if res.out:
         console.print(f"wrote {res.out} (plan.json, manifest.json, report.md)")
+
+
+def _alloc_params(allocation: str, owl_lambda: float, epsilon: float, p_max) -> dict:
+    if allocation == "owl":
+        return {"owl_lambda": owl_lambda}
+    if allocation in ("alpha", "farms"):
+        return {"epsilon": epsilon}
+    if allocation == "ecoflap":
+        return {"p_max": p_max}
+    return {}

@@ -101,8 +101,12 @@ class _Interrupt(KeyboardInterrupt):
 
 def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
                    select: Callable[[str], bool] = lambda name: True, gram: bool = True,
+                   gram_limit: int | None = None,
                    propagate: str = "pruned", batch_size: int = 8, checkpointer: Checkpointer | None = None,
-                   description: str = "compress") -> EngineResult:
+                   description: str = "compress",
+                   observe: Callable[[int, list, list], None] | None = None) -> EngineResult:
+    """Run `action` on every block. `observe(i, inputs, outputs)` sees each block's input and
+    output hidden states (lists over calibration batches) after the action."""
     if propagate not in PROPAGATE:
         raise ConfigError(f"propagate must be one of {', '.join(PROPAGATE)} (got {propagate!r})")
     adapter = store.adapter
@@ -137,7 +141,7 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
             prog.update(task, info=f"block {i}: statistics")
             dense_out: list[torch.Tensor] = []
             t0 = time.perf_counter()
-            with StatsCollector(refs, gram=gram) as coll:
+            with StatsCollector(refs, gram=gram, gram_limit=gram_limit) as coll:
                 for b in batches:
                     out = adapter.call_block(block, b.hidden, b.args, b.kwargs)
                     coll.end_batch()
@@ -159,6 +163,8 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
             res.timings.forward_s += time.perf_counter() - t0
             for h in new:
                 check_finite(h, f"leaving block {i}")
+            if observe is not None:
+                observe(i, [b.hidden for b in batches], new)
             for b, h in zip(batches, new):
                 b.hidden = h
             t0 = time.perf_counter()

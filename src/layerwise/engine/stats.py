@@ -17,7 +17,9 @@ from ..models.adapters import LinearRef
 class InputStats:
     columns: int
     gram: bool
+    gram_limit: int | None = None           # accumulate H from at most this many tokens
     tokens: int = 0
+    gram_tokens: int = 0
     sequences: int = 0
     sq: torch.Tensor | None = None          # Σ_t x_tj²           [in]
     H: torch.Tensor | None = None           # Σ_t x_t x_tᵀ        [in, in]
@@ -36,7 +38,11 @@ class InputStats:
         self.sequences += seqs
         self.sq += x.pow(2).sum(0, dtype=torch.float64)
         if self.H is not None:
-            self.H += (x.t() @ x).double()
+            if self.gram_limit is not None:
+                x = x[: max(0, self.gram_limit - self.gram_tokens)]
+            if x.shape[0]:
+                self.H += (x.t() @ x).double()
+                self.gram_tokens += x.shape[0]
 
     @property
     def mean_sq(self) -> torch.Tensor:
@@ -47,13 +53,14 @@ class InputStats:
     def hessian(self) -> torch.Tensor:
         """H = (2/T) Σ x xᵀ, the Hessian of the layer-wise squared error (SparseGPT / GPTQ)."""
         assert self.H is not None, "Gram statistics were not collected"
-        return self.H * (2.0 / max(1, self.tokens))
+        return self.H * (2.0 / max(1, self.gram_tokens))
 
 
 class StatsCollector:
-    def __init__(self, linears: list[LinearRef], gram: bool = True):
+    def __init__(self, linears: list[LinearRef], gram: bool = True, gram_limit: int | None = None):
         self.linears = linears
         self.gram = gram
+        self.gram_limit = gram_limit
         self.stats: dict[str, InputStats] = {}
         self._owner: dict[str, str] = {}      # linear -> name of the linear whose accumulator it shares
         self._batch_seen: dict[tuple, tuple] = {}
@@ -74,7 +81,7 @@ class StatsCollector:
                     # of the same shape within this batch.
                     self._batch_seen[key] = (x, ref.name)
                     self._owner[ref.name] = ref.name
-                    self.stats[ref.name] = InputStats(x.shape[-1], self.gram)
+                    self.stats[ref.name] = InputStats(x.shape[-1], self.gram, self.gram_limit)
                 else:
                     self._owner[ref.name] = owner
                     self.stats[ref.name] = self.stats[owner]

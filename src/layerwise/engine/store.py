@@ -69,6 +69,16 @@ class ShardWriter:
         (self.dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+def _trim_heap() -> None:
+    """Give freed block memory back to the OS (glibc keeps it otherwise, and peak RSS creeps up)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -95,12 +105,13 @@ class BlockStore:
     model: nn.Module
     adapter: Adapter
     writer: ShardWriter | None = None
+    writing: bool = True        # False during read-only passes (analysis before pruning)
 
     def load_block(self, i: int) -> nn.Module:
         return self.adapter.block_list()[i]
 
     def release_block(self, i: int) -> None:
-        if self.writer is not None:
+        if self.writer is not None and self.writing:
             prefix = self.adapter.block_prefix(i) + "."
             block = self.adapter.block_list()[i]
             self.writer.write(i, {prefix + k: v for k, v in block.state_dict().items()})
@@ -237,6 +248,7 @@ class LazyStore(BlockStore):
         block = self.adapter.block_list()[i]
         for n, _ in list(block.named_parameters()):
             set_module_tensor_to_device(self.model, prefix + n, "meta")
+        _trim_heap()
 
     @property
     def fully_in_memory(self) -> bool:

@@ -46,6 +46,9 @@ class OutputDir:
             raise ConfigError(f"cannot create {self.partial}: {e.strerror}") from e
         return self.partial
 
+    def partial_has_state(self) -> bool:
+        return (self.partial / "engine_state.pt").exists() and (self.partial / "plan_in_progress.json").exists()
+
     def reset_state(self) -> None:
         for p in self.partial.iterdir():
             if p.is_file():
@@ -78,6 +81,7 @@ class OutputDir:
             write_json(self.partial / "manifest.json", manifest)
             write_report(self.partial, plan, manifest, title)
             (self.partial / "engine_state.pt").unlink(missing_ok=True)
+            (self.partial / "plan_in_progress.json").unlink(missing_ok=True)
             if self.out.exists():
                 old = self.out.with_name(f".{self.out.name}.old")
                 shutil.rmtree(old, ignore_errors=True)

@@ -22,6 +22,10 @@ from .output import OutputDir
 from .source import resolve
 
 
+# Methods without a Hessian estimate the plan's reconstruction error from this many calibration tokens.
+RECON_TOKENS = 4096
+
+
 @dataclass
 class PruneResult:
     plan: Plan
@@ -90,7 +94,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
           out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
           propagate: str = "pruned", batch_size: int = 8, stream: bool | None = None, tokenizer=None,
           evaluate: bool = False, eval_windows: int = 200, command: str | None = None,
-          plan_hook=None) -> PruneResult:
+          max_sparsity: float = 0.99, allocation_params: dict | None = None) -> PruneResult:
     """Prune `model` layer by layer. Returns the plan (with what was done), and the model when it
     was processed in memory. With `out`, writes a reloadable checkpoint + plan + manifest + report."""
     quiet()
@@ -104,11 +108,20 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
     if propagate not in ("pruned", "dense"):
         raise ConfigError(f"--propagate must be pruned or dense (got {propagate!r})")
+    from ..allocate import allocate, get_allocator
+
+    alloc = get_allocator(allocation)
+    if allocation != "uniform" and nm_t is not None:
+        raise ConfigError(f"allocation '{allocation}' works with unstructured sparsity, not --nm")
+    if not 0 < max_sparsity < 1:
+        raise ConfigError(f"--max-sparsity must be in (0, 1) (got {max_sparsity:g})")
+    if sparsity > max_sparsity:
+        raise ConfigError(f"target sparsity {sparsity:g} exceeds --max-sparsity {max_sparsity:g}")
     output = OutputDir(out, overwrite=overwrite, resume=resume) if out is not None else None
     if isinstance(plan, (str, Path)):
         plan = Plan.load(plan)
-
-    src = resolve(model, tokenizer, load=not (stream is not False and out is not None))
+    needs_memory = "zeroth_order" in alloc.scores and plan is None
+    src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or needs_memory)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
     if output is not None:
@@ -119,10 +132,9 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         store = (LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial))
         adapter = store.adapter
         shapes = {r.name: r.shape for r in adapter.all_linears()}
+        replay = plan is not None
         if plan is None:
             chosen = select_linears(adapter, targets, ignore)
-            if allocation != "uniform" and plan_hook is None:
-                raise ConfigError(f"unknown allocation '{allocation}'; available: uniform")
             plan = uniform_plan(chosen, method, sparsity, nm_t)
         else:
             plan.validate(shapes, set(PRUNERS))
@@ -131,25 +143,40 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         if max_pos and seqlen > max_pos:
             raise ConfigError(f"--seqlen {seqlen} exceeds the model's {max_pos} positions")
         samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
-        if plan_hook is not None:
-            plan = plan_hook(store, plan, samples)
-            plan.validate(shapes, set(PRUNERS))
+        t_alloc = 0.0
+        if not replay and allocation != "uniform" and not (resume and output and output.partial_has_state()):
+            from ..scores.analyze import analyze_store
+
+            t0 = time.perf_counter()
+            names = {r.name for r in plan.rows}
+            store.writing = False
+            an = analyze_store(store, samples, list(alloc.scores), select=lambda n: n in names,
+                               batch_size=batch_size, seed=seed, model_name=src.spec, keep_eigs=False)
+            store.writing = True
+            allocate(allocation, plan, an.block_scores, sparsity, max_sparsity, **(allocation_params or {}))
+            t_alloc = time.perf_counter() - t0
+        elif resume and output and output.partial_has_state() and allocation != "uniform" and not replay:
+            plan = Plan.load(output.partial / "plan_in_progress.json")
+        if output is not None and not replay:
+            plan.save(output.partial / "plan_in_progress.json")
         pruners = {m: get_pruner(m) for m in {r.method for r in plan.rows}}
         metrics: dict = {}
         if evaluate:
             metrics["perplexity_dense"] = _perplexity(src, None, eval_windows)
-        need_gram = True  # reconstruction errors for the plan and report need the Gram matrix
+        # Every method reports its reconstruction error, which needs the Gram matrix; only
+        # Hessian-based methods need it from every calibration token.
+        hessian = any(pruners[m].needs_gram for m in pruners)
+        gram_limit = None if hessian else RECON_TOKENS
         selected = {r.name for r in plan.rows}
         options = {"model": src.spec, "method": method, "sparsity": sparsity, "nm": nm_str(nm_t),
-                   "allocation": plan.meta.get("allocation", allocation), "calib": calib, "nsamples": nsamples,
+                   "allocation": plan.meta.get("allocation", allocation),
+                   "allocation_params": allocation_params or {}, "calib": calib, "nsamples": nsamples,
                    "seqlen": seqlen, "seed": seed, "propagate": propagate, "batch_size": batch_size,
                    "targets": targets, "ignore": ignore, "streamed": use_stream}
         ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [
             (r.name, r.sparsity, r.pattern, r.method) for r in plan.rows]})) if partial else None
-        if output is not None and not resume:
-            output.reset_state()
         res = run_sequential(store, samples, make_prune_action(plan, pruners), select=lambda n: n in selected,
-                             gram=need_gram, propagate=propagate, batch_size=batch_size, checkpointer=ckpt,
+                             gram=True, gram_limit=gram_limit, propagate=propagate, batch_size=batch_size, checkpointer=ckpt,
                              description=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'}")
         if res.resumed_from:
             info(f"resumed at block {res.resumed_from}")
@@ -160,6 +187,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
                         if k not in ("shape",):
                             setattr(r, k, v)
         timings = res.timings.to_dict()
+        timings["allocation_s"] = t_alloc
         plan.meta.update({"measured_sparsity": plan.measured_sparsity()})
         from ..io import build_manifest
 

@@ -1,0 +1,118 @@
+"""Allocators: per-block sparsity from scores and one global target.
+
+Every allocator returns desired block ratios; `allocate` expands them to the linears of each block,
+fits the exact budget (`fit_budget`) and writes the result into the Plan. Block granularity is what
+the reference implementations use (OWL, AlphaPruning `block_wise`, ECoFLaP `block`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ConfigError
+from .budget import fit_budget, linear_map
+
+
+@dataclass(frozen=True)
+class AllocatorSpec:
+    name: str
+    scores: tuple[str, ...]          # scores it needs
+    description: str
+    fn: Callable
+
+
+def _uniform(target, block_params, scores, **kw):
+    return np.full(len(block_params), target)
+
+
+def _owl(target, block_params, scores, owl_lambda: float = 0.08, **kw):
+    """Blocks with more outliers get lower sparsity, within target ± λ."""
+    d = np.asarray(scores["owl"], dtype=np.float64)
+    if d.max() - d.min() < 1e-12:
+        return np.full(d.size, target)
+    dn = (d - d.min()) / (d.max() - d.min()) * 2 * owl_lambda
+    w = np.asarray(block_params, dtype=np.float64)
+    return target - (dn - (w * dn).sum() / w.sum())
+
+
+def _alpha_map(key):
+    def fn(target, block_params, scores, epsilon: float = 0.2, **kw):
+        """Larger α (lighter tail, less trained) → more sparsity; mapped to [1−ε, 1+ε] × scale."""
+        raw = linear_map(scores[key], epsilon)
+        w = np.asarray(block_params, dtype=np.float64)
+        return raw * target * w.sum() / (w * raw).sum()
+    return fn
+
+
+def _ecoflap(target, block_params, scores, p_max: float | None = None, **kw):
+    """Keep counts proportional to the zeroth-order block scores on top of a (1 − p_max) floor."""
+    if p_max is None:
+        p_max = min(target + 0.1, 0.99)
+    if p_max < target:
+        raise ConfigError(f"ECoFLaP's maximum block sparsity {p_max:g} is below the target {target:g}")
+    n = np.asarray(block_params, dtype=np.float64)
+    s = np.clip(np.asarray(scores["zeroth_order"], dtype=np.float64), 0, None)
+    K = (1 - target) * n.sum()
+    keep = np.ceil(n * (1 - p_max))
+    active = (s > 0) & (keep < n)
+    for _ in range(1000):
+        R = K - keep.sum()
+        if R <= 1e-9 or not active.any():
+            break
+        add = s * active / s[active].sum() * R
+        keep = np.minimum(keep + add, n)
+        active &= keep < n
+    if K - keep.sum() > 1e-6:  # scores were all zero: spread the rest uniformly
+        room = n - keep
+        keep += room / room.sum() * (K - keep.sum())
+    return 1 - keep / n
+
+
+ALLOCATORS: dict[str, AllocatorSpec] = {a.name: a for a in [
+    AllocatorSpec("uniform", (), "every linear at the target sparsity", _uniform),
+    AllocatorSpec("owl", ("owl",), "OWL: lower sparsity for blocks with more activation outliers (±λ)", _owl),
+    AllocatorSpec("alpha", ("alpha",), "AlphaPruning: ESD α → sparsity, heavier-tailed blocks kept denser",
+                  _alpha_map("alpha")),
+    AllocatorSpec("farms", ("farms",), "FARMS: AlphaPruning's map on aspect-ratio-corrected α",
+                  _alpha_map("farms")),
+    AllocatorSpec("ecoflap", ("zeroth_order",), "ECoFLaP: keep budget proportional to forward-only "
+                  "gradient scores, capped at p_max", _ecoflap),
+]}
+
+
+def get_allocator(name: str) -> AllocatorSpec:
+    if name not in ALLOCATORS:
+        raise ConfigError(f"unknown allocation '{name}'; choose one of {', '.join(ALLOCATORS)}")
+    return ALLOCATORS[name]
+
+
+def allocate(name: str, plan, block_scores: dict[str, list[float]], target: float,
+             max_sparsity: float = 0.99, **hparams):
+    """Fill `plan` rows' sparsity with allocator `name` so the weighted mean is exactly `target`."""
+    spec = get_allocator(name)
+    if any(r.pattern != "unstructured" for r in plan.rows) and name != "uniform":
+        raise ConfigError(f"allocation '{name}' works with unstructured sparsity, not N:M patterns")
+    if not 0 <= target < 1:
+        raise ConfigError(f"sparsity must be in [0, 1) (got {target:g})")
+    if target > max_sparsity:
+        raise ConfigError(f"target sparsity {target:g} exceeds --max-sparsity {max_sparsity:g}")
+    blocks = sorted({r.block for r in plan.rows})
+    bparams = [sum(r.params for r in plan.rows if r.block == b) for b in blocks]
+    bscores = {k: [v[b] for b in blocks] for k, v in block_scores.items()}
+    for k in spec.scores:
+        if k not in bscores or not np.all(np.isfinite(bscores[k])):
+            raise ConfigError(f"allocation '{name}' needs the '{k}' score for every block")
+    desired = np.asarray(spec.fn(target, bparams, bscores, **hparams), dtype=np.float64)
+    pos = {b: i for i, b in enumerate(blocks)}
+    ratios = [desired[pos[r.block]] for r in plan.rows]
+    counts = fit_budget([r.params for r in plan.rows], ratios, target, 0.0, max_sparsity)
+    for r, c in zip(plan.rows, counts):
+        r.sparsity = float(c) / r.params
+        r.zeros_planned = int(c)
+        for k in spec.scores:
+            r.scores[k] = float(bscores[k][pos[r.block]])
+    plan.meta.update({"allocation": name, "target_sparsity": target, "allocation_params": hparams,
+                      "max_sparsity": max_sparsity})
+    return plan

@@ -1,0 +1,53 @@
+"""`layerwise analyze`: resolve the model, sample calibration data, score, report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..data.tokens import calibration_samples
+from ..engine import InMemoryStore, LazyStore
+from ..errors import ConfigError, DataError
+from ..scores.analyze import Analysis, ESDOptions, analyze_store
+from ..scores.base import SCORES, parse_scores
+from ..scores.esd import XMIN_RULES
+from ..utils.atomic import atomic_dir, check_output_dir
+from ..utils.hf import quiet
+from .source import resolve
+
+
+def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsamples: int = 32,
+            seqlen: int = 256, seed: int = 0, out: str | Path | None = None, overwrite: bool = False,
+            farms_rows: int | None = None, farms_windows: int = 8, xmin: str = "peak", tokenizer=None,
+            batch_size: int = 8, zo_samples: int = 32) -> Analysis:
+    quiet()
+    t0 = time.perf_counter()
+    names = parse_scores(scores)
+    if xmin not in XMIN_RULES:
+        raise ConfigError(f"--xmin must be one of {', '.join(XMIN_RULES)} (got {xmin!r})")
+    if nsamples < 1 or seqlen < 2:
+        raise ConfigError("--nsamples must be >= 1 and --seqlen >= 2")
+    if out is not None:
+        check_output_dir(out, overwrite)
+    need_memory = any(SCORES[n].needs == "loss" for n in names)
+    src = resolve(model, tokenizer, load=need_memory)
+    if src.tokenizer is None:
+        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
+    store = InMemoryStore(src.loaded.model) if src.loaded is not None else LazyStore(src.path, None)
+    samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
+    an = analyze_store(store, samples, names, batch_size=batch_size,
+                       esd_opts=ESDOptions(xmin=xmin, farms_rows=farms_rows, farms_windows=farms_windows),
+                       zo_samples=zo_samples, seed=seed, model_name=src.spec)
+    an.timings["total_s"] = time.perf_counter() - t0
+    if out is not None:
+        from ..io.analysis_report import write_analysis_report
+        from ..io import write_json
+        from ..io.manifest import build_manifest
+
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            write_json(tmp / "analysis.json", an.to_dict())
+            write_analysis_report(tmp, an)
+            write_json(tmp / "manifest.json", build_manifest(
+                "analyze", {"model": src.spec, "scores": names, "calib": calib, "nsamples": nsamples,
+                            "seqlen": seqlen, "xmin": xmin, "farms_rows": an.options["esd"]["farms_rows"],
+                            "farms_windows": farms_windows}, seed, an.timings))
+    return an
