@@ -8,7 +8,7 @@ import torch
 os.environ.setdefault("LAYERWISE_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get("LAYERWISE_THREADS", min(2, os.cpu_count() or 1))))
 
 VOCAB = 4096
 

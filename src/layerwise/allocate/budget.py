@@ -44,21 +44,26 @@ def fit_budget(sizes, ratios, target: float, lo: float = 0.0, hi: float = 0.99, 
     x = n * np.clip(r + b, lo, hi)
     caps_hi = np.floor(hi * n + 1e-9)
     caps_lo = np.ceil(lo * n - 1e-9)
+    # Integer caps can make the exact count unreachable for tiny layers; within one weight per
+    # layer that is accepted, beyond it the request is infeasible.
+    if not caps_lo.sum() - n.size <= K <= caps_hi.sum() + n.size:
+        raise ConfigError(f"cannot place {what} {target:g} within the per-layer bounds")
+    K = int(min(max(K, caps_lo.sum()), caps_hi.sum()))
     base = np.clip(np.floor(x), caps_lo, caps_hi)
     rest = K - int(base.sum())
     frac = x - base
-    if rest > 0:
-        room = base < caps_hi
-        order = [i for i in np.lexsort((np.arange(n.size), -frac)) if room[i]]
-        for i in order[:rest]:
-            base[i] += 1
-        rest -= min(rest, len(order))
-    elif rest < 0:
-        room = base > caps_lo
-        order = [i for i in np.lexsort((np.arange(n.size), frac)) if room[i]]
-        for i in order[: -rest]:
-            base[i] -= 1
-        rest += min(-rest, len(order))
+    # Largest remainder first; layers at a bound take nothing, so repeat until the count is exact.
+    while rest != 0:
+        sign = 1 if rest > 0 else -1
+        room = base < caps_hi if sign > 0 else base > caps_lo
+        if not room.any():
+            break
+        key = -frac if sign > 0 else frac
+        order = [i for i in np.lexsort((np.arange(n.size), key)) if room[i]][: abs(rest)]
+        for i in order:
+            base[i] += sign
+            frac[i] -= sign
+        rest -= sign * len(order)
     if rest != 0:
         raise ConfigError(f"cannot place {what} {target:g} exactly within the per-layer bounds")
     return base.astype(np.int64)
