@@ -25,6 +25,8 @@ class PlanRow:
     pattern: str = "unstructured"     # or "N:M"
     method: str = "wanda"
     scores: dict = field(default_factory=dict)
+    bits: int | None = None           # weight bits (quantization plans)
+    group_size: int | None = None
     # Filled in by the action:
     zeros_planned: int | None = None
     zeros: int | None = None
@@ -62,6 +64,12 @@ class Plan:
         """Parameter-weighted mean of the planned sparsity."""
         tp = self.total_params
         return sum(r.params * _row_sparsity(r) for r in self.rows) / tp if tp else 0.0
+
+    def mean_bits(self) -> float | None:
+        """Parameter-weighted mean bits of the rows (the nominal average)."""
+        if any(r.bits is None for r in self.rows) or not self.rows:
+            return None
+        return sum(r.params * r.bits for r in self.rows) / self.total_params
 
     def measured_sparsity(self) -> float | None:
         if any(r.zeros is None for r in self.rows):
@@ -126,6 +134,8 @@ class Plan:
                 n, m = parse_nm(r.pattern)
                 if r.shape[1] % m:
                     raise ConfigError(f"plan row {r.name}: pattern {r.pattern} needs in_features divisible by {m}")
+            if r.bits is not None and (not isinstance(r.bits, int) or not 2 <= r.bits <= 8):
+                raise ConfigError(f"plan row {r.name}: bits must be an integer from 2 to 8 (got {r.bits})")
             if methods is not None and r.method not in methods:
                 raise ConfigError(f"plan row {r.name}: unknown method '{r.method}'; choose one of "
                                   f"{', '.join(sorted(methods))}")
@@ -135,19 +145,28 @@ class Plan:
         from rich.table import Table
 
         t = Table(title=title, title_justify="left")
-        for col in ("layer", "shape", "method", "pattern", "sparsity", "zeros", "recon err", "scores"):
-            t.add_column(col, justify="right" if col in ("sparsity", "zeros", "recon err") else "left")
+        quant = any(r.bits is not None for r in self.rows)
+        cols = (("layer", "shape", "method", "bits", "group", "recon err", "scores") if quant else
+                ("layer", "shape", "method", "pattern", "sparsity", "zeros", "recon err", "scores"))
+        for col in cols:
+            t.add_column(col, justify="right" if col in ("sparsity", "zeros", "recon err", "bits", "group") else "left")
         rows = self.rows if max_rows is None else self.rows[:max_rows]
         for r in rows:
-            t.add_row(r.name, f"{r.shape[0]}x{r.shape[1]}", r.method, r.pattern, f"{_row_sparsity(r):.3f}",
-                      "-" if r.zeros is None else f"{r.zeros:,}",
-                      "-" if r.recon_error is None else f"{r.recon_error:.4f}",
-                      " ".join(f"{k}={v:.3g}" for k, v in r.scores.items() if isinstance(v, (int, float))))
+            err = "-" if r.recon_error is None else f"{r.recon_error:.4f}"
+            sc = " ".join(f"{k}={v:.3g}" for k, v in r.scores.items() if isinstance(v, (int, float)))
+            if quant:
+                t.add_row(r.name, f"{r.shape[0]}x{r.shape[1]}", r.method, str(r.bits), str(r.group_size), err, sc)
+            else:
+                t.add_row(r.name, f"{r.shape[0]}x{r.shape[1]}", r.method, r.pattern, f"{_row_sparsity(r):.3f}",
+                          "-" if r.zeros is None else f"{r.zeros:,}", err, sc)
         if max_rows is not None and len(self.rows) > max_rows:
-            t.add_row(f"... {len(self.rows) - max_rows} more", "", "", "", "", "", "", "")
-        ms = self.measured_sparsity()
-        t.caption = (f"{len(self.rows)} linears, {self.total_params:,} parameters, planned sparsity "
-                     f"{self.mean_sparsity():.4f}" + (f", measured {ms:.4f}" if ms is not None else ""))
+            t.add_row(*([f"... {len(self.rows) - max_rows} more"] + [""] * (len(cols) - 1)))
+        if quant:
+            t.caption = f"{len(self.rows)} linears, {self.total_params:,} parameters, nominal bits {self.mean_bits():.4f}"
+        else:
+            ms = self.measured_sparsity()
+            t.caption = (f"{len(self.rows)} linears, {self.total_params:,} parameters, planned sparsity "
+                         f"{self.mean_sparsity():.4f}" + (f", measured {ms:.4f}" if ms is not None else ""))
         return t
 
 

@@ -20,6 +20,7 @@ from . import analyze as _analyze  # noqa: F401  (registers commands)
 from . import demo as _demo  # noqa: F401
 from . import evaluate as _evaluate  # noqa: F401
 from . import prune as _prune  # noqa: F401
+from . import quantize as _quantize  # noqa: F401
 from . import zoo as _zoo  # noqa: F401
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -106,15 +107,24 @@ class BlockStore:
     adapter: Adapter
     writer: ShardWriter | None = None
     writing: bool = True        # False during read-only passes (analysis before pruning)
+    # Optional rewrite of a block's tensors before they are written (e.g. packed quantized weights).
+    transform: Callable[[int, dict], dict] | None = None
+    untransform: Callable[[int, dict], dict] | None = None
+    # Further outputs written alongside (e.g. the dequantized copy of a quantized model).
+    extra_writers: list
 
     def load_block(self, i: int) -> nn.Module:
         return self.adapter.block_list()[i]
 
     def release_block(self, i: int) -> None:
-        if self.writer is not None and self.writing:
+        if self.writing and (self.writer is not None or self.extra_writers):
             prefix = self.adapter.block_prefix(i) + "."
             block = self.adapter.block_list()[i]
-            self.writer.write(i, {prefix + k: v for k, v in block.state_dict().items()})
+            tensors = {prefix + k: v for k, v in block.state_dict().items()}
+            for w in self.extra_writers:
+                w.write(i, tensors)
+            if self.writer is not None:
+                self.writer.write(i, self.transform(i, tensors) if self.transform else tensors)
 
     def restore_block(self, i: int) -> None:
         """Load block i's finished weights back from its output shard (resume)."""
@@ -122,10 +132,14 @@ class BlockStore:
 
         assert self.writer is not None
         tensors = load_file(str(self.writer.dir / self.writer.shard_name(i)))
+        if self.untransform is not None:
+            tensors = self.untransform(i, tensors)
         block = self.load_block(i)
         prefix = self.adapter.block_prefix(i) + "."
         block.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()}, strict=True)
         self.writer.register_existing(i)
+        for w in self.extra_writers:
+            w.register_existing(i)
         self._after_restore(i)
 
     def _after_restore(self, i: int) -> None:
@@ -139,6 +153,9 @@ class BlockStore:
         rest = {k: v for k, v in self.model.state_dict().items() if not k.startswith(prefix)}
         self.writer.write(self.adapter.num_blocks, rest)
         self.writer.finish()
+        for w in self.extra_writers:
+            w.write(self.adapter.num_blocks, rest)
+            w.finish()
 
     @property
     def fully_in_memory(self) -> bool:
@@ -150,6 +167,7 @@ class InMemoryStore(BlockStore):
         self.model = model
         self.adapter = get_adapter(model)
         self.writer = ShardWriter(out_dir, self.adapter.num_blocks, tied_names(model)) if out_dir else None
+        self.extra_writers = []
 
 
 class LazyStore(BlockStore):
@@ -173,6 +191,7 @@ class LazyStore(BlockStore):
         self._files = self._index()
         self._tied = tied_names(model)
         self.writer = ShardWriter(out_dir, self.adapter.num_blocks, self._tied) if out_dir else None
+        self.extra_writers = []
         block_prefix = self.adapter.blocks_path + "."
         names = [n for n in _param_and_buffer_names(model) if not n.startswith(block_prefix)]
         self._load_names(names)

@@ -21,9 +21,14 @@ def plot_plan(plan: Plan, path: Path, title: str = "") -> None:
     colors = {k: f"C{i % 10}" for i, k in enumerate(kinds)}
     xs = list(range(len(plan.rows)))
     fig, axes = plt.subplots(2, 1, figsize=(max(7, len(xs) * 0.09 + 3), 6), sharex=True)
-    axes[0].bar(xs, [_row_sparsity(r) for r in plan.rows], color=[colors[_short(r.name)] for r in plan.rows])
-    axes[0].set_ylabel("sparsity")
-    axes[0].set_ylim(0, 1)
+    if any(r.bits is not None for r in plan.rows):
+        axes[0].bar(xs, [r.bits or 0 for r in plan.rows], color=[colors[_short(r.name)] for r in plan.rows])
+        axes[0].set_ylabel("weight bits")
+        axes[0].set_ylim(0, 9)
+    else:
+        axes[0].bar(xs, [_row_sparsity(r) for r in plan.rows], color=[colors[_short(r.name)] for r in plan.rows])
+        axes[0].set_ylabel("sparsity")
+        axes[0].set_ylim(0, 1)
     errs = [r.recon_error if r.recon_error is not None else float("nan") for r in plan.rows]
     axes[1].bar(xs, errs, color=[colors[_short(r.name)] for r in plan.rows])
     axes[1].set_ylabel("relative reconstruction error")
@@ -66,8 +71,15 @@ def write_report(directory: Path, plan: Plan, manifest: dict, title: str) -> Non
         lines += ["## Time", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in t.items() if isinstance(v, (int, float))]
         lines.append("")
-    lines += ["## Per layer", "", "![per-layer sparsity and reconstruction error](report_layers.png)", "",
-              "| layer | shape | method | pattern | sparsity | zeros | recon error |", "|---|---|---|---|---|---|---|"]
+    lines += ["## Per layer", "", "![per-layer budget and reconstruction error](report_layers.png)", ""]
+    if any(r.bits is not None for r in plan.rows):
+        lines += ["| layer | shape | quantizer | bits | group | recon error |", "|---|---|---|---|---|---|"]
+        for r in plan.rows:
+            lines.append(f"| {r.name} | {r.shape[0]}×{r.shape[1]} | {r.method} | {r.bits} | {r.group_size} | "
+                         f"{'-' if r.recon_error is None else f'{r.recon_error:.5f}'} |")
+        (directory / "report.md").write_text("\n".join(lines) + "\n")
+        return
+    lines += ["| layer | shape | method | pattern | sparsity | zeros | recon error |", "|---|---|---|---|---|---|---|"]
     for r in plan.rows:
         lines.append(f"| {r.name} | {r.shape[0]}×{r.shape[1]} | {r.method} | {r.pattern} | {_row_sparsity(r):.4f} | "
                      f"{r.zeros if r.zeros is not None else '-'} | "

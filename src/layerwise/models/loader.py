@@ -75,6 +75,15 @@ def _load_from_dir(path: Path, dtype: torch.dtype, tokenizer: str | None):
         config = AutoConfig.from_pretrained(path)
     except (ValueError, OSError, json.JSONDecodeError, KeyError) as e:
         raise ModelLoadError(f"cannot read {path / 'config.json'}: {e}") from e
+    from ..io.quantized import gptq_config, load_gptq
+
+    if gptq_config(path) is not None:
+        try:
+            return load_gptq(path, dtype), _load_tokenizer(path, tokenizer)
+        except ModelLoadError:
+            raise
+        except Exception as e:
+            raise ModelLoadError(f"cannot load the quantized checkpoint {path}: {type(e).__name__}: {e}") from e
     # `layerwise.load` restores models whose per-layer shapes differ from the stock config.
     if (path / "layerwise_model.json").exists():
         try:

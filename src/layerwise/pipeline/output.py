@@ -63,20 +63,24 @@ class OutputDir:
                  "--resume to continue")
 
     def finish(self, store, src, plan: Plan, manifest: dict, res, sample_ids: torch.Tensor, title: str,
-               config_updates: dict | None = None, verify: bool = True) -> Path:
+               config_updates: dict | None = None, verify=True, after_config=None) -> Path:
         try:
             store.write_rest()
             cfg = store.model.config
             for k, v in (config_updates or {}).items():
                 setattr(cfg, k, v)
             cfg.save_pretrained(self.partial)
+            if after_config is not None:
+                after_config()
             gen = getattr(store.model, "generation_config", None)
             if gen is not None and src.path is not None and (src.path / "generation_config.json").exists():
                 shutil.copy2(src.path / "generation_config.json", self.partial / "generation_config.json")
             if src.tokenizer is not None:
                 src.tokenizer.save_pretrained(self.partial)
             plan.save(self.partial / "plan.json")
-            if verify:
+            if callable(verify):
+                manifest.setdefault("checks", {})["reload"] = verify()
+            elif verify:
                 manifest.setdefault("checks", {})["reload"] = self._verify(store, res, sample_ids)
             write_json(self.partial / "manifest.json", manifest)
             write_report(self.partial, plan, manifest, title)

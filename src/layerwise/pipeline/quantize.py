@@ -1,0 +1,360 @@
+"""`layerwise quantize`: mixed-precision weight quantization by layer importance, block by block.
+
+Blocks are ranked by a score (LIM, ZD, any analysis score, a user list, random or reverse); the most
+important keep `high` bits, the rest get `low` bits, so that the parameter-weighted average meets the
+fractional target. Each linear is quantized with RTN or GPTQ (GPTQ sees the already-quantized
+upstream blocks). The output is a GPTQ-format checkpoint with per-module bit overrides plus a
+dequantized copy that stock `from_pretrained` loads.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..allocate.bits import ORDERS, allocate_bits, check_bit_request, parse_order, ranking_from_scores
+from ..console import info, warn
+from ..data.tokens import calibration_samples
+from ..engine import Checkpointer, InMemoryStore, LazyStore, ShardWriter, fingerprint, run_sequential
+from ..engine.sequential import BlockWork
+from ..engine.store import tied_names
+from ..errors import ConfigError, DataError, LayerwiseError
+from ..plan import Plan, PlanRow
+from ..quant import QUANTIZERS, QuantSpec, from_gptq, get_quantizer, gptq_compatible, packed_bits, to_gptq
+from ..utils.hf import quiet
+from .output import OutputDir
+from .prune import _perplexity, select_linears
+from .source import resolve
+
+
+@dataclass
+class QuantizeResult:
+    plan: Plan
+    out: Path | None
+    model: nn.Module | None
+    timings: dict
+    bits: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+
+
+def block_ranking(store, samples, order: str, plan: Plan, batch_size: int, seed: int, order_seed: int,
+                  model_name: str) -> tuple[list[int], dict]:
+    n = store.adapter.num_blocks
+    user = parse_order(order, n)
+    if user is not None:
+        return user, {}
+    if order == "random":
+        rng = np.random.default_rng(order_seed)
+        return [int(i) for i in rng.permutation(n)], {}
+    score = "lim" if order == "reverse" else order
+    from ..scores.analyze import analyze_store
+
+    names = {r.name for r in plan.rows}
+    store.writing = False
+    an = analyze_store(store, samples, [score], select=lambda x: x in names, batch_size=batch_size, seed=seed,
+                       model_name=model_name, keep_eigs=False)
+    store.writing = True
+    ranking = ranking_from_scores(score, an.block_scores[score])
+    if order == "reverse":
+        ranking = ranking[::-1]
+    return ranking, {score: an.block_scores[score]}
+
+
+def bits_report(plan: Plan, model: nn.Module, out: Path | None) -> dict:
+    """Nominal bits, effective bits (packing metadata, then unquantized tensors too), bytes on disk."""
+    q_params = plan.total_params
+    q_bits = 0
+    for r in plan.rows:
+        spec = QuantSpec(r.bits, r.group_size or -1)
+        q_bits += sum(packed_bits(spec, r.shape[0], r.shape[1]).values())
+    quantized = {r.name + ".weight" for r in plan.rows}
+    other_bits, other_params = 0, 0
+    seen = set()
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if name in quantized or p.data_ptr() in seen or p.is_meta:
+            continue
+        seen.add(p.data_ptr())
+        if name.endswith(("inv_freq", "original_inv_freq", "position_ids")):
+            continue
+        other_params += p.numel()
+        other_bits += p.numel() * p.element_size() * 8
+    rep = {"nominal_bits": plan.mean_bits(), "effective_bits_quantized": q_bits / q_params,
+           "effective_bits_model": (q_bits + other_bits) / (q_params + other_params),
+           "quantized_params": q_params, "unquantized_params": other_params}
+    if out is not None:
+        rep["bytes_on_disk"] = sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))
+        deq = Path(out) / "dequantized"
+        if deq.exists():
+            rep["bytes_on_disk_dequantized"] = sum(f.stat().st_size for f in deq.glob("*.safetensors"))
+    return rep
+
+
+def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: str = "lim",
+             quantizer: str = "rtn", group_size: int = 128, sym: bool = True, act_order: bool = False,
+             calib: str = "stdlib", nsamples: int = 128, seqlen: int = 256, seed: int = 0, order_seed: int = 0,
+             targets: list[str] | None = None, ignore: list[str] | None = None, plan: str | Plan | None = None,
+             out: str | Path | None = None, overwrite: bool = False, resume: bool = False, batch_size: int = 8,
+             stream: bool | None = None, tokenizer=None, evaluate: bool = False, eval_windows: int = 200,
+             command: str | None = None) -> QuantizeResult:
+    quiet()
+    t_start = time.perf_counter()
+    try:
+        bits = float(bits)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--bits must be a number (got {bits!r})") from e
+    check_bit_request(bits, high, low)
+    if quantizer not in QUANTIZERS:
+        raise ConfigError(f"unknown quantizer '{quantizer}'; choose one of {', '.join(sorted(QUANTIZERS))}")
+    if group_size == 0 or group_size < -1:
+        raise ConfigError(f"--group-size must be a positive number of columns or -1 for per channel (got {group_size})")
+    if "," not in order and order not in ORDERS:
+        raise ConfigError(f"--order must be one of {', '.join(ORDERS)} or a list of block indices (got {order!r})")
+    if nsamples < 1 or seqlen < 2 or batch_size < 1:
+        raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
+    output = OutputDir(out, overwrite=overwrite, resume=resume) if out is not None else None
+    if isinstance(plan, (str, Path)):
+        plan = Plan.load(plan)
+    need_memory = order == "zeroth_order" and plan is None
+    src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or need_memory)
+    if src.tokenizer is None:
+        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
+    if output is not None:
+        output.check_not_source(src.path)
+    use_stream = src.loaded is None
+    qinst = {}
+    try:
+        partial = output.begin() if output is not None else None
+        store = LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial)
+        adapter = store.adapter
+        shapes = {r.name: r.shape for r in adapter.all_linears()}
+        samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
+        scores_used: dict = {}
+        t0 = time.perf_counter()
+        if plan is None:
+            chosen = select_linears(adapter, targets, ignore)
+            plan = Plan([PlanRow(name=r.name, block=r.block, shape=r.shape, method=quantizer, group_size=group_size)
+                         for r in chosen], {"kind": "quantize", "quantizer": quantizer, "order": order})
+            if resume and output is not None and output.partial_has_state():
+                plan = Plan.load(output.partial / "plan_in_progress.json")
+            else:
+                if high == low or bits >= high - 1e-12:
+                    ranking = list(range(adapter.num_blocks))
+                else:
+                    ranking, scores_used = block_ranking(store, samples, order, plan, batch_size, seed, order_seed,
+                                                         src.spec)
+                allocate_bits(plan, ranking, bits, high, low)
+                for r in plan.rows:
+                    for k, v in scores_used.items():
+                        r.scores[k] = float(v[r.block])
+        else:
+            plan.validate(shapes, set(QUANTIZERS))
+            if any(r.bits is None for r in plan.rows):
+                raise ConfigError("a quantization plan needs 'bits' on every row")
+        t_alloc = time.perf_counter() - t0
+        for r in plan.rows:
+            r.group_size = r.group_size or group_size
+        if output is not None:
+            plan.save(output.partial / "plan_in_progress.json")
+        for m in {r.method for r in plan.rows}:
+            qinst[m] = get_quantizer(m, act_order=act_order) if m == "gptq" else get_quantizer(m)
+        hessian = any(qinst[m].needs_gram for m in qinst)
+        rows = plan.by_name()
+        packed: dict[str, dict] = {}
+        incompatible = [r.name for r in plan.rows
+                        if not gptq_compatible(QuantSpec(r.bits, r.group_size), r.shape[0], r.shape[1])]
+        if incompatible:
+            warn(f"{len(incompatible)} linear(s) (e.g. {incompatible[0]}) have shapes or bit widths that GPTQ "
+                 "kernels do not accept; layerwise.load reads them, inference engines may not")
+
+        def action(work: BlockWork) -> list[dict]:
+            done = []
+            for ref in work.linears:
+                row = rows[ref.name]
+                t1 = time.perf_counter()
+                spec = QuantSpec(row.bits, row.group_size, sym, min_zero=1)
+                W = ref.weight.detach().float().clone()
+                st = work.stats[ref.name]
+                res = qinst[row.method].quantize(W, st, spec)
+                ref.set_weight(res.dequantize())
+                if output is not None:
+                    packed[ref.name] = to_gptq(res)
+                Wn = ref.weight.detach().double()
+                if st.H is not None:
+                    dW = W.double() - Wn
+                    den = float(((W.double() @ st.H) * W.double()).sum())
+                    row.recon_error = float(((dW @ st.H) * dW).sum()) / den if den > 0 else 0.0
+                row.damping = res.info.get("damping")
+                row.seconds = time.perf_counter() - t1
+                done.append(row.to_dict())
+            return done
+
+        def transform(i: int, tensors: dict) -> dict:
+            out_t = dict(tensors)
+            for name in [n for n in packed if rows[n].block == i]:
+                out_t.pop(name + ".weight")
+                for k, v in packed.pop(name).items():
+                    out_t[f"{name}.{k}"] = v
+            return out_t
+
+        def untransform(i: int, tensors: dict) -> dict:
+            out_t = dict(tensors)
+            for name in [r.name for r in plan.rows if r.block == i]:
+                part = {k: out_t.pop(f"{name}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx")}
+                W = from_gptq(part, rows[name].bits, rows[name].shape[1], rows[name].shape[0])
+                ref = next(x for x in adapter.linears(i) if x.name == name)
+                out_t[name + ".weight"] = W.t() if ref.transposed else W
+            return out_t
+
+        if output is not None:
+            deq_dir = partial / "dequantized"
+            deq_dir.mkdir(exist_ok=True)
+            store.extra_writers.append(ShardWriter(deq_dir, adapter.num_blocks, tied_names(store.model)))
+            store.transform, store.untransform = transform, untransform
+        selected = {r.name for r in plan.rows}
+        options = {"model": src.spec, "bits": bits, "high": high, "low": low, "order": order,
+                   "order_seed": order_seed, "quantizer": quantizer, "group_size": group_size, "sym": sym,
+                   "act_order": act_order, "calib": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
+                   "targets": targets, "ignore": ignore, "streamed": use_stream}
+        ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [
+            (r.name, r.bits, r.method, r.group_size) for r in plan.rows]})) if partial else None
+        metrics: dict = {}
+        if evaluate:
+            metrics["perplexity_dense"] = _perplexity(src, None, eval_windows)
+        res = run_sequential(store, samples, action, select=lambda n: n in selected, gram=True,
+                             gram_limit=None if hessian else 4096, propagate="pruned", batch_size=batch_size,
+                             checkpointer=ckpt, description=f"{quantizer} {bits:g} bits")
+        if res.resumed_from:
+            info(f"resumed at block {res.resumed_from}")
+            done = {d["name"]: d for d in res.rows}
+            for r in plan.rows:
+                for k, v in done.get(r.name, {}).items():
+                    if k != "shape":
+                        setattr(r, k, v)
+        res.first_ids = samples[:batch_size]
+        timings = res.timings.to_dict()
+        timings["ranking_s"] = t_alloc
+        result_model = store.model if store.fully_in_memory else None
+        if evaluate and result_model is not None:
+            metrics["perplexity"] = _perplexity(src, result_model, eval_windows)
+        from ..io import build_manifest
+
+        bits_rep = bits_report(plan, store.model, None)
+        plan.meta.update({"nominal_bits": bits_rep["nominal_bits"]})
+        timings["total_s"] = time.perf_counter() - t_start
+        manifest = build_manifest("quantize", options, seed, timings, metrics,
+                                  {"linears": len(plan), "parameters": plan.total_params, **bits_rep}, command)
+        out_path = None
+        if output is not None:
+            qc = gptq_quantization_config(plan, adapter, high, group_size, sym, act_order)
+            out_path = output.finish(store, src, plan, manifest, res, samples[:2],
+                                     title=f"{quantizer} {bits:g} bits ({order} order) on {src.spec}",
+                                     config_updates={"quantization_config": qc},
+                                     verify=lambda: _verify_quantized(store, res, output.partial, samples[:2]),
+                                     after_config=lambda: _write_dequantized_meta(store, src, output.partial))
+            bits_rep = bits_report(plan, store.model, out_path)
+            manifest["plan"].update(bits_rep)
+            from ..io import write_json
+
+            write_json(out_path / "manifest.json", manifest)
+        if evaluate and result_model is None and out_path is not None:
+            from ..models.loader import load_model
+
+            metrics["perplexity"] = _perplexity(src, load_model(str(out_path)).model, eval_windows)
+            manifest["metrics"] = metrics
+            from ..io import write_json
+
+            write_json(out_path / "manifest.json", manifest)
+        return QuantizeResult(plan, out_path, result_model, timings, bits_rep, metrics, manifest)
+    except LayerwiseError:
+        if output is not None:
+            output.abort()
+        raise
+    except KeyboardInterrupt:
+        if output is not None:
+            output.interrupted()
+        raise
+
+
+def gptq_quantization_config(plan: Plan, adapter, default_bits: int, group_size: int, sym: bool,
+                             act_order: bool) -> dict:
+    dynamic = {}
+    for r in plan.rows:
+        if r.bits != default_bits:
+            dynamic[f"+:^{re.escape(r.name)}$"] = {"bits": r.bits}
+    planned = {r.name for r in plan.rows}
+    for ref in adapter.all_linears():
+        if ref.name not in planned:
+            dynamic[f"-:^{re.escape(ref.name)}$"] = {}
+    from .. import __version__
+
+    return {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": default_bits, "group_size": group_size,
+            "desc_act": act_order, "sym": sym, "static_groups": False, "true_sequential": False,
+            "damp_percent": 0.01, "lm_head": False, "dynamic": dynamic,
+            "meta": {"quantizer": [f"layerwise:{__version__}"]}}
+
+
+def _write_dequantized_meta(store, src, partial: Path) -> None:
+    deq = partial / "dequantized"
+    cfg = store.model.config
+    qc = getattr(cfg, "quantization_config", None)
+    if qc is not None:
+        delattr(cfg, "quantization_config")
+    cfg.save_pretrained(deq)
+    if qc is not None:
+        cfg.quantization_config = qc
+    if src.tokenizer is not None:
+        src.tokenizer.save_pretrained(deq)
+
+
+@torch.no_grad()
+def _verify_quantized(store, res, partial: Path, sample_ids: torch.Tensor) -> str:
+    """Packed checkpoint and dequantized copy must both reproduce what the engine computed."""
+    from safetensors.torch import load_file
+
+    from ..io.quantized import load_gptq, module_bits
+
+    deq = partial / "dequantized"
+    # 1. every packed tensor unpacks to exactly the dequantized copy (block by block, low memory)
+    for f in sorted(partial.glob("model-*.safetensors")):
+        packed, plain = load_file(str(f)), load_file(str(deq / f.name))
+        for k in [k for k in packed if k.endswith(".qweight")]:
+            base = k[: -len(".qweight")]
+            w = plain[base + ".weight"]
+            bits = module_bits(base, store.model.config.quantization_config)
+            W = from_gptq({s: packed[f"{base}.{s}"] for s in ("qweight", "qzeros", "scales", "g_idx")}, bits,
+                          packed[base + ".g_idx"].numel(), packed[base + ".scales"].shape[1])
+            if not (torch.equal(W, w) or torch.equal(W.t(), w)):
+                raise LayerwiseError(f"packed weights of {base} do not unpack to the dequantized copy")
+    if store.fully_in_memory:
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        from ..models.loader import _causal_config
+
+        ref = store.model(input_ids=sample_ids, use_cache=False)
+        ref = ref.logits if hasattr(ref, "logits") else ref.last_hidden_state
+        a = load_gptq(partial)(input_ids=sample_ids, use_cache=False)
+        cls = AutoModelForCausalLM if _causal_config(store.model.config) else AutoModel
+        b = cls.from_pretrained(deq).eval()(input_ids=sample_ids, use_cache=False)
+        for name, o in (("packed", a), ("dequantized", b)):
+            o = o.logits if hasattr(o, "logits") else o.last_hidden_state
+            if not torch.equal(o, ref):
+                raise LayerwiseError(f"the {name} checkpoint does not reproduce the in-memory logits; nothing was written")
+        return "packed (layerwise.load) and dequantized (stock from_pretrained) logits identical to the in-memory model"
+    from ..engine.capture import capture_block_inputs
+
+    back = LazyStore(deq, None)
+    n = res.final_hidden[0].shape[0]
+    (batch,) = capture_block_inputs(back.model, back.adapter, res.first_ids[:n], batch_size=n)
+    h = batch.hidden
+    for i in range(back.adapter.num_blocks):
+        h = back.adapter.call_block(back.load_block(i), h, batch.args, batch.kwargs)
+        back._free(i)
+    if not torch.equal(h, res.final_hidden[0]):
+        raise LayerwiseError("the saved model does not reproduce the engine's activations; nothing was written")
+    return "packed tensors unpack exactly to the dequantized copy; its streamed reload reproduces the engine"
