@@ -67,6 +67,8 @@ class OutputDir:
         try:
             store.write_rest()
             cfg = store.model.config
+            if not getattr(cfg, "architectures", None):
+                cfg.architectures = [type(store.model).__name__]
             for k, v in (config_updates or {}).items():
                 setattr(cfg, k, v)
             cfg.save_pretrained(self.partial)
