@@ -18,6 +18,8 @@ from ..errors import LayerwiseError
 from .app import app
 from . import analyze as _analyze  # noqa: F401  (registers commands)
 from . import demo as _demo  # noqa: F401
+from . import depth as _depth  # noqa: F401
+from . import distill as _distill  # noqa: F401
 from . import evaluate as _evaluate  # noqa: F401
 from . import prune as _prune  # noqa: F401
 from . import quantize as _quantize  # noqa: F401

@@ -118,3 +118,11 @@ def eval_windows(source: Corpus | str, tokenizer, seqlen: int = 256, split: str 
     if max_windows is not None:
         n = min(n, max_windows)
     return stream[: n * seqlen].view(n, seqlen)
+
+
+def training_batch(stream: torch.Tensor, step: int, batch: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+    """The batch of training step `step`: `batch` random windows that depend only on (seed, step),
+    so a resumed or multi-process run sees exactly the batches of an uninterrupted single one."""
+    g = generator(seed * 1_000_003 + step)
+    starts = torch.randint(0, stream.numel() - seqlen, (batch,), generator=g)
+    return torch.stack([stream[s:s + seqlen] for s in starts.tolist()])

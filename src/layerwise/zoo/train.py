@@ -18,11 +18,10 @@ import torch
 
 from ..console import info, progress_bar
 from ..data.corpora import load_corpus
-from ..data.tokens import eval_windows, token_stream, tokenizer_fingerprint
+from ..data.tokens import eval_windows, token_stream, tokenizer_fingerprint, training_batch
 from ..errors import ConfigError
 from ..eval.perplexity import perplexity
 from ..utils.atomic import atomic_dir
-from ..utils.seed import generator
 from ..utils.threads import configure_threads
 from .specs import SPECS, ZooSpec
 from .tokenizer import train_bpe
@@ -57,9 +56,7 @@ def lr_at(spec: ZooSpec, step: int) -> float:
 
 
 def batch_at(spec: ZooSpec, stream: torch.Tensor, step: int) -> torch.Tensor:
-    g = generator(spec.seed * 1_000_003 + step)
-    starts = torch.randint(0, stream.numel() - spec.seqlen, (spec.batch_size,), generator=g)
-    return torch.stack([stream[s:s + spec.seqlen] for s in starts.tolist()])
+    return training_batch(stream, step, spec.batch_size, spec.seqlen, spec.seed)
 
 
 def _optimizer(spec: ZooSpec, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ..console import console
+from .app import app
+
+
+@app.command("depth")
+def depth_cmd(
+    model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id."),
+    remove: str = typer.Option("25%", "--remove", help="Blocks to remove: a count (3) or a share (25%)."),
+    select: str = typer.Option("ppcl", "--select", help="ppcl | bi | random | last."),
+    distill: bool = typer.Option(False, "--distill", help="Heal by contiguous layer distillation (students)."),
+    finetune: bool = typer.Option(False, "--finetune", help="Heal by LM fine-tuning of the whole pruned model."),
+    steps: int = typer.Option(200, help="Training steps for --distill / --finetune."),
+    lr: float = typer.Option(2e-4, help="Peak learning rate (cosine schedule)."),
+    global_batch: int = typer.Option(16, help="Sequences per step across all processes."),
+    processes: int = typer.Option(1, help="Train with `accelerate launch --num_processes N --cpu`."),
+    family: bool = typer.Option(False, "--family", help="Also assemble every nested subset of the intervals "
+                                                      "(several ratios from one training)."),
+    seed: int = typer.Option(0, help="Seed of calibration, random selection and training data."),
+    calib: str = typer.Option("stdlib", "--calib", help="Calibration / training corpus."),
+    nsamples: int = typer.Option(64, help="Calibration sequences for the depth map."),
+    max_len: int = typer.Option(3, help="Longest interval (blocks removed by one student)."),
+    protect: int = typer.Option(2, help="Blocks at the head and tail never put in a PPCL interval."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (stock save_pretrained)."),
+    work_dir: Optional[str] = typer.Option(None, help="Training checkpoints (default OUT.work); rerun resumes."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer if the model has none."),
+    evaluate: bool = typer.Option(False, "--eval", help="Validation perplexity of dense, pruned and variants."),
+):
+    """Remove whole blocks (contiguous intervals for ppcl), optionally heal, save a loadable model.
+
+    Example: layerwise depth zoo:llama-12l --remove 3 --select ppcl --distill --steps 200 --out runs/depth3
+    """
+    from ..errors import ConfigError
+    from ..pipeline.depth import depth
+
+    if distill and finetune:
+        raise ConfigError("choose one of --distill and --finetune")
+    res = depth(model, remove=remove, select=select, seed=seed, heal_kind="distill" if distill else
+                "finetune" if finetune else "none", steps=steps, lr=lr, global_batch=global_batch,
+                processes=processes, family=family, calib=calib, nsamples=nsamples, max_len=max_len,
+                protect=protect, out=out, overwrite=overwrite, work_dir=work_dir, tokenizer=tokenizer,
+                evaluate=evaluate)
+    from rich.table import Table
+
+    dm = res.dmap
+    t = Table(title=f"depth map: {model}", title_justify="left")
+    for c in ("block", "BI", "probe fidelity", "CKA(h_i,h_i+1)", "ΔCKA", "action"):
+        t.add_column(c, justify="right")
+    for i in range(dm.num_blocks):
+        t.add_row(str(i), f"{dm.bi[i]:.4f}", f"{dm.probe[i]:.4f}", f"{dm.cka[i]:.4f}",
+                  f"{dm.dcka[i]:+.4f}" if i < len(dm.dcka) else "", "remove" if i in res.removed else "keep")
+    console.print(t)
+    console.print("intervals: " + ", ".join(f"[{iv['start']},{iv['end']}]" for iv in res.intervals))
+    if res.metrics:
+        console.print("perplexity: " + ", ".join(f"{k} {v:.3f}" for k, v in res.metrics.items()))
+    if res.out:
+        console.print(f"wrote {res.out} (stock save_pretrained, plan.json, report.md)")

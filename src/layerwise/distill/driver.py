@@ -1,0 +1,124 @@
+"""One training loop for every kind of healing, on `accelerate`.
+
+The trainable thing is an `nn.Module` whose `forward(ids)` returns the loss (interval students with
+their frozen teacher, a pruned model fine-tuned on LM loss, a student distilled from a teacher's
+logits), so that data-parallel wrappers see one forward per step. The batch of step s depends only on
+(seed, s); process r of w takes rows r, r+w, … of it, so any number of processes sees the same global
+batch. State (trainable weights, optimizer, step, loss curve) is checkpointed atomically and a rerun
+resumes. The same code runs on a CPU, one GPU, or `accelerate launch --num_processes N`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..console import info, progress_bar
+from ..data.tokens import token_stream, training_batch
+
+STATE = "train_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    global_batch: int = 16
+    seqlen: int = 256
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1
+    warmup: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    corpus: str = "stdlib"
+    checkpoint_every: int = 50
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _trainable_state(module: nn.Module) -> dict:
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if k in names}
+
+
+def train(module: nn.Module, cfg: TrainConfig, tokenizer, work_dir: str | os.PathLike,
+          description: str = "train", accelerator=None) -> list[dict]:
+    """Train `module` (forward(ids) → loss) for cfg.steps; returns the loss curve (one row per step)."""
+    from accelerate import Accelerator
+
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    if acc.device.type == "cpu" and acc.num_processes > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // acc.num_processes))
+    work = Path(work_dir)
+    if acc.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    if cfg.global_batch % acc.num_processes:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"the global batch {cfg.global_batch} must be divisible by {acc.num_processes} processes")
+    stream = token_stream(cfg.corpus, tokenizer, "train")
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    start, curve = 0, []
+    state_file = work / STATE
+    if state_file.exists():
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        if state.get("config") != cfg.to_dict():
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{state_file} was written by a run with other training settings; remove it to restart")
+        module.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        start, curve = state["step"], state["curve"]
+        if acc.is_main_process:
+            info(f"resuming {description} at step {start}")
+    module, opt = acc.prepare(module, opt)
+    module.train()
+    rank, world = acc.process_index, acc.num_processes
+    t0 = time.perf_counter()
+    with progress_bar() as prog:
+        task = prog.add_task(description, total=cfg.steps, completed=start, info="")
+        for step in range(start, cfg.steps):
+            lr = lr_at(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            ids = training_batch(stream, step, cfg.global_batch, cfg.seqlen, cfg.seed)[rank::world].to(acc.device)
+            loss = module(ids)
+            acc.backward(loss)
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            mean_loss = float(acc.reduce(loss.detach(), reduction="mean"))
+            curve.append({"step": step + 1, "loss": mean_loss, "lr": lr})
+            prog.update(task, advance=1, info=f"loss {mean_loss:.4f}")
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                if acc.is_main_process:
+                    tmp = work / f".{STATE}.tmp"
+                    torch.save({"step": step + 1, "model": _trainable_state(acc.unwrap_model(module)),
+                                "optimizer": opt.state_dict(), "curve": curve, "config": cfg.to_dict()}, tmp)
+                    os.replace(tmp, state_file)
+                acc.wait_for_everyone()
+            stop = os.environ.get("LAYERWISE_STOP_AFTER_STEP")
+            if stop is not None and step + 1 == int(stop) and step + 1 < cfg.steps:
+                raise KeyboardInterrupt(f"stopped after step {step + 1} (LAYERWISE_STOP_AFTER_STEP)")
+    if acc.is_main_process:
+        (work / "curve.json").write_text(json.dumps({"curve": curve, "config": cfg.to_dict(),
+                                                     "processes": world,
+                                                     "seconds": time.perf_counter() - t0}, indent=1))
+    return curve

@@ -1,0 +1,101 @@
+"""Run a healing job described by a JSON spec; this is what `accelerate launch` starts.
+
+    accelerate launch --num_processes 2 --cpu -m layerwise.distill.run JOB.json
+
+Kinds:
+  intervals — contiguous layer distillation: {"teacher", "intervals": [[s, e], ...], "init", "mse_weight"}
+  finetune  — LM fine-tuning of a whole model: {"model"}
+  kd        — logit distillation: {"model", "teacher", "temperature", "alpha"}
+Common: {"train": TrainConfig fields, "work_dir"}. Results go to work_dir: students.safetensors or
+model/ (save_pretrained), curve.json, train_state.pt.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from .driver import TrainConfig, train
+from .modules import IntervalStudents, LMFinetune, LogitKD
+
+KINDS = ("intervals", "finetune", "kd")
+
+
+def load_job(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"job file {path} does not exist")
+    try:
+        job = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"job file {path} is not valid JSON: {e}") from e
+    if job.get("kind") not in KINDS:
+        raise ConfigError(f"job {path}: 'kind' must be one of {', '.join(KINDS)}")
+    try:
+        job["train"] = TrainConfig(**job.get("train", {}))
+    except TypeError as e:
+        raise ConfigError(f"job {path}: bad 'train' settings: {e}") from e
+    if "work_dir" not in job:
+        raise ConfigError(f"job {path}: 'work_dir' is required")
+    return job
+
+
+def run_job(job: dict | str | Path):
+    from accelerate import Accelerator
+
+    from ..models import load_model
+    from ..utils.hf import quiet
+
+    quiet()
+    if not isinstance(job, dict):
+        job = load_job(job)
+    elif not isinstance(job.get("train"), TrainConfig):
+        job = {**job, "train": TrainConfig(**job.get("train", {}))}
+    acc = Accelerator(cpu=True) if job.get("cpu", True) else Accelerator()
+    work = Path(job["work_dir"])
+    kind = job["kind"]
+    if kind == "intervals":
+        teacher = load_model(job["teacher"])
+        module = IntervalStudents(teacher.model, job["intervals"], job.get("init", "middle"),
+                                  job.get("mse_weight", 0.0))
+        tok = teacher.tokenizer
+    elif kind == "finetune":
+        lm = load_model(job["model"])
+        module, tok = LMFinetune(lm.model), lm.tokenizer
+    else:
+        lm, teacher = load_model(job["model"]), load_model(job["teacher"])
+        module = LogitKD(lm.model, teacher.model, job.get("temperature", 2.0), job.get("alpha", 1.0))
+        tok = lm.tokenizer
+    curve = train(module, job["train"], tok, work, description=job.get("description", kind), accelerator=acc)
+    if acc.is_main_process:
+        inner = acc.unwrap_model(module) if hasattr(acc, "unwrap_model") else module
+        if kind == "intervals":
+            from safetensors.torch import save_file
+
+            tensors = {f"{k}.{n}": t.detach().contiguous() for k, st in inner.students.items()
+                       for n, t in st.state_dict().items()}
+            save_file(tensors, str(work / "students.safetensors"))
+        else:
+            model = inner.model if kind == "finetune" else inner.student
+            model.save_pretrained(work / "model")
+            tok.save_pretrained(work / "model")
+    acc.wait_for_everyone()
+    return curve
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m layerwise.distill.run JOB.json\n")
+        return 2
+    try:
+        run_job(args[0])
+    except ConfigError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""`layerwise depth`: find redundant blocks, remove them, optionally heal, export a stock checkpoint.
+
+Selectors: `ppcl` (contiguous intervals from span probes and the CKA trend, each replaced by one
+block), `bi` (ShortGPT: the k blocks of lowest Block Influence), `random` (seeded), `last`.
+Healing (same budget for every selector): `distill` trains one student per interval, teacher-forced
+(contiguous layer distillation); `finetune` trains the whole pruned model on LM loss.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..console import console, info
+from ..data.tokens import calibration_samples, eval_windows
+from ..distill.driver import TrainConfig
+from ..engine import InMemoryStore, run_sequential
+from ..errors import ConfigError, DataError, LayerwiseError
+from ..prune.depth import SELECTORS, assemble, keep_index, parse_remove, runs_to_intervals, select_blocks
+from ..scores.probes import DepthMap, depth_map, select_intervals
+from ..scores.similarity import mean_token_cosine
+from ..utils.atomic import atomic_dir, check_output_dir
+from ..utils.hf import quiet
+from .source import resolve
+
+HEALS = ("none", "distill", "finetune")
+
+
+@dataclass
+class DepthResult:
+    model: nn.Module
+    removed: list[int]
+    intervals: list[dict]
+    dmap: DepthMap
+    out: Path | None = None
+    curve: list[dict] = field(default_factory=list)
+    variants: dict = field(default_factory=dict)     # removed count -> model (family)
+    metrics: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def collect_states(model: nn.Module, samples: torch.Tensor, probe_tokens: int = 4096, seed: int = 0,
+                   batch_size: int = 8) -> tuple[list[torch.Tensor], list[float]]:
+    """Subsampled residual-stream states h_0..h_L (same tokens for all) and Block Influence."""
+    n, L = samples.shape
+    g = torch.Generator().manual_seed(seed)
+    positions = torch.arange(n * L).view(n, L)[:, 1:].reshape(-1)  # skip position 0 (attention sink)
+    idx = positions[torch.randperm(positions.numel(), generator=g)[:probe_tokens]].sort().values
+    states: dict[int, torch.Tensor] = {}
+    bi: dict[int, float] = {}
+
+    def flat(xs):
+        return torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])[idx].float()
+
+    def observe(i, inputs, outputs):
+        if i == 0:
+            states[0] = flat(inputs)
+        states[i + 1] = flat(outputs)
+        bi[i] = 1.0 - mean_token_cosine(inputs, outputs)
+
+    run_sequential(InMemoryStore(model), samples, lambda w: [], gram=False, propagate="dense",
+                   batch_size=batch_size, description="depth map", observe=observe, select=lambda n: False)
+    return [states[i] for i in range(len(states))], [bi[i] for i in range(len(bi))]
+
+
+def heal(kind: str, teacher_spec, teacher_model: nn.Module, pruned: nn.Module, intervals: list[dict],
+         cfg: TrainConfig, tokenizer, work: Path, processes: int = 1, mse_weight: float = 0.0):
+    """Train students (distill) or the whole pruned model (finetune). Returns (students | model, curve)."""
+    from ..distill.driver import train
+    from ..distill.modules import IntervalStudents, LMFinetune
+
+    work.mkdir(parents=True, exist_ok=True)
+    if processes > 1:
+        if not isinstance(teacher_spec, str):
+            raise ConfigError("--processes > 1 needs the model as a path or zoo:NAME")
+        job = {"cpu": True, "work_dir": str(work), "train": cfg.to_dict(), "description": kind}
+        if kind == "distill":
+            job.update(kind="intervals", teacher=teacher_spec, intervals=intervals, mse_weight=mse_weight)
+        else:
+            pre = work / "pruned"
+            pruned.save_pretrained(pre)
+            tokenizer.save_pretrained(pre)
+            job.update(kind="finetune", model=str(pre))
+        (work / "job.json").write_text(json.dumps(job, indent=1))
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--cpu",
+               "-m", "layerwise.distill.run", str(work / "job.json")]
+        info("running: " + " ".join(cmd[2:]))
+        r = subprocess.run(cmd, env={**os.environ, "LAYERWISE_NO_PROGRESS": "1"})
+        if r.returncode != 0:
+            raise LayerwiseError(f"the {processes}-process training run failed (exit code {r.returncode})")
+        curve = json.loads((work / "curve.json").read_text())["curve"]
+        if kind == "distill":
+            from safetensors.torch import load_file
+
+            flat = load_file(str(work / "students.safetensors"))
+            students = {}
+            tmp = IntervalStudents(teacher_model, intervals)
+            for k, st in tmp.students.items():
+                st.load_state_dict({n[len(k) + 1:]: v for n, v in flat.items() if n.startswith(k + ".")})
+                students[k] = st
+            return students, curve
+        from ..models import load_model
+
+        return load_model(str(work / "model")).model, curve
+    if kind == "distill":
+        module = IntervalStudents(teacher_model, intervals, mse_weight=mse_weight)
+        curve = train(module, cfg, tokenizer, work, description="distill students")
+        students = dict(module.students.items())
+        for st in students.values():
+            st.eval()
+        return students, curve
+    module = LMFinetune(pruned)
+    curve = train(module, cfg, tokenizer, work, description="fine-tune")
+    pruned.eval()
+    return pruned, curve
+
+
+def _freeze(m: nn.Module) -> nn.Module:
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m.eval()
+
+
+def depth(model, *, remove="25%", select: str = "ppcl", seed: int = 0, heal_kind: str = "none",
+          steps: int = 200, lr: float = 2e-4, global_batch: int = 16, train_seqlen: int = 256,
+          processes: int = 1, family: bool = False, calib: str = "stdlib", nsamples: int = 64,
+          seqlen: int = 256, probe_tokens: int = 4096, max_len: int = 3, protect: int = 2,
+          mse_weight: float = 0.0, out: str | Path | None = None, overwrite: bool = False,
+          work_dir: str | Path | None = None, tokenizer=None, evaluate: bool = False,
+          eval_windows_n: int = 200) -> DepthResult:
+    quiet()
+    t_start = time.perf_counter()
+    if select not in SELECTORS:
+        raise ConfigError(f"unknown --select '{select}'; choose one of {', '.join(SELECTORS)}")
+    if heal_kind not in HEALS:
+        raise ConfigError(f"unknown healing '{heal_kind}'; choose one of {', '.join(HEALS)}")
+    if heal_kind != "none" and steps < 1:
+        raise ConfigError(f"--steps must be at least 1 (got {steps})")
+    if processes < 1:
+        raise ConfigError(f"--processes must be at least 1 (got {processes})")
+    if family and select != "ppcl":
+        raise ConfigError("--family (one training, several ratios) works with --select ppcl")
+    if out is not None:
+        check_output_dir(out, overwrite)
+    src = resolve(model, tokenizer, load=True)
+    if src.tokenizer is None:
+        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
+    teacher = _freeze(src.loaded.model)
+    from ..models.adapters import get_adapter
+
+    L = get_adapter(teacher).num_blocks
+    k = parse_remove(remove, L)
+    samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
+    t0 = time.perf_counter()
+    states, bi = collect_states(teacher, samples, probe_tokens, seed)
+    dmap = depth_map(states, bi, max_len=max_len, protect_head=protect, protect_tail=protect)
+    timings = {"analysis_s": time.perf_counter() - t0}
+    if select == "ppcl":
+        intervals = select_intervals(dmap, k)
+        removed = sorted(i for iv in intervals for i in range(iv["start"], iv["end"] + 1) if i != keep_index(iv))
+    else:
+        removed = select_blocks(select, k, L, bi, seed)
+        intervals = runs_to_intervals(removed, L)
+    res = DepthResult(model=None, removed=removed, intervals=intervals, dmap=dmap)
+    students = None
+    t0 = time.perf_counter()
+    if heal_kind != "none":
+        cfg = TrainConfig(steps=steps, global_batch=global_batch, seqlen=train_seqlen, lr=lr, seed=seed,
+                          corpus=calib, checkpoint_every=max(1, min(50, steps)))
+        work = Path(work_dir) if work_dir else (Path(str(out) + ".work") if out else Path(f"runs/.depth-work-{os.getpid()}"))
+        if heal_kind == "distill":
+            students, res.curve = heal("distill", src.spec, teacher, None, intervals, cfg, src.tokenizer, work,
+                                       processes, mse_weight)
+            pruned = assemble(copy.deepcopy(teacher), intervals, students)
+        else:
+            pruned = assemble(copy.deepcopy(teacher), intervals)
+            for p in pruned.parameters():
+                p.requires_grad_(True)
+            pruned, res.curve = heal("finetune", src.spec, teacher, pruned, intervals, cfg, src.tokenizer, work,
+                                     processes)
+    else:
+        pruned = assemble(copy.deepcopy(teacher), intervals)
+    timings["heal_s"] = time.perf_counter() - t0
+    res.model = _freeze(pruned)
+    if family:
+        order = sorted(intervals, key=lambda iv: iv["cost_per_block"])
+        for j in range(1, len(order) + 1):
+            active = sorted(order[:j], key=lambda iv: iv["start"])
+            m = _freeze(assemble(copy.deepcopy(teacher), active, students))
+            res.variants[sum(iv["end"] - iv["start"] for iv in active)] = (m, active)
+    if evaluate:
+        from ..eval import perplexity
+
+        w = eval_windows("stdlib", src.tokenizer, 256, "validation", eval_windows_n)
+        res.metrics["perplexity_dense"] = perplexity(teacher, w, 16).perplexity
+        res.metrics["perplexity"] = perplexity(res.model, w, 16).perplexity
+        for r, (m, _) in res.variants.items():
+            res.metrics[f"perplexity_remove_{r}"] = perplexity(m, w, 16).perplexity
+    timings["total_s"] = time.perf_counter() - t_start
+    res.timings = timings
+    if out is not None:
+        res.out = _write(out, overwrite, res, src, select, heal_kind, k, seed, timings)
+    return res
+
+
+def _plan_dict(res: DepthResult, select: str, heal_kind: str, L: int) -> dict:
+    dm = res.dmap
+    blocks = []
+    for i in range(L):
+        blocks.append({"block": i, "bi": dm.bi[i], "probe": dm.probe[i], "cka": dm.cka[i],
+                       "dcka": dm.dcka[i] if i < len(dm.dcka) else None,
+                       "action": "remove" if i in res.removed else "keep"})
+    return {"kind": "depth", "selector": select, "heal": heal_kind, "num_blocks": L, "removed": res.removed,
+            "intervals": res.intervals, "blocks": blocks, "candidate_intervals": dm.intervals[:30]}
+
+
+def plot_depth(res: DepthResult, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dm = res.dmap
+    xs = list(range(dm.num_blocks))
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    ax.plot(xs, dm.bi, marker="o", label="Block Influence 1−cos")
+    ax.plot(xs, [1 - f for f in dm.probe], marker="s", label="1 − probe fidelity")
+    ax.plot(xs, [1 - c for c in dm.cka], marker="^", label="1 − CKA(h_i, h_i+1)")
+    ax.plot(xs[:-1], [abs(d) for d in dm.dcka], ls=":", label="|Δ CKA| (trend)")
+    for i in res.removed:
+        ax.axvspan(i - 0.45, i + 0.45, color="C3", alpha=0.15)
+    for iv in res.intervals:
+        ax.annotate("", xy=(iv["end"] + 0.3, 0), xytext=(iv["start"] - 0.3, 0),
+                    arrowprops=dict(arrowstyle="<->", color="C3"))
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("block (shaded: removed)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write(out, overwrite, res: DepthResult, src, select, heal_kind, k, seed, timings) -> Path:
+    from ..io import build_manifest, write_json
+
+    L = res.dmap.num_blocks
+    sample = torch.randint(0, res.model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        res.model.save_pretrained(tmp)
+        src.tokenizer.save_pretrained(tmp)
+        plan = _plan_dict(res, select, heal_kind, L)
+        write_json(tmp / "plan.json", plan)
+        if res.curve:
+            write_json(tmp / "training_curve.json", res.curve)
+        for r, (m, active) in sorted(res.variants.items()):
+            d = tmp / "variants" / f"remove-{r}"
+            m.save_pretrained(d)
+            src.tokenizer.save_pretrained(d)
+            write_json(d / "intervals.json", active)
+        from transformers import AutoModelForCausalLM
+
+        back = AutoModelForCausalLM.from_pretrained(tmp).eval()
+        with torch.no_grad():
+            same = torch.equal(back(input_ids=sample).logits, res.model(input_ids=sample).logits)
+        if not same:
+            raise LayerwiseError("the saved depth-pruned model does not reproduce the in-memory logits")
+        manifest = build_manifest("depth", {"model": src.spec, "remove": k, "select": select, "heal": heal_kind,
+                                            "seed": seed}, seed, timings, res.metrics,
+                                  {"removed": res.removed, "intervals": len(res.intervals),
+                                   "blocks_after": L - len(res.removed)})
+        manifest["checks"] = {"reload": "stock from_pretrained: logits identical to the in-memory model"}
+        write_json(tmp / "manifest.json", manifest)
+        plot_depth(res, tmp / "report_depth.png", f"{src.spec}: {select}, remove {k} of {L}")
+        lines = [f"# Depth pruning: {src.spec}", "", f"Selector `{select}`, healing `{heal_kind}`, removed blocks "
+                 f"{res.removed} ({L} → {L - len(res.removed)}).", "", "![depth map](report_depth.png)", "",
+                 "| interval | keeps block | removes | predicted cost (1 − CKA of span probe) |", "|---|---|---|---|"]
+        for iv in res.intervals:
+            lines.append(f"| [{iv['start']}, {iv['end']}] | {keep_index(iv)} | {iv['end'] - iv['start']} | "
+                         f"{iv.get('cost', float('nan')):.4f} |")
+        if res.metrics:
+            lines += ["", "| metric | value |", "|---|---|"] + [f"| {a} | {b:.4f} |" for a, b in res.metrics.items()]
+        (tmp / "report.md").write_text("\n".join(lines) + "\n")
+    return Path(out)
