@@ -1,6 +1,7 @@
 """Run a healing job described by a JSON spec; this is what `accelerate launch` starts.
 
-    accelerate launch --num_processes 2 --cpu -m layerwise.distill.run JOB.json
+    accelerate launch --num_processes 1 --cpu -m layerwise.distill.run JOB.json
+    accelerate launch --num_processes 2 --multi_gpu -m layerwise.distill.run JOB.json   # 2 CPU processes
 
 Kinds:
   intervals — contiguous layer distillation: {"teacher", "intervals": [[s, e], ...], "init", "mse_weight"}
@@ -82,6 +83,29 @@ def run_job(job: dict | str | Path):
             tok.save_pretrained(work / "model")
     acc.wait_for_everyone()
     return curve
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(job: str | Path, processes: int) -> list[str]:
+    """`accelerate launch` for `processes` CPU processes.
+
+    accelerate 1.15 runs `--cpu --num_processes N` as ONE process (its multi-CPU path needs mpirun), so
+    several CPU processes are started through its torchrun launcher; the job itself forces the CPU.
+    """
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if processes > 1:
+        cmd += ["--multi_gpu", "--main_process_port", str(free_port())]
+    else:
+        cmd += ["--cpu"]
+    return cmd + ["-m", "layerwise.distill.run", str(job)]
 
 
 def main(argv: list[str] | None = None) -> int:

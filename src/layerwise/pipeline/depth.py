@@ -92,8 +92,9 @@ def heal(kind: str, teacher_spec, teacher_model: nn.Module, pruned: nn.Module, i
             tokenizer.save_pretrained(pre)
             job.update(kind="finetune", model=str(pre))
         (work / "job.json").write_text(json.dumps(job, indent=1))
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--cpu",
-               "-m", "layerwise.distill.run", str(work / "job.json")]
+        from ..distill.run import launch_command
+
+        cmd = launch_command(work / "job.json", processes)
         info("running: " + " ".join(cmd[2:]))
         r = subprocess.run(cmd, env={**os.environ, "LAYERWISE_NO_PROGRESS": "1"})
         if r.returncode != 0:
