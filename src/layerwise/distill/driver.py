@@ -38,15 +38,20 @@ class TrainConfig:
     seed: int = 0
     corpus: str = "stdlib"
     checkpoint_every: int = 50
+    offset: int = 0                    # global step of this run's first step (schedules across stages)
+    total_steps: int | None = None     # length of the global schedule (default: steps)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up then cosine, over the global schedule (offset + step of total_steps)."""
+    total = cfg.total_steps or cfg.steps
+    step = step + cfg.offset
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    t = (step - cfg.warmup) / max(1, total - cfg.warmup)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
@@ -97,7 +102,7 @@ def train(module: nn.Module, cfg: TrainConfig, tokenizer, work_dir: str | os.Pat
             lr = lr_at(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            ids = training_batch(stream, step, cfg.global_batch, cfg.seqlen, cfg.seed)[rank::world].to(acc.device)
+            ids = training_batch(stream, step + cfg.offset, cfg.global_batch, cfg.seqlen, cfg.seed)[rank::world].to(acc.device)
             loss = module(ids)
             acc.backward(loss)
             if cfg.grad_clip:

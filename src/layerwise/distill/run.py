@@ -79,8 +79,16 @@ def run_job(job: dict | str | Path):
             save_file(tensors, str(work / "students.safetensors"))
         else:
             model = inner.model if kind == "finetune" else inner.student
-            model.save_pretrained(work / "model")
-            tok.save_pretrained(work / "model")
+            from ..prune.width import uniform_widths
+            from ..models.adapters import get_adapter
+
+            if get_adapter(model).name == "llama" and uniform_widths(model) is None:
+                from ..io.structured import save_model
+
+                save_model(model, tok, work / "model")
+            else:
+                model.save_pretrained(work / "model")
+                tok.save_pretrained(work / "model")
     acc.wait_for_everyone()
     return curve
 

@@ -22,11 +22,13 @@ class InputStats:
     gram_tokens: int = 0
     sequences: int = 0
     sq: torch.Tensor | None = None          # Σ_t x_tj²           [in]
+    s1: torch.Tensor | None = None          # Σ_t x_tj            [in]
     H: torch.Tensor | None = None           # Σ_t x_t x_tᵀ        [in, in]
     readers: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.sq = torch.zeros(self.columns, dtype=torch.float64)
+        self.s1 = torch.zeros(self.columns, dtype=torch.float64)
         if self.gram:
             self.H = torch.zeros(self.columns, self.columns, dtype=torch.float64)
 
@@ -37,6 +39,7 @@ class InputStats:
         self.tokens += x.shape[0]
         self.sequences += seqs
         self.sq += x.pow(2).sum(0, dtype=torch.float64)
+        self.s1 += x.sum(0, dtype=torch.float64)
         if self.H is not None:
             if self.gram_limit is not None:
                 x = x[: max(0, self.gram_limit - self.gram_tokens)]
@@ -48,6 +51,12 @@ class InputStats:
     def mean_sq(self) -> torch.Tensor:
         """Mean of x_j² over tokens (Wanda's squared input-feature norm up to a constant)."""
         return self.sq / max(1, self.tokens)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Per-column variance of the input over tokens (FLAP's fluctuation)."""
+        m = self.s1 / max(1, self.tokens)
+        return (self.mean_sq - m * m).clamp(min=0)
 
     @property
     def hessian(self) -> torch.Tensor:

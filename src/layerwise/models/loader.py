@@ -84,15 +84,11 @@ def _load_from_dir(path: Path, dtype: torch.dtype, tokenizer: str | None):
             raise
         except Exception as e:
             raise ModelLoadError(f"cannot load the quantized checkpoint {path}: {type(e).__name__}: {e}") from e
-    # `layerwise.load` restores models whose per-layer shapes differ from the stock config.
+    # Models whose per-layer shapes differ from the stock config (structured width pruning).
     if (path / "layerwise_model.json").exists():
-        try:
-            from ..io import load as lw_load  # noqa: WPS433 (optional, added by the export stage)
-        except ImportError:
-            lw_load = None
-        if lw_load is not None:
-            model = lw_load(path, dtype=dtype)
-            return model, _load_tokenizer(path, tokenizer)
+        from ..io.structured import load_structured
+
+        return load_structured(path, dtype), _load_tokenizer(path, tokenizer)
     cls = AutoModelForCausalLM if _causal_config(config) else AutoModel
     try:
         model = cls.from_pretrained(path, dtype=dtype)

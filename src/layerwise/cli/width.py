@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ..console import console
+from .app import app
+
+
+@app.command("width")
+def width_cmd(
+    model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id (Llama-like)."),
+    params: float = typer.Option(0.6, "--params", help="Share of block parameters to keep, e.g. 0.6."),
+    adaptive: bool = typer.Option(False, "--adaptive", help="Adapt-Pruner per-layer shares: layers that change "
+                                                            "their input most are pruned least."),
+    criterion: str = typer.Option("taylor", help="Group importance: magnitude | wanda | flap | taylor."),
+    incremental: bool = typer.Option(False, "--incremental", help="Prune in steps, healing after each."),
+    step: float = typer.Option(0.05, help="Share of the original block parameters removed per stage."),
+    tokens: int = typer.Option(0, help="Training tokens for healing by logit distillation (0 = none)."),
+    lr: float = typer.Option(2e-4, help="Peak learning rate of the global schedule."),
+    global_batch: int = typer.Option(16, help="Sequences per training step."),
+    seed: int = typer.Option(0, help="Seed of calibration and training data."),
+    calib: str = typer.Option("stdlib", "--calib", help="Calibration / training corpus."),
+    nsamples: int = typer.Option(32, help="Calibration sequences per pruning step."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory."),
+    work_dir: Optional[str] = typer.Option(None, help="Training checkpoints (default OUT.work)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer if the model has none."),
+    evaluate: bool = typer.Option(False, "--eval", help="Validation perplexity before and after."),
+):
+    """Remove attention heads (whole KV groups) and MLP channels; the saved matrices are smaller.
+
+    Example: layerwise width zoo:llama-12l --params 0.7 --adaptive --incremental --step 0.05 --tokens 2000000 --out runs/w70
+    """
+    from ..pipeline.width import width
+
+    res = width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental, step=step,
+                tokens=tokens, lr=lr, global_batch=global_batch, seed=seed, calib=calib, nsamples=nsamples,
+                out=out, overwrite=overwrite, work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate)
+    from rich.table import Table
+
+    from ..prune.width import widths
+
+    t = Table(title=f"widths after pruning: {model}", title_justify="left")
+    for c in ("block", "heads", "kv heads", "MLP channels"):
+        t.add_column(c, justify="right")
+    for w in widths(res.model):
+        t.add_row(str(w["block"]), str(w["num_attention_heads"]), str(w["num_key_value_heads"]),
+                  str(w["intermediate_size"]))
+    console.print(t)
+    console.print(f"block parameters {res.params_before:,} → {res.params_after:,} "
+                  f"({res.params_after / res.params_before:.1%} kept) in {len(res.stages)} stage(s)")
+    if res.metrics:
+        console.print("perplexity: " + ", ".join(f"{k} {v:.3f}" for k, v in res.metrics.items()))
+    if res.out:
+        console.print(f"wrote {res.out}")

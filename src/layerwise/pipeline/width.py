@@ -1,0 +1,239 @@
+"""`layerwise width`: structured pruning of heads (by KV group) and MLP channels, uniform or adaptive,
+one-shot or incremental (prune ~5%, heal by distillation from the dense teacher, repeat)."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..console import info
+from ..data.tokens import calibration_samples, eval_windows
+from ..distill.driver import TrainConfig
+from ..engine import InMemoryStore, run_sequential
+from ..errors import ConfigError, DataError, LayerwiseError
+from ..prune.width import (CRITERIA, LayerCut, apply_mask, layouts, plan_cuts, removed_params, shrink,
+                           unit_scores, widths)
+from ..scores.similarity import mean_token_cosine
+from ..utils.atomic import atomic_dir, check_output_dir
+from ..utils.hf import quiet
+from .source import resolve
+
+NAMES = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",
+         "mlp.gate_proj": "g", "mlp.up_proj": "u", "mlp.down_proj": "d"}
+
+
+@dataclass
+class WidthResult:
+    model: nn.Module
+    stages: list[dict] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    out: Path | None = None
+    metrics: dict = field(default_factory=dict)
+    curve: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def block_params(model: nn.Module) -> int:
+    return sum(lay.params for lay in layouts(model))
+
+
+@torch.no_grad()
+def _activation_stats(model, samples, batch_size):
+    """Per block: input statistics of q,k,v,o,gate,up,down, and −cos(h_in, h_out) (importance)."""
+    stats: dict[int, dict] = {}
+    imp: dict[int, float] = {}
+
+    def action(work):
+        stats[work.index] = {NAMES[r.local]: work.stats[r.name] for r in work.linears if r.local in NAMES}
+        return []
+
+    def observe(i, inputs, outputs):
+        imp[i] = -mean_token_cosine(inputs, outputs)
+
+    run_sequential(InMemoryStore(model), samples, action, gram=False, propagate="dense", batch_size=batch_size,
+                   description="width statistics", observe=observe)
+    return stats, [imp[i] for i in range(len(imp))]
+
+
+def _taylor_grads(model, samples, batch_size) -> dict:
+    was = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    for i in range(0, samples.shape[0], batch_size):
+        ids = samples[i:i + batch_size]
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    grads = {n[: -len(".weight")]: p.grad.detach().clone() for n, p in model.named_parameters()
+             if n.endswith(".weight") and p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    for n, p in model.named_parameters():
+        p.requires_grad_(was[n])
+    return grads
+
+
+def prune_once(model, samples, remove: int, criterion: str, adaptive: bool, batch_size: int = 8,
+               amplitude: float = 1.0) -> list[LayerCut]:
+    need_stats = criterion in ("wanda", "flap") or adaptive
+    stats, imp = _activation_stats(model, samples, batch_size) if need_stats else (None, None)
+    grads = _taylor_grads(model, samples, batch_size) if criterion == "taylor" else None
+    scores = unit_scores(model, criterion, stats, grads)
+    return plan_cuts(model, scores, remove, adaptive, imp, amplitude=amplitude)
+
+
+def stage_tokens(total_steps: int, stages: int) -> list[int]:
+    """Adapt-Pruner's linearly growing shards: stage i gets 2i/(N(N+1)) of the steps; exact total."""
+    from ..linalg import largest_remainder
+
+    return largest_remainder(total_steps, [2 * (i + 1) / (stages * (stages + 1)) for i in range(stages)])
+
+
+def width(model, *, params: float = 0.6, adaptive: bool = False, criterion: str = "taylor",
+          incremental: bool = False, step: float = 0.05, tokens: int = 0, lr: float = 2e-4,
+          global_batch: int = 16, train_seqlen: int = 256, temperature: float = 2.0, calib: str = "stdlib",
+          nsamples: int = 32, seqlen: int = 256, seed: int = 0, out: str | Path | None = None,
+          overwrite: bool = False, work_dir: str | Path | None = None, tokenizer=None, evaluate: bool = False,
+          eval_windows_n: int = 200, amplitude: float = 1.0, mask_only: bool = False) -> WidthResult:
+    """Keep `params` of the block parameters (0 < params < 1)."""
+    quiet()
+    t_start = time.perf_counter()
+    if not 0 < params < 1:
+        raise ConfigError(f"--params must be the share of block parameters to keep, in (0, 1) (got {params:g})")
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown --criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
+    if incremental and not 0 < step < 1:
+        raise ConfigError(f"--step must be in (0, 1) (got {step:g})")
+    if tokens < 0:
+        raise ConfigError(f"--tokens must be >= 0 (got {tokens})")
+    if out is not None:
+        check_output_dir(out, overwrite)
+    src = resolve(model, tokenizer, load=True)
+    if src.tokenizer is None:
+        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
+    teacher = src.loaded.model.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(teacher)
+    P0 = block_params(student)
+    target = int(round(params * P0))
+    n_stages = max(1, math.ceil((1 - params) / step - 1e-9)) if incremental else 1
+    steps_total = tokens // (global_batch * train_seqlen) if tokens else 0
+    per_stage = stage_tokens(steps_total, n_stages) if steps_total else [0] * n_stages
+    res = WidthResult(model=student, params_before=P0)
+    offset = 0
+    work = Path(work_dir) if work_dir else (Path(str(out) + ".work") if out else None)
+    for k in range(1, n_stages + 1):
+        goal = int(round(P0 - (P0 - target) * k / n_stages))
+        cur = block_params(student)
+        samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed + k - 1)
+        t0 = time.perf_counter()
+        cuts = prune_once(student, samples, cur - goal, criterion, adaptive, amplitude=amplitude)
+        if mask_only:
+            apply_mask(student, cuts)
+        else:
+            shrink(student, cuts)
+        stage = {"stage": k, "params_before": cur, "params_goal": goal,
+                 "params_after": cur - removed_params(student, cuts) if mask_only else block_params(student),
+                 "cuts": [c.to_dict() for c in cuts], "prune_s": time.perf_counter() - t0, "steps": per_stage[k - 1]}
+        if per_stage[k - 1] > 0:
+            from ..distill.driver import train
+            from ..distill.modules import LogitKD
+
+            for p in student.parameters():
+                p.requires_grad_(True)
+            cfg = TrainConfig(steps=per_stage[k - 1], global_batch=global_batch, seqlen=train_seqlen, lr=lr,
+                              seed=seed, corpus=calib, offset=offset, total_steps=steps_total,
+                              warmup=max(1, steps_total // 20), checkpoint_every=max(1, min(50, per_stage[k - 1])))
+            if work is None:
+                work = Path(f"runs/.width-work-{id(student)}")
+            module = LogitKD(student, teacher, temperature=temperature, alpha=1.0)
+            curve = train(module, cfg, src.tokenizer, work / f"stage-{k}", description=f"stage {k}/{n_stages} KD")
+            res.curve += [{**r, "stage": k, "global_step": r["step"] + offset} for r in curve]
+            offset += per_stage[k - 1]
+            student.eval()
+            for p in student.parameters():
+                p.requires_grad_(False)
+        res.stages.append(stage)
+        info(f"stage {k}/{n_stages}: block parameters {cur:,} → {block_params(student):,} (goal {goal:,})")
+    res.params_after = block_params(student)
+    res.model = student.eval()
+    if evaluate:
+        from ..eval import perplexity
+
+        w = eval_windows("stdlib", src.tokenizer, 256, "validation", eval_windows_n)
+        res.metrics["perplexity_dense"] = perplexity(teacher, w, 16).perplexity
+        res.metrics["perplexity"] = perplexity(res.model, w, 16).perplexity
+    res.timings["total_s"] = time.perf_counter() - t_start
+    if out is not None:
+        res.out = _write(out, overwrite, res, src, dict(params=params, adaptive=adaptive, criterion=criterion,
+                                                          incremental=incremental, step=step, tokens=tokens,
+                                                          seed=seed, stages=n_stages))
+    return res
+
+
+def plot_widths(model: nn.Module, base: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = widths(model)
+    xs = [x["block"] for x in w]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].bar(xs, [b["intermediate_size"] for b in base], color="0.85", label="dense")
+    ax[0].bar(xs, [x["intermediate_size"] for x in w], color="C0", label="kept")
+    ax[0].set_title("MLP channels per block", fontsize=9)
+    ax[1].bar(xs, [b["num_attention_heads"] for b in base], color="0.85", label="dense")
+    ax[1].bar(xs, [x["num_attention_heads"] for x in w], color="C1", label="kept")
+    ax[1].set_title("attention heads per block", fontsize=9)
+    for a in ax:
+        a.set_xlabel("block")
+        a.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write(out, overwrite, res: WidthResult, src, options: dict) -> Path:
+    from ..io import build_manifest, write_json
+    from ..io.structured import save_model
+    from ..models.loader import load_model
+
+    base = widths(src.loaded.model)
+    sample = torch.randint(0, res.model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        how = save_model(res.model, src.tokenizer, tmp)
+        back = load_model(str(tmp)).model
+        with torch.no_grad():
+            if not torch.equal(back(input_ids=sample).logits, res.model(input_ids=sample).logits):
+                raise LayerwiseError("the saved width-pruned model does not reproduce the in-memory logits")
+        plan = {"kind": "width", **options, "params_before": res.params_before, "params_after": res.params_after,
+                "kept_share": res.params_after / res.params_before, "widths": widths(res.model), "stages": res.stages}
+        write_json(tmp / "plan.json", plan)
+        if res.curve:
+            write_json(tmp / "training_curve.json", res.curve)
+        total_before = sum(p.numel() for p in src.loaded.model.parameters())
+        total_after = sum(p.numel() for p in res.model.parameters())
+        man = build_manifest("width", {"model": src.spec, **options}, options["seed"], res.timings, res.metrics,
+                             {"block_params_before": res.params_before, "block_params_after": res.params_after,
+                              "total_params_before": total_before, "total_params_after": total_after})
+        man["checks"] = {"reload": f"{how}: logits identical to the in-memory model"}
+        write_json(tmp / "manifest.json", man)
+        plot_widths(res.model, base, tmp / "report_widths.png",
+                    f"{src.spec}: {res.params_after / res.params_before:.0%} of block parameters kept")
+        lines = [f"# Width pruning: {src.spec}", "", f"Block parameters {res.params_before:,} → {res.params_after:,} "
+                 f"({res.params_after / res.params_before:.1%}); all parameters {total_before:,} → {total_after:,}. "
+                 f"Loads with {how}.", "", "![widths](report_widths.png)", "",
+                 "| block | heads | kv heads | MLP channels |", "|---|---|---|---|"]
+        lines += [f"| {w['block']} | {w['num_attention_heads']} | {w['num_key_value_heads']} | {w['intermediate_size']} |"
+                  for w in widths(res.model)]
+        if res.metrics:
+            lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in res.metrics.items()]
+        (tmp / "report.md").write_text("\n".join(lines) + "\n")
+    return Path(out)
