@@ -1,0 +1,178 @@
+"""Depth pruning: perplexity after removing k blocks, for ppcl / bi / random (5 seeds) / last,
+before healing, after contiguous layer distillation and after plain fine-tuning of the whole pruned
+model (equal budgets); one distillation run assembled into several ratios; real speed side by side.
+
+    python benchmarks/depth_quality.py [--model zoo:llama-12l] [--ks 2,3,4] [--steps 80] [--batch 8]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FIG, ROOT, md_table, update_section  # noqa: E402
+
+import torch  # noqa: E402
+
+from layerwise.data import calibration_samples, eval_windows  # noqa: E402
+from layerwise.distill.driver import TrainConfig  # noqa: E402
+from layerwise.eval import perplexity  # noqa: E402
+from layerwise.eval.speed import decode_time, prefill_time  # noqa: E402
+from layerwise.models import load_model  # noqa: E402
+from layerwise.pipeline.depth import collect_states, heal  # noqa: E402
+from layerwise.prune.depth import assemble, keep_index, runs_to_intervals, select_blocks  # noqa: E402
+from layerwise.scores.probes import depth_map, select_intervals  # noqa: E402
+from layerwise.utils.hf import quiet  # noqa: E402
+
+
+def main() -> None:
+    quiet()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="zoo:llama-12l")
+    ap.add_argument("--ks", default="2,3,4")
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--windows", type=int, default=300)
+    ap.add_argument("--random-seeds", type=int, default=5)
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    ks = [int(x) for x in a.ks.split(",")]
+    base = load_model(a.model)
+    teacher = base.model.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    tok = base.tokenizer
+    windows = eval_windows("stdlib", tok, 256, "validation", a.windows)
+    dense = perplexity(teacher, windows, 16).perplexity
+    samples = calibration_samples("stdlib", tok, 64, 256, 0)
+    states, bi = collect_states(teacher, samples, 4096, 0)
+    dmap = depth_map(states, bi)
+    L = dmap.num_blocks
+    print(f"dense {dense:.3f}; BI {[round(x, 3) for x in bi]}", flush=True)
+    cfg = TrainConfig(steps=a.steps, global_batch=a.batch, seqlen=a.seqlen, lr=a.lr, checkpoint_every=a.steps)
+    work_root = Path(tempfile.mkdtemp(prefix="depth-bench-"))
+    res: dict = {}
+    t0 = time.perf_counter()
+
+    def run(name: str, k: int, intervals: list[dict]) -> dict:
+        out = {}
+        m0 = assemble(copy.deepcopy(teacher), intervals)
+        out["none"] = perplexity(m0, windows, 16).perplexity
+        students, _ = heal("distill", a.model, teacher, None, intervals, cfg, tok, work_root / f"{name}-{k}-d")
+        out["distill"] = perplexity(assemble(copy.deepcopy(teacher), intervals, students).eval(), windows, 16).perplexity
+        ft = assemble(copy.deepcopy(teacher), intervals)
+        for p in ft.parameters():
+            p.requires_grad_(True)
+        ft, _ = heal("finetune", a.model, teacher, ft, intervals, cfg, tok, work_root / f"{name}-{k}-f")
+        out["finetune"] = perplexity(ft.eval(), windows, 16).perplexity
+        print(f"k={k} {name:8s} none {out['none']:.2f} distill {out['distill']:.2f} finetune {out['finetune']:.2f} "
+              f"({time.perf_counter() - t0:.0f}s)", flush=True)
+        return out
+
+    chosen = {}
+    for k in ks:
+        res[k] = {}
+        iv = select_intervals(dmap, k)
+        chosen[k] = iv
+        res[k]["ppcl"] = run("ppcl", k, iv)
+        res[k]["bi"] = run("bi", k, runs_to_intervals(select_blocks("bi", k, L, bi), L))
+        res[k]["last"] = run("last", k, runs_to_intervals(select_blocks("last", k, L), L))
+        rnd = [run(f"random{s}", k, runs_to_intervals(select_blocks("random", k, L, seed=s), L))
+               for s in range(a.random_seeds)]
+        res[k]["random"] = {h: [r[h] for r in rnd] for h in ("none", "distill", "finetune")}
+    # one distillation run, several ratios: students for the largest k's intervals, nested subsets
+    kmax = max(ks)
+    ivs = chosen[kmax]
+    students, _ = heal("distill", a.model, teacher, None, ivs, cfg, tok, work_root / "family")
+    fam = {}
+    order = sorted(ivs, key=lambda iv: iv["cost_per_block"])
+    for j in range(1, len(order) + 1):
+        active = sorted(order[:j], key=lambda iv: iv["start"])
+        m = assemble(copy.deepcopy(teacher), active, students).eval()
+        r = sum(iv["end"] - iv["start"] for iv in active)
+        fam[r] = {"intervals": [[iv["start"], iv["end"]] for iv in active],
+                  "ppl": perplexity(m, windows, 16).perplexity}
+        print(f"family remove {r}: {fam[r]['ppl']:.3f}", flush=True)
+    # real speed, side by side, interleaved repetitions
+    models = {"dense": teacher}
+    for k in ks:
+        models[f"-{k} blocks"] = assemble(copy.deepcopy(teacher), chosen[k]).eval()
+    prompt = windows[:1]
+    speed = {n: {"prefill": [], "decode": []} for n in models}
+    for _ in range(5):
+        for n, m in models.items():
+            speed[n]["prefill"].append(prompt.numel() / prefill_time(m, prompt, repeats=3))
+            speed[n]["decode"].append(64 / decode_time(m, prompt[:, :32], 64, repeats=2))
+    sp = {n: {x: statistics.median(v[x]) for x in v} for n, v in speed.items()}
+    name = a.model.replace("zoo:", "")
+    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "results" / f"depth_{name}.json").write_text(json.dumps(
+        {"dense": dense, "results": res, "family": fam, "speed": sp, "bi": bi, "depth_map": dmap.to_dict(),
+         "chosen": chosen, "args": vars(a)}, indent=1, default=str))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    for ax, h in zip(axes, ("none", "distill", "finetune")):
+        for sel, c in (("ppcl", "C0"), ("bi", "C1"), ("last", "C3")):
+            ax.plot(ks, [res[k][sel][h] for k in ks], marker="o", color=c, label=sel)
+        med = [statistics.median(res[k]["random"][h]) for k in ks]
+        ax.plot(ks, med, marker="s", color="C2", ls="--", label="random (median)")
+        ax.fill_between(ks, [min(res[k]["random"][h]) for k in ks], [max(res[k]["random"][h]) for k in ks],
+                        color="C2", alpha=0.2)
+        ax.axhline(dense, color="k", ls=":", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("blocks removed")
+        ax.set_title({"none": "no healing", "distill": f"contiguous distillation ({a.steps} steps)",
+                      "finetune": f"fine-tuning ({a.steps} steps)"}[h], fontsize=9)
+    axes[0].set_ylabel("validation perplexity")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    FIG.mkdir(parents=True, exist_ok=True)
+    figp = FIG / f"depth_{name}.png"
+    fig.savefig(figp, dpi=110)
+    plt.close(fig)
+    rows = []
+    for k in ks:
+        for sel in ("ppcl", "bi", "last"):
+            r = res[k][sel]
+            rows.append([k, sel, f"{r['none']:.2f}", f"{r['distill']:.2f}", f"{r['finetune']:.2f}"])
+        rr = res[k]["random"]
+        rows.append([k, f"random ({a.random_seeds} seeds)"] + [f"{statistics.median(rr[h]):.2f} "
+                    f"[{min(rr[h]):.2f}–{max(rr[h]):.2f}]" for h in ("none", "distill", "finetune")])
+    tokens = a.steps * a.batch * a.seqlen
+    body = (f"Model `{a.model}` ({L} blocks), dense perplexity {dense:.3f} ({a.windows} validation windows × 256). "
+            f"PPCL intervals from span probes + CKA trend (64 × 256 calibration tokens, 4096 probe tokens, "
+            f"max interval 3, 2 protected blocks at each end). Healing budget for every row: {a.steps} steps × "
+            f"{a.batch} × {a.seqlen} = {tokens:,} training tokens of stdlib/train, AdamW lr {a.lr}, cosine. "
+            "`distill`: one student per interval (baselines: each removed run absorbed by its kept neighbour), "
+            "teacher-forced, per-token cosine loss; `finetune`: LM loss on the whole pruned model.\n\n"
+            + md_table(["removed", "selection", "no healing", "distill", "finetune"], rows)
+            + f"\n\n![depth pruning](docs/figures/{figp.name})\n\n"
+            + f"Chosen PPCL intervals: " + "; ".join(f"k={k}: " + ", ".join(f"[{iv['start']},{iv['end']}]"
+                                                                          for iv in chosen[k]) for k in ks)
+            + f".\n\nOne distillation run (students for the k={kmax} intervals), assembled without retraining:\n\n"
+            + md_table(["blocks removed", "active intervals", "perplexity"],
+                       [[r, v["intervals"], f"{v['ppl']:.2f}"] for r, v in sorted(fam.items())])
+            + "\n\nReal speed (batch 1; prefill of 256 tokens, decode of 64 tokens with KV cache; medians of 5 "
+              "interleaved repetitions in one process):\n\n"
+            + md_table(["model", "prefill tok/s", "× dense", "decode tok/s", "× dense"],
+                       [[n, f"{v['prefill']:,.0f}", f"{v['prefill'] / sp['dense']['prefill']:.2f}",
+                         f"{v['decode']:,.1f}", f"{v['decode'] / sp['dense']['decode']:.2f}"] for n, v in sp.items()]))
+    print(body)
+    if not a.no_write:
+        update_section(f"depth-{name}", body, f"Depth pruning: {a.model}")
+
+
+if __name__ == "__main__":
+    main()

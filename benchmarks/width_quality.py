@@ -1,0 +1,103 @@
+"""Structured width pruning: uniform vs adaptive, one-shot vs incremental at equal training tokens.
+
+    python benchmarks/width_quality.py [--model zoo:llama-12l] [--keeps 0.8,0.7,0.5] [--steps 80] [--batch 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FIG, ROOT, md_table, update_section  # noqa: E402
+
+from layerwise.data import eval_windows  # noqa: E402
+from layerwise.eval import perplexity  # noqa: E402
+from layerwise.eval.speed import decode_time, prefill_time  # noqa: E402
+from layerwise.models import load_model  # noqa: E402
+from layerwise.pipeline.width import width  # noqa: E402
+from layerwise.prune.width import widths  # noqa: E402
+from layerwise.utils.hf import quiet  # noqa: E402
+
+
+def main() -> None:
+    quiet()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="zoo:llama-12l")
+    ap.add_argument("--keeps", default="0.8,0.7,0.5")
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--step", type=float, default=0.05)
+    ap.add_argument("--criterion", default="taylor")
+    ap.add_argument("--windows", type=int, default=300)
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    keeps = [float(x) for x in a.keeps.split(",")]
+    base = load_model(a.model)
+    windows = eval_windows("stdlib", base.tokenizer, 256, "validation", a.windows)
+    dense = perplexity(base.model, windows, 16).perplexity
+    tokens = a.steps * a.batch * a.seqlen
+    work = Path(tempfile.mkdtemp(prefix="width-bench-"))
+    kw = dict(criterion=a.criterion, global_batch=a.batch, train_seqlen=a.seqlen, lr=a.lr, nsamples=32)
+    res: dict = {}
+    models = {}
+    t0 = time.perf_counter()
+    for keep in keeps:
+        r = {}
+        for name, opts in (("uniform one-shot", dict(adaptive=False)),
+                           ("adaptive one-shot", dict(adaptive=True)),
+                           ("uniform one-shot + KD", dict(adaptive=False, tokens=tokens)),
+                           ("adaptive one-shot + KD", dict(adaptive=True, tokens=tokens)),
+                           ("uniform incremental + KD", dict(adaptive=False, incremental=True, step=a.step, tokens=tokens)),
+                           ("adaptive incremental + KD", dict(adaptive=True, incremental=True, step=a.step, tokens=tokens))):
+            out = width(a.model, params=keep, work_dir=work / f"{keep}-{name.replace(' ', '_')}", **opts, **kw)
+            ppl = perplexity(out.model, windows, 16).perplexity
+            r[name] = {"ppl": ppl, "kept": out.params_after / out.params_before, "stages": len(out.stages),
+                       "widths": widths(out.model)}
+            if name == "adaptive incremental + KD":
+                models[f"{keep:.0%} kept (adaptive)"] = out.model
+            if name == "uniform one-shot + KD":
+                models[f"{keep:.0%} kept (uniform)"] = out.model
+            print(f"keep {keep}: {name:28s} ppl {ppl:.3f} kept {r[name]['kept']:.3f} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+        res[str(keep)] = r
+    models = {"dense": base.model, **models}
+    prompt = windows[:1]
+    speed = {n: {"prefill": [], "decode": []} for n in models}
+    for _ in range(5):
+        for n, m in models.items():
+            speed[n]["prefill"].append(prompt.numel() / prefill_time(m, prompt, repeats=3))
+            speed[n]["decode"].append(64 / decode_time(m, prompt[:, :32], 64, repeats=2))
+    sp = {n: {x: statistics.median(v[x]) for x in v} for n, v in speed.items()}
+    params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
+    name = a.model.replace("zoo:", "")
+    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "results" / f"width_{name}.json").write_text(
+        json.dumps({"dense": dense, "results": res, "speed": sp, "params": params, "args": vars(a)}, indent=1))
+    variants = list(next(iter(res.values())))
+    rows = [[f"{1 - float(k):.0%}"] + [f"{res[k][v]['ppl']:.2f}" for v in variants] for k in res]
+    body = (f"Model `{a.model}`, dense perplexity {dense:.3f} ({a.windows} validation windows × 256). Units: whole "
+            f"KV-head groups (with their query heads and o_proj columns) and MLP channels; criterion "
+            f"{a.criterion}; 32 × 256 calibration tokens per pruning step. Healing = logit distillation from the "
+            f"dense model (T = 2) with {tokens:,} training tokens in total ({a.steps} steps × {a.batch} × "
+            f"{a.seqlen}), one cosine schedule; incremental = stages removing {a.step:.0%} of the original block "
+            "parameters each, training shards growing linearly (Adapt-Pruner), same total tokens as one-shot.\n\n"
+            + md_table(["fewer block params", *variants], rows)
+            + "\n\nReal speed of the pruned models against the dense one (batch 1, prefill 256 tokens, decode 64 "
+              "with KV cache; medians of 5 interleaved repetitions in one process):\n\n"
+            + md_table(["model", "parameters", "prefill tok/s", "× dense", "decode tok/s", "× dense"],
+                       [[n, f"{params[n]:,}", f"{v['prefill']:,.0f}", f"{v['prefill'] / sp['dense']['prefill']:.2f}",
+                         f"{v['decode']:,.1f}", f"{v['decode'] / sp['dense']['decode']:.2f}"] for n, v in sp.items()]))
+    print(body)
+    if not a.no_write:
+        update_section(f"width-{name}", body, f"Width pruning: {a.model}")
+
+
+if __name__ == "__main__":
+    main()
