@@ -59,3 +59,18 @@ def update_section(name: str, body: str, title: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     BENCH.write_text(text)
     print(f"updated section '{name}' of {BENCH}")
+
+
+def speed_side_by_side(models: dict, prompt, repeats: int = 5, decode_tokens: int = 64) -> dict:
+    """Median prefill and decode tokens/s of several models, repetitions interleaved so that machine
+    noise hits every model alike."""
+    import statistics
+
+    from layerwise.eval.speed import decode_time, prefill_time
+
+    runs = {n: {"prefill": [], "decode": []} for n in models}
+    for _ in range(repeats):
+        for n, m in models.items():
+            runs[n]["prefill"].append(prompt.numel() / prefill_time(m, prompt, repeats=3))
+            runs[n]["decode"].append(decode_tokens / decode_time(m, prompt[:, :32], decode_tokens, repeats=2))
+    return {n: {k: statistics.median(v) for k, v in r.items()} for n, r in runs.items()}

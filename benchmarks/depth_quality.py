@@ -16,17 +16,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIG, ROOT, md_table, update_section  # noqa: E402
-
-import torch  # noqa: E402
+from common import FIG, ROOT, md_table, speed_side_by_side, update_section  # noqa: E402
 
 from layerwise.data import calibration_samples, eval_windows  # noqa: E402
 from layerwise.distill.driver import TrainConfig  # noqa: E402
 from layerwise.eval import perplexity  # noqa: E402
-from layerwise.eval.speed import decode_time, prefill_time  # noqa: E402
 from layerwise.models import load_model  # noqa: E402
 from layerwise.pipeline.depth import collect_states, heal  # noqa: E402
-from layerwise.prune.depth import assemble, keep_index, runs_to_intervals, select_blocks  # noqa: E402
+from layerwise.prune.depth import assemble, runs_to_intervals, select_blocks  # noqa: E402
 from layerwise.scores.probes import depth_map, select_intervals  # noqa: E402
 from layerwise.utils.hf import quiet  # noqa: E402
 
@@ -42,6 +39,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--windows", type=int, default=300)
     ap.add_argument("--random-seeds", type=int, default=5)
+    ap.add_argument("--protect", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     ks = [int(x) for x in a.ks.split(",")]
@@ -54,7 +52,7 @@ def main() -> None:
     dense = perplexity(teacher, windows, 16).perplexity
     samples = calibration_samples("stdlib", tok, 64, 256, 0)
     states, bi = collect_states(teacher, samples, 4096, 0)
-    dmap = depth_map(states, bi)
+    dmap = depth_map(states, bi, protect_head=a.protect, protect_tail=a.protect)
     L = dmap.num_blocks
     print(f"dense {dense:.3f}; BI {[round(x, 3) for x in bi]}", flush=True)
     cfg = TrainConfig(steps=a.steps, global_batch=a.batch, seqlen=a.seqlen, lr=a.lr, checkpoint_every=a.steps)
@@ -106,12 +104,7 @@ def main() -> None:
     for k in ks:
         models[f"-{k} blocks"] = assemble(copy.deepcopy(teacher), chosen[k]).eval()
     prompt = windows[:1]
-    speed = {n: {"prefill": [], "decode": []} for n in models}
-    for _ in range(5):
-        for n, m in models.items():
-            speed[n]["prefill"].append(prompt.numel() / prefill_time(m, prompt, repeats=3))
-            speed[n]["decode"].append(64 / decode_time(m, prompt[:, :32], 64, repeats=2))
-    sp = {n: {x: statistics.median(v[x]) for x in v} for n, v in speed.items()}
+    sp = speed_side_by_side(models, prompt)
     name = a.model.replace("zoo:", "")
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     (ROOT / "benchmarks" / "results" / f"depth_{name}.json").write_text(json.dumps(
@@ -153,13 +146,13 @@ def main() -> None:
     tokens = a.steps * a.batch * a.seqlen
     body = (f"Model `{a.model}` ({L} blocks), dense perplexity {dense:.3f} ({a.windows} validation windows × 256). "
             f"PPCL intervals from span probes + CKA trend (64 × 256 calibration tokens, 4096 probe tokens, "
-            f"max interval 3, 2 protected blocks at each end). Healing budget for every row: {a.steps} steps × "
+            f"max interval 3, {a.protect} protected blocks at each end). Healing budget for every row: {a.steps} steps × "
             f"{a.batch} × {a.seqlen} = {tokens:,} training tokens of stdlib/train, AdamW lr {a.lr}, cosine. "
             "`distill`: one student per interval (baselines: each removed run absorbed by its kept neighbour), "
             "teacher-forced, per-token cosine loss; `finetune`: LM loss on the whole pruned model.\n\n"
             + md_table(["removed", "selection", "no healing", "distill", "finetune"], rows)
             + f"\n\n![depth pruning](docs/figures/{figp.name})\n\n"
-            + f"Chosen PPCL intervals: " + "; ".join(f"k={k}: " + ", ".join(f"[{iv['start']},{iv['end']}]"
+            + "Chosen PPCL intervals: " + "; ".join(f"k={k}: " + ", ".join(f"[{iv['start']},{iv['end']}]"
                                                                           for iv in chosen[k]) for k in ks)
             + f".\n\nOne distillation run (students for the k={kmax} intervals), assembled without retraining:\n\n"
             + md_table(["blocks removed", "active intervals", "perplexity"],

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIG, ROOT, md_table, update_section  # noqa: E402
+from common import ROOT, md_table, speed_side_by_side, update_section  # noqa: E402
 
 from layerwise.data import eval_windows  # noqa: E402
 from layerwise.eval import perplexity  # noqa: E402
-from layerwise.eval.speed import decode_time, prefill_time  # noqa: E402
 from layerwise.models import load_model  # noqa: E402
 from layerwise.pipeline.width import width  # noqa: E402
 from layerwise.prune.width import widths  # noqa: E402
@@ -69,12 +67,7 @@ def main() -> None:
         res[str(keep)] = r
     models = {"dense": base.model, **models}
     prompt = windows[:1]
-    speed = {n: {"prefill": [], "decode": []} for n in models}
-    for _ in range(5):
-        for n, m in models.items():
-            speed[n]["prefill"].append(prompt.numel() / prefill_time(m, prompt, repeats=3))
-            speed[n]["decode"].append(64 / decode_time(m, prompt[:, :32], 64, repeats=2))
-    sp = {n: {x: statistics.median(v[x]) for x in v} for n, v in speed.items()}
+    sp = speed_side_by_side(models, prompt)
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     name = a.model.replace("zoo:", "")
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)

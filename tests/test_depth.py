@@ -3,13 +3,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from layerwise import zoo
 from layerwise.cli import main
 from layerwise.distill import TrainConfig, align_loss, train
 from layerwise.distill.modules import IntervalStudents

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -179,7 +178,7 @@ def test_streamed_equals_in_memory_and_resume_equals_uninterrupted(tmp_path, mon
 
 
 def test_plan_replay_with_a_hand_edit(tmp_path, tok):
-    r = prune(zoo.load("llama-tiny"), method="wanda", sparsity=0.5, out=tmp_path / "a", **SMALL)
+    prune(zoo.load("llama-tiny"), method="wanda", sparsity=0.5, out=tmp_path / "a", **SMALL)
     plan = json.loads((tmp_path / "a" / "plan.json").read_text())
     target = "model.layers.2.mlp.up_proj"
     for row in plan["rows"]:

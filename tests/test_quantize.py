@@ -11,7 +11,6 @@ from layerwise import zoo
 from layerwise.allocate.bits import allocate_bits
 from layerwise.cli import main
 from layerwise.engine.stats import InputStats
-from layerwise.errors import ConfigError
 from layerwise.models import load_model
 from layerwise.pipeline.quantize import quantize
 from layerwise.plan import Plan, PlanRow

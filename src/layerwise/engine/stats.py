@@ -114,3 +114,11 @@ class StatsCollector:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def relative_recon_error(W: torch.Tensor, W_new: torch.Tensor, gram: torch.Tensor) -> float:
+    """‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖² from the Gram matrix Σ x xᵀ of the layer's calibration inputs."""
+    W = W.double()
+    dW = W - W_new.double()
+    den = float(((W @ gram) * W).sum())
+    return float(((dW @ gram) * dW).sum()) / den if den > 0 else 0.0

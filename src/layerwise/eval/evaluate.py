@@ -55,7 +55,7 @@ class EvalReport:
         if self.agreement:
             a = self.agreement
             r.append((f"top-1 agreement vs {self.reference}", f"{a.top1_agreement:.4f}"))
-            r.append((f"KL(reference || model)", f"{a.kl_divergence:.5f} nats/token"))
+            r.append(("KL(reference || model)", f"{a.kl_divergence:.5f} nats/token"))
         if self.embedding:
             e = self.embedding
             r.append((f"embedding cosine vs {self.reference}", f"mean {e.cosine_mean:.5f}, min {e.cosine_min:.5f} "

@@ -10,9 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..console import console, info
+from ..console import info
 from ..data.tokens import calibration_samples, eval_windows
 from ..distill.driver import TrainConfig
 from ..engine import InMemoryStore, run_sequential

@@ -9,14 +9,67 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from ..console import info, warn
+from ..console import info
 from ..errors import ConfigError, LayerwiseError
 from ..io import write_json, write_report
 from ..plan import Plan
+
+
+@contextmanager
+def guarded(output: "OutputDir | None"):
+    """User errors remove the partial output; interruptions keep it for --resume."""
+    try:
+        yield
+    except LayerwiseError:
+        if output is not None:
+            output.abort()
+        raise
+    except KeyboardInterrupt:
+        if output is not None:
+            output.interrupted()
+        raise
+
+
+def apply_resumed_rows(plan: Plan, res) -> None:
+    """After a resumed run, copy what the finished blocks did (from the checkpoint) into the plan."""
+    if not res.resumed_from:
+        return
+    info(f"resumed at block {res.resumed_from}")
+    done = {d["name"]: d for d in res.rows}
+    for r in plan.rows:
+        for k, v in done.get(r.name, {}).items():
+            if k != "shape":
+                setattr(r, k, v)
+
+
+def perplexity_of(src, model, windows: int) -> float:
+    """Validation perplexity (first `windows` windows of stdlib); `model=None` = the source model."""
+    from ..data.tokens import eval_windows
+    from ..eval import perplexity
+
+    if model is None:
+        if src.loaded is not None:
+            model = src.loaded.model
+        else:
+            from ..models.loader import load_model
+
+            model = load_model(src.spec).model
+    w = eval_windows("stdlib", src.tokenizer, 256, "validation", windows)
+    return perplexity(model, w, batch_size=16).perplexity
+
+
+def evaluate_saved(src, out_path: Path, metrics: dict, manifest: dict, windows: int) -> None:
+    """Perplexity of a streamed result, read back from its output directory, into the manifest."""
+    from ..models.loader import load_model
+
+    metrics["perplexity"] = perplexity_of(src, load_model(str(out_path)).model, windows)
+    manifest["metrics"] = metrics
+    write_json(out_path / "manifest.json", manifest)
 
 
 class OutputDir:

@@ -1,24 +1,22 @@
 """`layerwise prune`: calibrate, plan, prune block by block, export, verify."""
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from ..console import console, info
 from ..data.tokens import calibration_samples
 from ..engine import Checkpointer, InMemoryStore, LazyStore, fingerprint, run_sequential
 from ..engine.sequential import BlockWork
-from ..errors import ConfigError, DataError, LayerwiseError
-from ..models.adapters import compile_patterns, get_adapter, name_matches
+from ..engine.stats import relative_recon_error
+from ..errors import ConfigError, DataError
+from ..models.adapters import compile_patterns, name_matches
 from ..plan import Plan, PlanRow
 from ..prune import PRUNERS, Budget, check_sparsity, get_pruner, nm_str, parse_nm
 from ..utils.hf import quiet
-from .output import OutputDir
+from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perplexity_of
 from .source import resolve
 
 
@@ -72,12 +70,8 @@ def make_prune_action(plan: Plan, pruners: dict):
             out = pruners[row.method].prune(W, st, budget)
             ref.set_weight(out.weight)
             Wn = ref.weight.detach().double()
-            dW = W.double() - Wn
             if st.H is not None:
-                H = st.H
-                num = float(((dW @ H) * dW).sum())
-                den = float(((W.double() @ H) * W.double()).sum())
-                row.recon_error = num / den if den > 0 else 0.0
+                row.recon_error = relative_recon_error(W, Wn, st.H)
             row.zeros_planned = budget.planned_zeros(ref.shape)
             row.zeros = int((Wn == 0).sum())
             row.damping = out.info.get("damping")
@@ -127,7 +121,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
     if output is not None:
         output.check_not_source(src.path)
     use_stream = src.loaded is None
-    try:
+    with guarded(output):
         partial = output.begin() if output is not None else None
         store = (LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial))
         adapter = store.adapter
@@ -162,7 +156,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         pruners = {m: get_pruner(m) for m in {r.method for r in plan.rows}}
         metrics: dict = {}
         if evaluate:
-            metrics["perplexity_dense"] = _perplexity(src, None, eval_windows)
+            metrics["perplexity_dense"] = perplexity_of(src, None, eval_windows)
         # Every method reports its reconstruction error, which needs the Gram matrix; only
         # Hessian-based methods need it from every calibration token.
         hessian = any(pruners[m].needs_gram for m in pruners)
@@ -178,14 +172,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         res = run_sequential(store, samples, make_prune_action(plan, pruners), select=lambda n: n in selected,
                              gram=True, gram_limit=gram_limit, propagate=propagate, batch_size=batch_size, checkpointer=ckpt,
                              description=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'}")
-        if res.resumed_from:
-            info(f"resumed at block {res.resumed_from}")
-            done = {d["name"]: d for d in res.rows}
-            for r in plan.rows:
-                if r.name in done:
-                    for k, v in done[r.name].items():
-                        if k not in ("shape",):
-                            setattr(r, k, v)
+        apply_resumed_rows(plan, res)
         timings = res.timings.to_dict()
         timings["allocation_s"] = t_alloc
         plan.meta.update({"measured_sparsity": plan.measured_sparsity()})
@@ -197,7 +184,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         res.propagate = propagate
         res.first_ids = samples[:batch_size]
         if evaluate and result_model is not None:
-            metrics["perplexity"] = _perplexity(src, result_model, eval_windows)
+            metrics["perplexity"] = perplexity_of(src, result_model, eval_windows)
         timings["total_s"] = time.perf_counter() - t_start
         manifest = build_manifest("prune", options, seed, timings, metrics, plan_summary, command)
         out_path = None
@@ -206,34 +193,5 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
                                      title=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'} "
                                            f"on {src.spec}")
         if evaluate and result_model is None and out_path is not None:
-            from ..io import write_json
-            from ..models.loader import load_model
-
-            metrics["perplexity"] = _perplexity(src, load_model(str(out_path)).model, eval_windows)
-            manifest["metrics"] = metrics
-            write_json(out_path / "manifest.json", manifest)
+            evaluate_saved(src, out_path, metrics, manifest, eval_windows)
         return PruneResult(plan, out_path, result_model, timings, metrics, manifest)
-    except LayerwiseError:
-        if output is not None:
-            output.abort()
-        raise
-    except KeyboardInterrupt:
-        if output is not None:
-            output.interrupted()
-        raise
-
-
-def _perplexity(src, model: nn.Module | None, windows: int) -> float:
-    """Validation perplexity (first `windows` windows of stdlib); `None` = the source model."""
-    from ..data.tokens import eval_windows as windows_of
-    from ..eval import perplexity
-
-    if model is None:
-        if src.loaded is not None:
-            model = src.loaded.model
-        else:
-            from ..models.loader import load_model
-
-            model = load_model(src.spec).model
-    w = windows_of("stdlib", src.tokenizer, 256, "validation", windows)
-    return perplexity(model, w, batch_size=16).perplexity

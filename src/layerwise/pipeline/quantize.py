@@ -18,17 +18,18 @@ import torch
 from torch import nn
 
 from ..allocate.bits import ORDERS, allocate_bits, check_bit_request, parse_order, ranking_from_scores
-from ..console import info, warn
+from ..console import warn
 from ..data.tokens import calibration_samples
 from ..engine import Checkpointer, InMemoryStore, LazyStore, ShardWriter, fingerprint, run_sequential
 from ..engine.sequential import BlockWork
+from ..engine.stats import relative_recon_error
 from ..engine.store import tied_names
 from ..errors import ConfigError, DataError, LayerwiseError
 from ..plan import Plan, PlanRow
 from ..quant import QUANTIZERS, QuantSpec, from_gptq, get_quantizer, gptq_compatible, packed_bits, to_gptq
 from ..utils.hf import quiet
-from .output import OutputDir
-from .prune import _perplexity, select_linears
+from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perplexity_of
+from .prune import select_linears
 from .source import resolve
 
 
@@ -128,7 +129,7 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
         output.check_not_source(src.path)
     use_stream = src.loaded is None
     qinst = {}
-    try:
+    with guarded(output):
         partial = output.begin() if output is not None else None
         store = LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial)
         adapter = store.adapter
@@ -184,11 +185,8 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
                 ref.set_weight(res.dequantize())
                 if output is not None:
                     packed[ref.name] = to_gptq(res)
-                Wn = ref.weight.detach().double()
                 if st.H is not None:
-                    dW = W.double() - Wn
-                    den = float(((W.double() @ st.H) * W.double()).sum())
-                    row.recon_error = float(((dW @ st.H) * dW).sum()) / den if den > 0 else 0.0
+                    row.recon_error = relative_recon_error(W, ref.weight.detach(), st.H)
                 row.damping = res.info.get("damping")
                 row.seconds = time.perf_counter() - t1
                 done.append(row.to_dict())
@@ -225,23 +223,17 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
             (r.name, r.bits, r.method, r.group_size) for r in plan.rows]})) if partial else None
         metrics: dict = {}
         if evaluate:
-            metrics["perplexity_dense"] = _perplexity(src, None, eval_windows)
+            metrics["perplexity_dense"] = perplexity_of(src, None, eval_windows)
         res = run_sequential(store, samples, action, select=lambda n: n in selected, gram=True,
                              gram_limit=None if hessian else 4096, propagate="pruned", batch_size=batch_size,
                              checkpointer=ckpt, description=f"{quantizer} {bits:g} bits")
-        if res.resumed_from:
-            info(f"resumed at block {res.resumed_from}")
-            done = {d["name"]: d for d in res.rows}
-            for r in plan.rows:
-                for k, v in done.get(r.name, {}).items():
-                    if k != "shape":
-                        setattr(r, k, v)
+        apply_resumed_rows(plan, res)
         res.first_ids = samples[:batch_size]
         timings = res.timings.to_dict()
         timings["ranking_s"] = t_alloc
         result_model = store.model if store.fully_in_memory else None
         if evaluate and result_model is not None:
-            metrics["perplexity"] = _perplexity(src, result_model, eval_windows)
+            metrics["perplexity"] = perplexity_of(src, result_model, eval_windows)
         from ..io import build_manifest
 
         bits_rep = bits_report(plan, store.model, None)
@@ -263,22 +255,8 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
 
             write_json(out_path / "manifest.json", manifest)
         if evaluate and result_model is None and out_path is not None:
-            from ..models.loader import load_model
-
-            metrics["perplexity"] = _perplexity(src, load_model(str(out_path)).model, eval_windows)
-            manifest["metrics"] = metrics
-            from ..io import write_json
-
-            write_json(out_path / "manifest.json", manifest)
+            evaluate_saved(src, out_path, metrics, manifest, eval_windows)
         return QuantizeResult(plan, out_path, result_model, timings, bits_rep, metrics, manifest)
-    except LayerwiseError:
-        if output is not None:
-            output.abort()
-        raise
-    except KeyboardInterrupt:
-        if output is not None:
-            output.interrupted()
-        raise
 
 
 def gptq_quantization_config(plan: Plan, adapter, default_bits: int, group_size: int, sym: bool,

@@ -7,7 +7,6 @@ cache), `num_hidden_layers` (or `n_layer`) is rewritten, and every per-layer con
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..errors import ConfigError

@@ -5,7 +5,7 @@ import torch
 
 from ..engine.stats import InputStats
 from ..linalg import damped_inverse_cholesky, largest_remainder
-from .base import Budget, PruneOutput, Pruner, register
+from .base import PruneOutput, Pruner, register
 from .masks import lowest_in_matrix, lowest_per_row, nm_mask, row_counts
 
 

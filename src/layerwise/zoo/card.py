@@ -43,7 +43,7 @@ def card_markdown(card: dict) -> str:
         "|---|---|",
         f"| architecture | `{card['architecture']}` (stock transformers) |",
         f"| parameters | {card['parameters']:,} |",
-        f"| config | " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) + " |",
+        "| config | " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) + " |",
         f"| corpus | `{c['source']}` — Python {c.get('python', '?')}, {c['documents']} documents, "
         f"{c['characters']:,} characters; train split sha256 `{c['train']['sha256'][:16]}…` |",
         f"| tokenizer | {card['tokenizer']['type']}, {card['tokenizer']['vocab_size']} tokens, "

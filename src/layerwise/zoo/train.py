@@ -6,11 +6,9 @@ the same weights as an uninterrupted one (same thread count, same machine type).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
