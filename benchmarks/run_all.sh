@@ -8,6 +8,8 @@ $PY benchmarks/zoo_cards.py
 $PY benchmarks/prune_quality.py --model zoo:llama-12l
 $PY benchmarks/prune_speed.py --model zoo:llama-12l
 $PY benchmarks/prune_memory.py
+$PY benchmarks/analysis_speed.py --model zoo:llama-12l
+$PY benchmarks/esd_fit_speed.py
 $PY benchmarks/allocation_quality.py --model zoo:llama-12l
 $PY benchmarks/allocation_quality.py --model zoo:llama-tiny
 $PY benchmarks/quant_quality.py --model zoo:llama-12l
