@@ -40,7 +40,11 @@ def main() -> None:
     body = ("Stock `LlamaForCausalLM` models trained deterministically on the `stdlib` corpus (CPython 3.11.7 "
             "standard library, 90/5/5 document split) with a 4096-token byte-level BPE; float32, AdamW, cosine "
             "schedule, batch 16 × 256. `card` = the number written into the model card at the end of "
-            "training; `eval` = `layerwise eval zoo:NAME --data stdlib`, re-measured by this benchmark.\n\n"
+            "training; `eval` = `layerwise eval zoo:NAME --data stdlib`, re-measured by this benchmark. `train min` is "
+            "the wall time as recorded, on a 2-core machine that was also running development work (llama-12l "
+            "trains at ~1.2 s per step when alone, ~60 min for its 3000 steps). llama-12l's validation perplexity "
+            "was still falling slowly at the end (−1.7% over the last 150 steps, as the cosine schedule "
+            "annealed) while its train/validation gap widened; more steps would need a new schedule.\n\n"
             + md_table(["model", "params", "blocks", "hidden / MLP", "heads / kv", "tokens seen", "train min",
                         "val ppl (card)", "val ppl (eval)", "test ppl", "prefill tok/s", "decode tok/s",
                         "MB on disk"], rows)

@@ -104,7 +104,8 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
                    gram_limit: int | None = None,
                    propagate: str = "pruned", batch_size: int = 8, checkpointer: Checkpointer | None = None,
                    description: str = "compress",
-                   observe: Callable[[int, list, list], None] | None = None) -> EngineResult:
+                   observe: Callable[[int, list, list], None] | None = None,
+                   propagate_last: bool = True) -> EngineResult:
     """Run `action` on every block. `observe(i, inputs, outputs)` sees each block's input and
     output hidden states (lists over calibration batches) after the action."""
     if propagate not in PROPAGATE:
@@ -144,6 +145,7 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
             with StatsCollector(refs, gram=gram, gram_limit=gram_limit) as coll:
                 for b in batches:
                     out = adapter.call_block(block, b.hidden, b.args, b.kwargs)
+                    check_finite(out, f"leaving block {i}")
                     coll.end_batch()
                     if propagate == "dense":
                         dense_out.append(out)
@@ -156,7 +158,9 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
             res.rows.extend(rows)
             del coll
             t0 = time.perf_counter()
-            if propagate == "pruned":
+            if i == n - 1 and not propagate_last and observe is None:
+                new = [b.hidden for b in batches]   # nothing reads the last block's output
+            elif propagate == "pruned":
                 new = [adapter.call_block(block, b.hidden, b.args, b.kwargs) for b in batches]
             else:
                 new = dense_out

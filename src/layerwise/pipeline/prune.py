@@ -20,8 +20,9 @@ from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perp
 from .source import resolve
 
 
-# Methods without a Hessian estimate the plan's reconstruction error from this many calibration tokens.
-RECON_TOKENS = 4096
+# Methods without a Hessian estimate the plan's reconstruction error from this many calibration tokens
+# (one batch of 8 × 256): the Gram matrix over all tokens would cost more than the pruning itself.
+RECON_TOKENS = 2048
 
 
 @dataclass
@@ -171,7 +172,8 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
             (r.name, r.sparsity, r.pattern, r.method) for r in plan.rows]})) if partial else None
         res = run_sequential(store, samples, make_prune_action(plan, pruners), select=lambda n: n in selected,
                              gram=True, gram_limit=gram_limit, propagate=propagate, batch_size=batch_size, checkpointer=ckpt,
-                             description=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'}")
+                             description=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'}",
+                             propagate_last=use_stream and output is not None)
         apply_resumed_rows(plan, res)
         timings = res.timings.to_dict()
         timings["allocation_s"] = t_alloc

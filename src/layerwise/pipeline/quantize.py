@@ -29,7 +29,7 @@ from ..plan import Plan, PlanRow
 from ..quant import QUANTIZERS, QuantSpec, from_gptq, get_quantizer, gptq_compatible, packed_bits, to_gptq
 from ..utils.hf import quiet
 from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perplexity_of
-from .prune import select_linears
+from .prune import RECON_TOKENS, select_linears
 from .source import resolve
 
 
@@ -225,7 +225,7 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
         if evaluate:
             metrics["perplexity_dense"] = perplexity_of(src, None, eval_windows)
         res = run_sequential(store, samples, action, select=lambda n: n in selected, gram=True,
-                             gram_limit=None if hessian else 4096, propagate="pruned", batch_size=batch_size,
+                             gram_limit=None if hessian else RECON_TOKENS, propagate="pruned", batch_size=batch_size,
                              checkpointer=ckpt, description=f"{quantizer} {bits:g} bits")
         apply_resumed_rows(plan, res)
         res.first_ids = samples[:batch_size]
