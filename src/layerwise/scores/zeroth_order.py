@@ -20,6 +20,31 @@ def _loss(model, ids: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def _tail_loss(adapter, start: int, batch, ids: torch.Tensor) -> float:
+    """The LM loss recomputed from block `start`'s cached input: a perturbation of a tensor in block
+    `start` cannot change anything before it, so blocks 0..start−1 need not run again."""
+    h = batch["inputs"][start]
+    for blk in adapter.block_list()[start:]:
+        h = adapter.call_block(blk, h, batch["args"], batch["kwargs"])
+    logits = adapter.logits_from_hidden(h)
+    model = adapter.model
+    # The model's own loss arithmetic: |L₊ − L₋|/2ε amplifies any difference in rounding.
+    return float(model.loss_function(logits=logits, labels=ids, vocab_size=model.config.vocab_size).double())
+
+
+@torch.no_grad()
+def _block_inputs(model, adapter, ids: torch.Tensor) -> dict:
+    from ..engine.capture import capture_block_inputs
+
+    (b,) = capture_block_inputs(model, adapter, ids, batch_size=ids.shape[0])
+    inputs, h = [], b.hidden
+    for blk in adapter.block_list():
+        inputs.append(h)
+        h = adapter.call_block(blk, h, b.args, b.kwargs)
+    return {"inputs": inputs, "args": b.args, "kwargs": b.kwargs}
+
+
+@torch.no_grad()
 def zeroth_order_scores(model, linears, samples: torch.Tensor, n_samples: int = 32, batch_size: int = 8,
                         eps: float = 1e-3, seed: int = 0) -> dict[str, float]:
     """`linears`: LinearRef list. Returns {linear name: score} (higher = more important)."""
@@ -27,7 +52,11 @@ def zeroth_order_scores(model, linears, samples: torch.Tensor, n_samples: int = 
 
     if not is_causal_lm(model):
         raise ConfigError("the zeroth_order score needs a causal LM loss; this model has no LM head")
+    from ..models.adapters import get_adapter
+
+    adapter = get_adapter(model)
     batches = [samples[i:i + batch_size] for i in range(0, min(n_samples, samples.shape[0]), batch_size)]
+    cached = [_block_inputs(model, adapter, ids) for ids in batches] if adapter.head_path else None
     scores: dict[str, float] = {}
     for t, ref in enumerate(track(linears, "zeroth-order scores")):
         P = ref.module.weight
@@ -37,10 +66,10 @@ def zeroth_order_scores(model, linears, samples: torch.Tensor, n_samples: int = 
             g = torch.Generator().manual_seed(seed * 1_000_003 + t * 1009 + b)
             z = torch.randn(P.shape, generator=g, dtype=torch.float32).to(P.dtype)
             P.add_(z, alpha=eps)
-            lp = _loss(model, ids)
+            lp = _tail_loss(adapter, ref.block, cached[b], ids) if cached else _loss(model, ids)
             P.copy_(orig)
             P.sub_(z, alpha=eps)
-            lm = _loss(model, ids)
+            lm = _tail_loss(adapter, ref.block, cached[b], ids) if cached else _loss(model, ids)
             P.copy_(orig)
             total += abs(lp - lm) / (2 * eps)
         scores[ref.name] = total

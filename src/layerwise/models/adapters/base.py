@@ -70,6 +70,9 @@ class Adapter:
     name: ClassVar[str] = "generic"
     model_types: ClassVar[tuple[str, ...]] = ()
     blocks_path: ClassVar[str] = ""
+    # The final norm and the LM head, for losses computed from a block's output (None: no LM head).
+    final_norm_path: ClassVar[str | None] = None
+    head_path: ClassVar[str | None] = None
     # Modules outside the blocks that are never pruned by default.
     default_ignore: ClassVar[tuple[str, ...]] = ("lm_head", "embed", "wte", "wpe", "pooler")
 
@@ -135,6 +138,13 @@ class Adapter:
 
     def clean_args(self, args: tuple) -> tuple:
         return args
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the model computes after its last block: final norm, then the LM head."""
+        if self.head_path is None:
+            raise NotImplementedError(f"{self.name} adapter: no LM head")
+        h = self._resolve(self.model, self.final_norm_path)(hidden) if self.final_norm_path else hidden
+        return self._resolve(self.model, self.head_path)(h)
 
     def model_inputs(self, ids: torch.Tensor) -> dict:
         return {"input_ids": ids}

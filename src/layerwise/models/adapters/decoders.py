@@ -11,6 +11,8 @@ class LlamaLikeAdapter(Adapter):
     name = "llama"
     model_types = ("llama", "qwen2", "mistral", "qwen3", "mixtral_dense")
     blocks_path = "model.layers"
+    final_norm_path = "model.norm"
+    head_path = "lm_head"
 
     def attention_layout(self) -> dict:
         c = self.model.config
@@ -27,6 +29,8 @@ class GPT2Adapter(Adapter):
     name = "gpt2"
     model_types = ("gpt2",)
     blocks_path = "transformer.h"
+    final_norm_path = "transformer.ln_f"
+    head_path = "lm_head"
 
     def config_num_blocks_key(self) -> str:
         return "n_layer"
