@@ -1,0 +1,27 @@
+"""Slow: retraining a shipped reference model reproduces it (run with `make test-slow`)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def test_retraining_llama_tiny_reproduces_the_shipped_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from layerwise import zoo
+    from layerwise.data import load_corpus
+    from layerwise.zoo.train import train
+
+    card = zoo.info("llama-tiny")
+    if load_corpus("stdlib").split_info()["train"]["sha256"] != card["corpus"]["train"]["sha256"]:
+        pytest.skip("this Python's standard library differs from the card's corpus")
+    if (os.cpu_count() or 1) != 2:
+        pytest.skip("bit-exact reproduction needs the card's thread count (2)")
+    out = train("llama-tiny", tmp_path / "m", work_dir=tmp_path / "w", threads=card["training"]["threads"])
+    new, old = load_file(out / "model.safetensors"), load_file(zoo.path("llama-tiny") / "model.safetensors")
+    assert new.keys() == old.keys()
+    assert all(torch.equal(new[k], old[k]) for k in new)
