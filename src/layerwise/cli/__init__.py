@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..utils.hf import quiet
 
     quiet()
+    import shlex
+
+    from ..io import manifest as _manifest
+
+    _manifest.CURRENT_COMMAND = shlex.join(["layerwise"] + list(sys.argv[1:] if argv is None else argv))
     try:
         rv = app(args=argv, prog_name="layerwise", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except (click_exc.Abort, KeyboardInterrupt):
         _err("interrupted")
         code = 130
+    finally:
+        _manifest.CURRENT_COMMAND = None
     if argv is None:
         sys.exit(code)
     return code

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import sys
 
 import torch
 
@@ -25,6 +24,11 @@ def versions() -> dict:
     return v
 
 
+# Set by the CLI entry point for the duration of one command, so a manifest records the
+# command line the user typed (sys.argv is the test runner's under pytest, or absent in the API).
+CURRENT_COMMAND: str | None = None
+
+
 def machine() -> dict:
     return {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
@@ -37,8 +41,7 @@ def build_manifest(kind: str, options: dict, seed: int | None, timings: dict | N
     return {
         "kind": kind,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command if command is not None else " ".join(["layerwise"] + sys.argv[1:])
-        if os.path.basename(sys.argv[0]) in ("layerwise", "__main__.py") else None,
+        "command": command if command is not None else CURRENT_COMMAND,
         "options": options,
         "seed": seed,
         "versions": versions(),
