@@ -101,7 +101,7 @@ class _Interrupt(KeyboardInterrupt):
 
 def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
                    select: Callable[[str], bool] = lambda name: True, gram: bool = True,
-                   gram_limit: int | None = None,
+                   gram_limit: int | None = None, first_moment: bool = True,
                    propagate: str = "pruned", batch_size: int = 8, checkpointer: Checkpointer | None = None,
                    description: str = "compress",
                    observe: Callable[[int, list, list], None] | None = None,
@@ -142,7 +142,7 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
             prog.update(task, info=f"block {i}: statistics")
             dense_out: list[torch.Tensor] = []
             t0 = time.perf_counter()
-            with StatsCollector(refs, gram=gram, gram_limit=gram_limit) as coll:
+            with StatsCollector(refs, gram=gram, gram_limit=gram_limit, first_moment=first_moment) as coll:
                 for b in batches:
                     out = adapter.call_block(block, b.hidden, b.args, b.kwargs)
                     check_finite(out, f"leaving block {i}")

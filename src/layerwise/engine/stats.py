@@ -18,6 +18,7 @@ class InputStats:
     columns: int
     gram: bool
     gram_limit: int | None = None           # accumulate H from at most this many tokens
+    first_moment: bool = True               # Σx (FLAP's variance); pruning by Σx² alone skips it
     tokens: int = 0
     gram_tokens: int = 0
     sequences: int = 0
@@ -28,7 +29,8 @@ class InputStats:
 
     def __post_init__(self):
         self.sq = torch.zeros(self.columns, dtype=torch.float64)
-        self.s1 = torch.zeros(self.columns, dtype=torch.float64)
+        if self.first_moment:
+            self.s1 = torch.zeros(self.columns, dtype=torch.float64)
         if self.gram:
             self.H = torch.zeros(self.columns, self.columns, dtype=torch.float64)
 
@@ -41,7 +43,8 @@ class InputStats:
         # Per-batch sums in float32 (a few thousand tokens) added into float64 accumulators: as
         # precise as it needs to be, and several times faster than float64 reductions on a CPU.
         self.sq += x.pow(2).sum(0).double()
-        self.s1 += x.sum(0).double()
+        if self.s1 is not None:
+            self.s1 += x.sum(0).double()
         if self.H is not None:
             if self.gram_limit is not None:
                 x = x[: max(0, self.gram_limit - self.gram_tokens)]
@@ -57,6 +60,7 @@ class InputStats:
     @property
     def variance(self) -> torch.Tensor:
         """Per-column variance of the input over tokens (FLAP's fluctuation)."""
+        assert self.s1 is not None, "first moments were not collected"
         m = self.s1 / max(1, self.tokens)
         return (self.mean_sq - m * m).clamp(min=0)
 
@@ -68,8 +72,10 @@ class InputStats:
 
 
 class StatsCollector:
-    def __init__(self, linears: list[LinearRef], gram: bool = True, gram_limit: int | None = None):
+    def __init__(self, linears: list[LinearRef], gram: bool = True, gram_limit: int | None = None,
+                 first_moment: bool = True):
         self.linears = linears
+        self.first_moment = first_moment
         self.gram = gram
         self.gram_limit = gram_limit
         self.stats: dict[str, InputStats] = {}
@@ -92,7 +98,7 @@ class StatsCollector:
                     # of the same shape within this batch.
                     self._batch_seen[key] = (x, ref.name)
                     self._owner[ref.name] = ref.name
-                    self.stats[ref.name] = InputStats(x.shape[-1], self.gram, self.gram_limit)
+                    self.stats[ref.name] = InputStats(x.shape[-1], self.gram, self.gram_limit, self.first_moment)
                 else:
                     self._owner[ref.name] = owner
                     self.stats[ref.name] = self.stats[owner]

@@ -171,7 +171,8 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [
             (r.name, r.sparsity, r.pattern, r.method) for r in plan.rows]})) if partial else None
         res = run_sequential(store, samples, make_prune_action(plan, pruners), select=lambda n: n in selected,
-                             gram=True, gram_limit=gram_limit, propagate=propagate, batch_size=batch_size, checkpointer=ckpt,
+                             gram=True, gram_limit=gram_limit, first_moment=False, propagate=propagate,
+                             batch_size=batch_size, checkpointer=ckpt,
                              description=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'}",
                              propagate_last=use_stream and output is not None)
         apply_resumed_rows(plan, res)
