@@ -63,7 +63,7 @@ def update_section(name: str, body: str, title: str) -> None:
 
 def speed_side_by_side(models: dict, prompt, repeats: int = 5, decode_tokens: int = 64) -> dict:
     """Median prefill and decode tokens/s of several models, repetitions interleaved so that machine
-    noise hits every model alike."""
+    noise hits every model alike. `prompt` is [batch, L]; decode tokens/s counts every sequence."""
     import statistics
 
     from layerwise.eval.speed import decode_time, prefill_time
@@ -72,5 +72,5 @@ def speed_side_by_side(models: dict, prompt, repeats: int = 5, decode_tokens: in
     for _ in range(repeats):
         for n, m in models.items():
             runs[n]["prefill"].append(prompt.numel() / prefill_time(m, prompt, repeats=3))
-            runs[n]["decode"].append(decode_tokens / decode_time(m, prompt[:, :32], decode_tokens, repeats=2))
+            runs[n]["decode"].append(decode_tokens * prompt.shape[0] / decode_time(m, prompt[:, :32], decode_tokens, repeats=2))
     return {n: {k: statistics.median(v) for k, v in r.items()} for n, r in runs.items()}

@@ -40,6 +40,11 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=300)
     ap.add_argument("--random-seeds", type=int, default=5)
     ap.add_argument("--protect", type=int, default=2)
+    ap.add_argument("--speed-repeats", type=int, default=9)
+    ap.add_argument("--speed-batch", type=int, default=8)
+    ap.add_argument("--reuse-table", action="store_true",
+                    help="take the selection x healing table from benchmarks/results/depth_NAME.json and rerun "
+                         "only the one-run family and the speed measurement")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     ks = [int(x) for x in a.ks.split(",")]
@@ -75,8 +80,11 @@ def main() -> None:
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
         return out
 
+    name = a.model.replace("zoo:", "")
+    res_path = ROOT / "benchmarks" / "results" / f"depth_{name}.json"
     chosen = {}
-    for k in ks:
+    prev = json.loads(res_path.read_text()) if a.reuse_table else None
+    for k in ks if prev is None else []:
         res[k] = {}
         iv = select_intervals(dmap, k)
         chosen[k] = iv
@@ -86,28 +94,34 @@ def main() -> None:
         rnd = [run(f"random{s}", k, runs_to_intervals(select_blocks("random", k, L, seed=s), L))
                for s in range(a.random_seeds)]
         res[k]["random"] = {h: [r[h] for r in rnd] for h in ("none", "distill", "finetune")}
-    # one distillation run, several ratios: students for the largest k's intervals, nested subsets
+    if prev is not None:
+        res = {int(k): v for k, v in prev["results"].items()}
+        chosen = {int(k): v for k, v in prev["chosen"].items()}
+        ks = sorted(res)
+    # One distillation run, several ratios: students for the intervals of the largest k; every subset of
+    # those intervals is a model (students are trained teacher-forced, independently of each other).
     kmax = max(ks)
     ivs = chosen[kmax]
     students, _ = heal("distill", a.model, teacher, None, ivs, cfg, tok, work_root / "family")
     fam = {}
-    order = sorted(ivs, key=lambda iv: iv["cost_per_block"])
-    for j in range(1, len(order) + 1):
-        active = sorted(order[:j], key=lambda iv: iv["start"])
-        m = assemble(copy.deepcopy(teacher), active, students).eval()
+    for mask in range(1, 2 ** len(ivs)):
+        active = [iv for j, iv in enumerate(ivs) if mask >> j & 1]
         r = sum(iv["end"] - iv["start"] for iv in active)
+        if r in fam:
+            continue
+        m = assemble(copy.deepcopy(teacher), active, students).eval()
         fam[r] = {"intervals": [[iv["start"], iv["end"]] for iv in active],
                   "ppl": perplexity(m, windows, 16).perplexity}
         print(f"family remove {r}: {fam[r]['ppl']:.3f}", flush=True)
-    # real speed, side by side, interleaved repetitions
+    # real speed, side by side, interleaved repetitions; a batch of windows so that one timing is long
+    # enough to rise above timer and scheduler noise
     models = {"dense": teacher}
     for k in ks:
         models[f"-{k} blocks"] = assemble(copy.deepcopy(teacher), chosen[k]).eval()
-    prompt = windows[:1]
-    sp = speed_side_by_side(models, prompt)
-    name = a.model.replace("zoo:", "")
+    prompt = windows[:a.speed_batch]
+    sp = speed_side_by_side(models, prompt, repeats=a.speed_repeats)
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / f"depth_{name}.json").write_text(json.dumps(
+    res_path.write_text(json.dumps(
         {"dense": dense, "results": res, "family": fam, "speed": sp, "bi": bi, "depth_map": dmap.to_dict(),
          "chosen": chosen, "args": vars(a)}, indent=1, default=str))
     import matplotlib
@@ -157,8 +171,9 @@ def main() -> None:
             + f".\n\nOne distillation run (students for the k={kmax} intervals), assembled without retraining:\n\n"
             + md_table(["blocks removed", "active intervals", "perplexity"],
                        [[r, v["intervals"], f"{v['ppl']:.2f}"] for r, v in sorted(fam.items())])
-            + "\n\nReal speed (batch 1; prefill of 256 tokens, decode of 64 tokens with KV cache; medians of 5 "
-              "interleaved repetitions in one process):\n\n"
+            + f"\n\nReal speed (batch {a.speed_batch}; prefill of {a.speed_batch} × 256 tokens, decode of 64 tokens "
+              f"per sequence with KV cache; medians of {a.speed_repeats} interleaved repetitions in one process; "
+              "the assembled models are stock `LlamaForCausalLM` with fewer layers):\n\n"
             + md_table(["model", "prefill tok/s", "× dense", "decode tok/s", "× dense"],
                        [[n, f"{v['prefill']:,.0f}", f"{v['prefill'] / sp['dense']['prefill']:.2f}",
                          f"{v['decode']:,.1f}", f"{v['decode'] / sp['dense']['decode']:.2f}"] for n, v in sp.items()]))

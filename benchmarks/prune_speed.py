@@ -61,9 +61,12 @@ def main() -> None:
             f"medians of {a.repeats} interleaved repetitions.\n\n"
             + md_table(["run", "seconds", "× forward", "capture", "block forwards", "statistics", "solve"], rows)
             + "\n\n`block forwards` = the statistics pass (hook time excluded) plus the propagation pass of every "
-              "block; `statistics` = time inside the hooks (Σx² and the float64 Gram matrix, which the "
-              "reconstruction-error column of the plan needs for every method); `solve` = mask selection "
-              "and, for SparseGPT, the OBS column sweep.")
+              "block; `statistics` = time inside the hooks (Σx² per input column; the Gram matrix Σxxᵀ over all "
+              "tokens for SparseGPT, over the first 2048 tokens for the others, whose plan reports the "
+              "reconstruction error from it); `solve` = mask selection and, for SparseGPT, the OBS column "
+              "sweep. Wanda runs two block passes (statistics on the dense block, then the pruned block's "
+              "output for the next one), so its floor is about 2 × 12 blocks against one forward pass of "
+              "12 blocks plus the LM head.")
     print(body)
     if not a.no_write:
         update_section("prune-speed", body, "Pruning time")

@@ -34,6 +34,11 @@ def main() -> None:
     ap.add_argument("--step", type=float, default=0.05)
     ap.add_argument("--criterion", default="taylor")
     ap.add_argument("--windows", type=int, default=300)
+    ap.add_argument("--speed-repeats", type=int, default=9)
+    ap.add_argument("--speed-batch", type=int, default=8)
+    ap.add_argument("--speed-only", action="store_true",
+                    help="keep the perplexity table of benchmarks/results/width_NAME.json; re-prune one-shot "
+                         "(no training: healing does not change shapes) and measure speed only")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     keeps = [float(x) for x in a.keeps.split(",")]
@@ -46,7 +51,15 @@ def main() -> None:
     res: dict = {}
     models = {}
     t0 = time.perf_counter()
-    for keep in keeps:
+    name = a.model.replace("zoo:", "")
+    res_path = ROOT / "benchmarks" / "results" / f"width_{name}.json"
+    if a.speed_only:
+        res = json.loads(res_path.read_text())["results"]
+        for keep in keeps:
+            for label, adaptive in (("uniform", False), ("adaptive", True)):
+                out = width(a.model, params=keep, adaptive=adaptive, work_dir=work / f"{keep}-{label}", **kw)
+                models[f"{keep:.0%} kept ({label} one-shot)"] = out.model
+    for keep in keeps if not a.speed_only else []:
         r = {}
         for name, opts in (("uniform one-shot", dict(adaptive=False)),
                            ("adaptive one-shot", dict(adaptive=True)),
@@ -59,19 +72,19 @@ def main() -> None:
             r[name] = {"ppl": ppl, "kept": out.params_after / out.params_before, "stages": len(out.stages),
                        "widths": widths(out.model)}
             if name == "adaptive incremental + KD":
-                models[f"{keep:.0%} kept (adaptive)"] = out.model
+                models[f"{keep:.0%} kept (adaptive incremental)"] = out.model
             if name == "uniform one-shot + KD":
-                models[f"{keep:.0%} kept (uniform)"] = out.model
+                models[f"{keep:.0%} kept (uniform one-shot)"] = out.model
             print(f"keep {keep}: {name:28s} ppl {ppl:.3f} kept {r[name]['kept']:.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
         res[str(keep)] = r
     models = {"dense": base.model, **models}
-    prompt = windows[:1]
-    sp = speed_side_by_side(models, prompt)
+    # a batch of windows so that one timing is long enough to rise above timer and scheduler noise
+    prompt = windows[:a.speed_batch]
+    sp = speed_side_by_side(models, prompt, repeats=a.speed_repeats)
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
-    name = a.model.replace("zoo:", "")
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / f"width_{name}.json").write_text(
+    res_path.write_text(
         json.dumps({"dense": dense, "results": res, "speed": sp, "params": params, "args": vars(a)}, indent=1))
     variants = list(next(iter(res.values())))
     rows = [[f"{1 - float(k):.0%}"] + [f"{res[k][v]['ppl']:.2f}" for v in variants] for k in res]
@@ -82,8 +95,9 @@ def main() -> None:
             f"{a.seqlen}), one cosine schedule; incremental = stages removing {a.step:.0%} of the original block "
             "parameters each, training shards growing linearly (Adapt-Pruner), same total tokens as one-shot.\n\n"
             + md_table(["fewer block params", *variants], rows)
-            + "\n\nReal speed of the pruned models against the dense one (batch 1, prefill 256 tokens, decode 64 "
-              "with KV cache; medians of 5 interleaved repetitions in one process):\n\n"
+            + f"\n\nReal speed of the pruned models against the dense one (batch {a.speed_batch}: prefill "
+              f"{a.speed_batch} × 256 tokens, decode 64 tokens per sequence with KV cache; medians of "
+              f"{a.speed_repeats} interleaved repetitions in one process):\n\n"
             + md_table(["model", "parameters", "prefill tok/s", "× dense", "decode tok/s", "× dense"],
                        [[n, f"{params[n]:,}", f"{v['prefill']:,.0f}", f"{v['prefill'] / sp['dense']['prefill']:.2f}",
                          f"{v['decode']:,.1f}", f"{v['decode'] / sp['dense']['decode']:.2f}"] for n, v in sp.items()]))
