@@ -48,9 +48,11 @@ def command_line() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
 
 
-def update_section(name: str, body: str, title: str) -> None:
+def update_section(name: str, body: str, title: str, commands: list[str] | None = None) -> None:
+    """Replace section `name` of BENCHMARKS.md; `commands` are the runs that measured it (default: this one)."""
     text = BENCH.read_text() if BENCH.exists() else "# Benchmarks\n"
-    block = (f"<!-- BEGIN {name} -->\n## {title}\n\n```\n{command_line()}\n```\n\nMachine: {machine_note()}\n\n"
+    cmd = "\n".join(commands) if commands else command_line()
+    block = (f"<!-- BEGIN {name} -->\n## {title}\n\n```\n{cmd}\n```\n\nMachine: {machine_note()}\n\n"
              f"{body.rstrip()}\n<!-- END {name} -->")
     pat = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
     if pat.search(text):

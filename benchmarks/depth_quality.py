@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIG, ROOT, md_table, speed_side_by_side, update_section  # noqa: E402
+from common import command_line, FIG, ROOT, md_table, speed_side_by_side, update_section  # noqa: E402
 
 from layerwise.data import calibration_samples, eval_windows  # noqa: E402
 from layerwise.distill.driver import TrainConfig  # noqa: E402
@@ -45,8 +45,13 @@ def main() -> None:
     ap.add_argument("--reuse-table", action="store_true",
                     help="take the selection x healing table from benchmarks/results/depth_NAME.json and rerun "
                          "only the one-run family and the speed measurement")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the section from benchmarks/results/depth_NAME.json without measuring")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
+    if a.render_only:
+        render(a.model.replace("zoo:", ""), write=not a.no_write)
+        return
     ks = [int(x) for x in a.ks.split(",")]
     base = load_model(a.model)
     teacher = base.model.eval()
@@ -84,6 +89,7 @@ def main() -> None:
     res_path = ROOT / "benchmarks" / "results" / f"depth_{name}.json"
     chosen = {}
     prev = json.loads(res_path.read_text()) if a.reuse_table else None
+    prev_commands = prev.get("commands", []) if prev else []
     for k in ks if prev is None else []:
         res[k] = {}
         iv = select_intervals(dmap, k)
@@ -123,7 +129,37 @@ def main() -> None:
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     res_path.write_text(json.dumps(
         {"dense": dense, "results": res, "family": fam, "speed": sp, "bi": bi, "depth_map": dmap.to_dict(),
-         "chosen": chosen, "args": vars(a)}, indent=1, default=str))
+         "chosen": chosen, "args": vars(a),
+         "commands": (prev_commands if a.reuse_table else []) + [command_line()]}, indent=1, default=str))
+    render(name, write=not a.no_write)
+
+
+def verdicts(res: dict, ks: list[int]) -> str:
+    """Plain statements of what the table shows, computed from it."""
+    med = {k: {h: statistics.median(res[k]["random"][h]) for h in ("none", "distill", "finetune")} for k in ks}
+    out = []
+    for sel in ("ppcl", "bi"):
+        beats = [k for k in ks if res[k][sel]["none"] < med[k]["none"]]
+        out.append(f"{sel} beats the random median without healing at k = {beats or 'none'} of {ks}")
+    out.append("bi beats ppcl without healing at k = "
+               f"{[k for k in ks if res[k]['bi']['none'] < res[k]['ppcl']['none']] or 'none'}")
+    n = sum(1 for k in ks for sel in ("ppcl", "bi", "last") if res[k][sel]["distill"] < res[k][sel]["finetune"])
+    out.append(f"contiguous distillation beats fine-tuning at equal tokens in {n} of {3 * len(ks)} "
+               "(k, selection) cells; both improve on no healing in every cell" if all(
+                   res[k][sel][h] < res[k][sel]["none"] for k in ks for sel in ("ppcl", "bi", "last")
+                   for h in ("distill", "finetune")) else
+               f"contiguous distillation beats fine-tuning at equal tokens in {n} of {3 * len(ks)} cells")
+    return "As measured: " + "; ".join(out) + "."
+
+
+def render(name: str, write: bool = True) -> None:
+    d = json.loads((ROOT / "benchmarks" / "results" / f"depth_{name}.json").read_text())
+    a = argparse.Namespace(**d["args"])
+    res = {int(k): v for k, v in d["results"].items()}
+    chosen = {int(k): v for k, v in d["chosen"].items()}
+    fam = {int(k): v for k, v in d["family"].items()}
+    ks, sp, dense, L = sorted(res), d["speed"], d["dense"], len(d["bi"])
+    kmax = max(ks)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,6 +202,7 @@ def main() -> None:
             "teacher-forced, per-token cosine loss; `finetune`: LM loss on the whole pruned model.\n\n"
             + md_table(["removed", "selection", "no healing", "distill", "finetune"], rows)
             + f"\n\n![depth pruning](docs/figures/{figp.name})\n\n"
+            + verdicts(res, ks) + "\n\n"
             + "Chosen PPCL intervals: " + "; ".join(f"k={k}: " + ", ".join(f"[{iv['start']},{iv['end']}]"
                                                                           for iv in chosen[k]) for k in ks)
             + f".\n\nOne distillation run (students for the k={kmax} intervals), assembled without retraining:\n\n"
@@ -179,7 +216,7 @@ def main() -> None:
                          f"{v['decode']:,.1f}", f"{v['decode'] / sp['dense']['decode']:.2f}"] for n, v in sp.items()]))
     print(body)
     if not a.no_write:
-        update_section(f"depth-{name}", body, f"Depth pruning: {a.model}")
+        update_section(f"depth-{name}", body, commands=d.get("commands"), title=f"Depth pruning: {a.model}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def main() -> None:
     t0 = time.perf_counter()
     eigs = farms_esd(W, m=2000, q=1.0, k=a.windows)
     t_svd = time.perf_counter() - t0
-    rows, notes = [], []
+    rows = []
     for rule in ("peak", "search"):
         fast, loop = [], []
         for _ in range(a.repeats):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIG, ROOT, md_table, update_section  # noqa: E402
+from common import command_line, FIG, ROOT, md_table, update_section  # noqa: E402
 
 from layerwise.allocate.bits import ranking_from_scores  # noqa: E402
 from layerwise.data import calibration_samples, eval_windows  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
     (ROOT / "benchmarks" / "results" / f"quant_{name}.json").write_text(json.dumps(
         {"model": model, "windows": a.windows, "nsamples": a.nsamples, "seqlen": a.seqlen,
          "random_seeds": seeds, "dense": dense, "ppl": res, "orders": orders, "sensitivity": delta,
-         "spearman": rho, "base4": base4, "block_scores": an.block_scores}, indent=1))
+         "spearman": rho, "base4": base4, "commands": [command_line()], "block_scores": an.block_scores}, indent=1))
     render(name, write=not a.no_write)
 
 
@@ -179,7 +179,7 @@ def render(name: str, write: bool = True) -> None:
             + ", ".join(f"{s} {v:+.2f}" for s, v in rho.items()) + ".")
     print(body)
     if write:
-        update_section(f"quant-{name}", body, f"Mixed-precision quantization: {model}")
+        update_section(f"quant-{name}", body, commands=d.get("commands"), title=f"Mixed-precision quantization: {model}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, md_table, speed_side_by_side, update_section  # noqa: E402
+from common import command_line, ROOT, md_table, speed_side_by_side, update_section  # noqa: E402
 
 from layerwise.data import eval_windows  # noqa: E402
 from layerwise.eval import perplexity  # noqa: E402
@@ -39,8 +39,13 @@ def main() -> None:
     ap.add_argument("--speed-only", action="store_true",
                     help="keep the perplexity table of benchmarks/results/width_NAME.json; re-prune one-shot "
                          "(no training: healing does not change shapes) and measure speed only")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the section from benchmarks/results/width_NAME.json without measuring")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
+    if a.render_only:
+        render(a.model.replace("zoo:", ""), write=not a.no_write)
+        return
     keeps = [float(x) for x in a.keeps.split(",")]
     base = load_model(a.model)
     windows = eval_windows("stdlib", base.tokenizer, 256, "validation", a.windows)
@@ -53,8 +58,10 @@ def main() -> None:
     t0 = time.perf_counter()
     name = a.model.replace("zoo:", "")
     res_path = ROOT / "benchmarks" / "results" / f"width_{name}.json"
+    prev_commands: list = []
     if a.speed_only:
-        res = json.loads(res_path.read_text())["results"]
+        prev = json.loads(res_path.read_text())
+        res, prev_commands = prev["results"], prev.get("commands", [])
         for keep in keeps:
             for label, adaptive in (("uniform", False), ("adaptive", True)):
                 out = width(a.model, params=keep, adaptive=adaptive, work_dir=work / f"{keep}-{label}", **kw)
@@ -85,7 +92,29 @@ def main() -> None:
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     res_path.write_text(
-        json.dumps({"dense": dense, "results": res, "speed": sp, "params": params, "args": vars(a)}, indent=1))
+        json.dumps({"dense": dense, "results": res, "speed": sp, "params": params, "args": vars(a),
+         "commands": (prev_commands if a.speed_only else []) + [command_line()]}, indent=1))
+    render(name, write=not a.no_write)
+
+
+def verdicts(res: dict) -> str:
+    """Plain statements of what the table shows, computed from it."""
+    out = []
+    for kind in ("one-shot", "one-shot + KD", "incremental + KD"):
+        wins = [f"{1 - float(k):.0%}" for k in res if res[k][f"adaptive {kind}"]["ppl"] < res[k][f"uniform {kind}"]["ppl"]]
+        out.append(f"adaptive beats uniform ({kind}) at {', '.join(wins) or 'no'} of {len(res)} ratios")
+    for alloc in ("uniform", "adaptive"):
+        wins = [f"{1 - float(k):.0%}" for k in res
+                if res[k][f"{alloc} incremental + KD"]["ppl"] < res[k][f"{alloc} one-shot + KD"]["ppl"]]
+        out.append(f"{alloc} incremental beats {alloc} one-shot at equal tokens at {', '.join(wins) or 'no ratio'}")
+    return "As measured: " + "; ".join(out) + "."
+
+
+def render(name: str, write: bool = True) -> None:
+    d = json.loads((ROOT / "benchmarks" / "results" / f"width_{name}.json").read_text())
+    a = argparse.Namespace(**d["args"])
+    res, sp, params, dense = d["results"], d["speed"], d["params"], d["dense"]
+    tokens = a.steps * a.batch * a.seqlen
     variants = list(next(iter(res.values())))
     rows = [[f"{1 - float(k):.0%}"] + [f"{res[k][v]['ppl']:.2f}" for v in variants] for k in res]
     body = (f"Model `{a.model}`, dense perplexity {dense:.3f} ({a.windows} validation windows × 256). Units: whole "
@@ -94,7 +123,7 @@ def main() -> None:
             f"dense model (T = 2) with {tokens:,} training tokens in total ({a.steps} steps × {a.batch} × "
             f"{a.seqlen}), one cosine schedule; incremental = stages removing {a.step:.0%} of the original block "
             "parameters each, training shards growing linearly (Adapt-Pruner), same total tokens as one-shot.\n\n"
-            + md_table(["fewer block params", *variants], rows)
+            + md_table(["fewer block params", *variants], rows) + "\n\n" + verdicts(res)
             + f"\n\nReal speed of the pruned models against the dense one (batch {a.speed_batch}: prefill "
               f"{a.speed_batch} × 256 tokens, decode 64 tokens per sequence with KV cache; medians of "
               f"{a.speed_repeats} interleaved repetitions in one process):\n\n"
@@ -103,7 +132,7 @@ def main() -> None:
                          f"{v['decode']:,.1f}", f"{v['decode'] / sp['dense']['decode']:.2f}"] for n, v in sp.items()]))
     print(body)
     if not a.no_write:
-        update_section(f"width-{name}", body, f"Width pruning: {a.model}")
+        update_section(f"width-{name}", body, commands=d.get("commands"), title=f"Width pruning: {a.model}")
 
 
 if __name__ == "__main__":
