@@ -68,3 +68,17 @@ def test_zoo_list_and_eval_json(capsys):
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "layerwise", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("layerwise")
+
+
+def test_demo_runs_every_stage_end_to_end(tmp_path):
+    from layerwise.demo import run_demo
+
+    r = run_demo("zoo:llama-tiny", out=str(tmp_path / "demo"), max_windows=8, nsamples=8, seqlen=64,
+                 heal_steps=2, speed_repeats=1)
+    assert set(r) == {"dense", "wanda 50%", "sparsegpt 50%", "gptq 3.25 bits", "depth -2 blocks", "width 70%"}
+    for name, v in r.items():
+        assert v["perplexity"] > 1 and v["speed"]["prefill"] > 0, name
+        if name != "dense":
+            assert (tmp_path / "demo" / v["out"].split("/")[-1] / "manifest.json").exists()
+    # the quantized checkpoint is packed, so it is smaller on disk than the float32 ones
+    assert r["gptq 3.25 bits"]["mb_on_disk"] < r["wanda 50%"]["mb_on_disk"]

@@ -7,10 +7,10 @@ from .app import app
 
 @app.command("demo")
 def demo_cmd(model: str = typer.Option("zoo:llama-12l", help="Model to demonstrate on."),
-             out: str = typer.Option("runs/demo", "--out", help="Where the pruned models and reports go."),
+             out: str = typer.Option("runs/demo", "--out", help="Where the compressed models and reports go."),
              max_windows: int = typer.Option(200, help="Validation windows to score (speed of the demo)."),
              nsamples: int = typer.Option(64, help="Calibration sequences for pruning.")):
-    """The reference model end to end: evaluate, prune with Wanda and SparseGPT at 50%, compare.
+    """The reference model through every stage: prune, quantize, depth, width; compare side by side.
 
     Example: layerwise demo
     """
