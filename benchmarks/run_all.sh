@@ -10,6 +10,7 @@ $PY benchmarks/prune_speed.py --model zoo:llama-12l
 $PY benchmarks/prune_memory.py
 $PY benchmarks/analysis_speed.py --model zoo:llama-12l
 $PY benchmarks/esd_fit_speed.py
+$PY benchmarks/peer_weightwatcher.py --model zoo:llama-12l   # needs: pip install -e ".[peers]"
 $PY benchmarks/allocation_quality.py --model zoo:llama-12l
 $PY benchmarks/allocation_quality.py --model zoo:llama-tiny
 $PY benchmarks/quant_quality.py --model zoo:llama-12l
