@@ -63,16 +63,21 @@ def update_section(name: str, body: str, title: str, commands: list[str] | None 
     print(f"updated section '{name}' of {BENCH}")
 
 
-def speed_side_by_side(models: dict, prompt, repeats: int = 5, decode_tokens: int = 64) -> dict:
-    """Median prefill and decode tokens/s of several models, repetitions interleaved so that machine
-    noise hits every model alike. `prompt` is [batch, L]; decode tokens/s counts every sequence."""
-    import statistics
+def spearman(a, b) -> float:
+    """Rank correlation (no ties in our uses: perplexities and scores are continuous)."""
+    import numpy as np
 
-    from layerwise.eval.speed import decode_time, prefill_time
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
 
-    runs = {n: {"prefill": [], "decode": []} for n in models}
-    for _ in range(repeats):
-        for n, m in models.items():
-            runs[n]["prefill"].append(prompt.numel() / prefill_time(m, prompt, repeats=3))
-            runs[n]["decode"].append(decode_tokens * prompt.shape[0] / decode_time(m, prompt[:, :32], decode_tokens, repeats=2))
-    return {n: {k: statistics.median(v) for k, v in r.items()} for n, r in runs.items()}
+
+def add_speed_options(ap) -> None:
+    ap.add_argument("--speed-repeats", type=int, default=9)
+    ap.add_argument("--speed-batch", type=int, default=8)
+
+
+def add_output_options(ap, results: str) -> None:
+    """--render-only (rewrite the section from benchmarks/results/RESULTS) and --no-write."""
+    ap.add_argument("--render-only", action="store_true",
+                    help=f"rewrite the section from benchmarks/results/{results} without measuring")
+    ap.add_argument("--no-write", action="store_true")

@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, FIG, ROOT, md_table, speed_side_by_side, update_section  # noqa: E402
+from common import FIG, ROOT, add_output_options, add_speed_options, command_line, md_table, update_section  # noqa: E402
 
 from layerwise.data import calibration_samples, eval_windows  # noqa: E402
 from layerwise.distill.driver import TrainConfig  # noqa: E402
 from layerwise.eval import perplexity  # noqa: E402
+from layerwise.eval.speed import side_by_side  # noqa: E402
 from layerwise.models import load_model  # noqa: E402
 from layerwise.pipeline.depth import collect_states, heal  # noqa: E402
 from layerwise.prune.depth import assemble, runs_to_intervals, select_blocks  # noqa: E402
@@ -40,14 +41,11 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=300)
     ap.add_argument("--random-seeds", type=int, default=5)
     ap.add_argument("--protect", type=int, default=2)
-    ap.add_argument("--speed-repeats", type=int, default=9)
-    ap.add_argument("--speed-batch", type=int, default=8)
+    add_speed_options(ap)
     ap.add_argument("--reuse-table", action="store_true",
                     help="take the selection x healing table from benchmarks/results/depth_NAME.json and rerun "
                          "only the one-run family and the speed measurement")
-    ap.add_argument("--render-only", action="store_true",
-                    help="rewrite the section from benchmarks/results/depth_NAME.json without measuring")
-    ap.add_argument("--no-write", action="store_true")
+    add_output_options(ap, "depth_NAME.json")
     a = ap.parse_args()
     if a.render_only:
         render(a.model.replace("zoo:", ""), write=not a.no_write)
@@ -125,7 +123,7 @@ def main() -> None:
     for k in ks:
         models[f"-{k} blocks"] = assemble(copy.deepcopy(teacher), chosen[k]).eval()
     prompt = windows[:a.speed_batch]
-    sp = speed_side_by_side(models, prompt, repeats=a.speed_repeats)
+    sp = side_by_side(models, prompt, repeats=a.speed_repeats)
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     res_path.write_text(json.dumps(
         {"dense": dense, "results": res, "family": fam, "speed": sp, "bi": bi, "depth_map": dmap.to_dict(),

@@ -21,17 +21,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, md_table, update_section  # noqa: E402
+from common import ROOT, md_table, spearman, update_section  # noqa: E402
 
 from layerwise.models import load_model  # noqa: E402
 from layerwise.models.adapters import get_adapter  # noqa: E402
 from layerwise.scores.esd import alpha  # noqa: E402
 from layerwise.utils.hf import quiet  # noqa: E402
-
-
-def spearman(a, b) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def large_matrices(ww, repeats: int, seed: int = 0) -> dict:

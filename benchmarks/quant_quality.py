@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, FIG, ROOT, md_table, update_section  # noqa: E402
+from common import FIG, ROOT, add_output_options, command_line, md_table, spearman, update_section  # noqa: E402
 
 from layerwise.allocate.bits import ranking_from_scores  # noqa: E402
 from layerwise.data import calibration_samples, eval_windows  # noqa: E402
@@ -35,11 +35,6 @@ BITS = (2.0, 2.5, 3.0, 3.25, 3.5, 4.0)
 SCORES = ("lim", "zd", "bi", "alpha", "farms", "owl")
 
 
-def spearman(a, b) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def main() -> None:
     quiet()
     ap = argparse.ArgumentParser()
@@ -48,9 +43,7 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--random-seeds", type=int, default=5)
-    ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--render-only", action="store_true",
-                    help="rewrite the section from benchmarks/results/quant_NAME.json without measuring")
+    add_output_options(ap, "quant_NAME.json")
     a = ap.parse_args()
     model, seeds = a.model, a.random_seeds
     if a.render_only:

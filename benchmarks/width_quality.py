@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, ROOT, md_table, speed_side_by_side, update_section  # noqa: E402
+from common import ROOT, add_output_options, add_speed_options, command_line, md_table, update_section  # noqa: E402
 
 from layerwise.data import eval_windows  # noqa: E402
 from layerwise.eval import perplexity  # noqa: E402
+from layerwise.eval.speed import side_by_side  # noqa: E402
 from layerwise.models import load_model  # noqa: E402
 from layerwise.pipeline.width import width  # noqa: E402
 from layerwise.prune.width import widths  # noqa: E402
@@ -34,14 +35,11 @@ def main() -> None:
     ap.add_argument("--step", type=float, default=0.05)
     ap.add_argument("--criterion", default="taylor")
     ap.add_argument("--windows", type=int, default=300)
-    ap.add_argument("--speed-repeats", type=int, default=9)
-    ap.add_argument("--speed-batch", type=int, default=8)
+    add_speed_options(ap)
     ap.add_argument("--speed-only", action="store_true",
                     help="keep the perplexity table of benchmarks/results/width_NAME.json; re-prune one-shot "
                          "(no training: healing does not change shapes) and measure speed only")
-    ap.add_argument("--render-only", action="store_true",
-                    help="rewrite the section from benchmarks/results/width_NAME.json without measuring")
-    ap.add_argument("--no-write", action="store_true")
+    add_output_options(ap, "width_NAME.json")
     a = ap.parse_args()
     if a.render_only:
         render(a.model.replace("zoo:", ""), write=not a.no_write)
@@ -88,7 +86,7 @@ def main() -> None:
     models = {"dense": base.model, **models}
     # a batch of windows so that one timing is long enough to rise above timer and scheduler noise
     prompt = windows[:a.speed_batch]
-    sp = speed_side_by_side(models, prompt, repeats=a.speed_repeats)
+    sp = side_by_side(models, prompt, repeats=a.speed_repeats)
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     res_path.write_text(

@@ -7,7 +7,6 @@ measured side by side. Every result is saved, reloaded and checked by its own pi
 """
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
@@ -16,16 +15,12 @@ from rich.table import Table
 from .console import console
 
 
-def _disk_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) / 2**20
-
-
 def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: int = 200,
              nsamples: int = 64, seqlen: int = 256, heal_steps: int = 40, speed_repeats: int = 5) -> dict:
     from .cli.common import print_kv
     from .data.tokens import eval_windows
     from .eval import agreement, evaluate, perplexity
-    from .eval.speed import decode_time, prefill_time
+    from .eval.speed import bytes_on_disk, side_by_side
     from .models import load_model
     from .pipeline.depth import depth
     from .pipeline.prune import prune
@@ -82,15 +77,12 @@ def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: 
 
     console.rule("6. quality and speed, side by side")
     models = {"dense": dense.model, **{n: v[0].eval() for n, v in variants.items()}}
-    ppl = {n: perplexity(m, windows, 8, description=f"perplexity {n}").perplexity for n, m in models.items()}
+    ppl = {"dense": rep.perplexity.perplexity}
+    ppl.update({n: perplexity(m, windows, 8, description=f"perplexity {n}").perplexity
+                for n, m in models.items() if n != "dense"})
     agr = {n: agreement(m, dense.model, windows).top1_agreement for n, m in models.items() if n != "dense"}
     prompt = windows[:8]   # a batch, so that one timing rises above timer and scheduler noise
-    runs = {n: {"prefill": [], "decode": []} for n in models}
-    for _ in range(speed_repeats):   # interleaved, so that machine noise hits every model alike
-        for n, m in models.items():
-            runs[n]["prefill"].append(prompt.numel() / prefill_time(m, prompt, repeats=3))
-            runs[n]["decode"].append(64 * prompt.shape[0] / decode_time(m, prompt[:, :32], 64, repeats=2))
-    speed = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in runs.items()}
+    speed = side_by_side(models, prompt, repeats=speed_repeats)
 
     table = Table(title=f"{model}: {nsamples}x{seqlen} calibration tokens, {max_windows} validation windows "
                         f"(stdlib); speed at batch {prompt.shape[0]}, medians of {speed_repeats} interleaved runs",
@@ -104,7 +96,7 @@ def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: 
                   f"{dense_mb:.1f}", "1.00", "1.00", "-", "-")
     results = {"dense": {"perplexity": base, "speed": sd}}
     for n, (m, what, secs, path) in variants.items():
-        mb = _disk_mb(path)
+        mb = bytes_on_disk(m, path) / 2**20
         table.add_row(n, what, f"{ppl[n]:.2f}", f"{100 * (ppl[n] / base - 1):+.1f}%", f"{agr[n]:.3f}",
                       f"{mb:.1f}", f"{speed[n]['prefill'] / sd['prefill']:.2f}",
                       f"{speed[n]['decode'] / sd['decode']:.2f}", f"{secs:.1f}", str(path))

@@ -132,6 +132,18 @@ def decode_time(model, prompt: torch.Tensor, new_tokens: int = 64, repeats: int 
     return statistics.median(run() for _ in range(repeats))
 
 
+def side_by_side(models: dict, prompt: torch.Tensor, repeats: int = 5, decode_tokens: int = 64) -> dict:
+    """Median prefill and decode tokens/s of several models, repetitions interleaved so that machine
+    noise hits every model alike. `prompt` is [batch, L]; decode tokens/s counts every sequence."""
+    runs = {n: {"prefill": [], "decode": []} for n in models}
+    for _ in range(repeats):
+        for n, m in models.items():
+            runs[n]["prefill"].append(prompt.numel() / prefill_time(m, prompt, repeats=3))
+            runs[n]["decode"].append(decode_tokens * prompt.shape[0]
+                                     / decode_time(m, prompt[:, :32], decode_tokens, repeats=2))
+    return {n: {k: statistics.median(v) for k, v in r.items()} for n, r in runs.items()}
+
+
 def measure_speed(model, ids: torch.Tensor, causal: bool, decode_len: int = 64, repeats: int = 5,
                   attention_mask: torch.Tensor | None = None) -> SpeedResult:
     """`ids`: [1, L] prompt tokens. Prefill = one forward of L tokens; decode = cached greedy steps."""
