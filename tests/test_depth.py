@@ -128,10 +128,10 @@ def test_students_train_alone_and_resume_exactly(tmp_path, monkeypatch, zoo_toke
         module = IntervalStudents(teacher, [(1, 2), (3, 4)])
         cfg = TrainConfig(steps=6, global_batch=4, seqlen=32, lr=1e-3, checkpoint_every=1, warmup=1)
         if stop:
-            monkeypatch.setenv("LAYERWISE_STOP_AFTER_STEP", str(stop))
+            monkeypatch.setenv("LAYERWISE_FAULT", f"step:{stop}:stop")
             with pytest.raises(KeyboardInterrupt):
                 train(module, cfg, zoo_tokenizer, work)
-            monkeypatch.delenv("LAYERWISE_STOP_AFTER_STEP")
+            monkeypatch.delenv("LAYERWISE_FAULT")
             teacher = big_tiny()
             module = IntervalStudents(teacher, [(1, 2), (3, 4)])
         curve = train(module, cfg, zoo_tokenizer, work)

@@ -89,7 +89,7 @@ def test_bad_model_inputs(tmp_path, tiny_dirs):
     corrupt.mkdir()
     (corrupt / "config.json").write_text((tiny_dirs["llama"] / "config.json").read_text())
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
-    with pytest.raises(ModelLoadError, match="cannot load weights"):
+    with pytest.raises(ModelLoadError, match="corrupt safetensors header"):
         load_model(str(corrupt))
 
 

@@ -155,11 +155,11 @@ def test_streamed_equals_in_memory_and_resume_equals_uninterrupted(tmp_path, mon
     kw = dict(method="sparsegpt", sparsity=0.5, **SMALL)
     prune(src, out=tmp_path / "stream", **kw)
     prune(src, out=tmp_path / "mem", stream=False, **kw)
-    monkeypatch.setenv("LAYERWISE_STOP_AFTER_BLOCK", "2")
+    monkeypatch.setenv("LAYERWISE_FAULT", "block:2:stop")
     with pytest.raises(KeyboardInterrupt):
         prune(src, out=tmp_path / "resumed", **kw)
     assert not (tmp_path / "resumed").exists() and (tmp_path / ".resumed.partial").exists()
-    monkeypatch.delenv("LAYERWISE_STOP_AFTER_BLOCK")
+    monkeypatch.delenv("LAYERWISE_FAULT")
     r = prune(src, out=tmp_path / "resumed", resume=True, **kw)
     assert r.plan.measured_sparsity() == pytest.approx(0.5)
     from safetensors.torch import load_file

@@ -132,10 +132,10 @@ def test_streamed_equals_in_memory_and_resumes(tmp_path, monkeypatch):
     kw = dict(bits=3.0, order="zd", quantizer="gptq", **SMALL)
     quantize(src, out=tmp_path / "s", **kw)
     quantize(src, out=tmp_path / "m", stream=False, **kw)
-    monkeypatch.setenv("LAYERWISE_STOP_AFTER_BLOCK", "2")
+    monkeypatch.setenv("LAYERWISE_FAULT", "block:2:stop")
     with pytest.raises(KeyboardInterrupt):
         quantize(src, out=tmp_path / "r", **kw)
-    monkeypatch.delenv("LAYERWISE_STOP_AFTER_BLOCK")
+    monkeypatch.delenv("LAYERWISE_FAULT")
     quantize(src, out=tmp_path / "r", resume=True, **kw)
     for f in sorted((tmp_path / "s").glob("model-*.safetensors")):
         a, b, c = (x.read_bytes() for x in (f, tmp_path / "m" / f.name, tmp_path / "r" / f.name))

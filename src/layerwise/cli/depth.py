@@ -29,6 +29,9 @@ def depth_cmd(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (stock save_pretrained)."),
     work_dir: Optional[str] = typer.Option(None, help="Training checkpoints (default OUT.work); rerun resumes."),
     overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite_source: bool = typer.Option(False, "--overwrite-source",
+                                          help="Allow --out to be the model directory itself: the new model is "
+                                               "verified first and the old one kept as a backup until it is."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer if the model has none."),
     evaluate: bool = typer.Option(False, "--eval", help="Validation perplexity of dense, pruned and variants."),
 ):
@@ -44,7 +47,7 @@ def depth_cmd(
     res = depth(model, remove=remove, select=select, seed=seed, heal_kind="distill" if distill else
                 "finetune" if finetune else "none", steps=steps, lr=lr, global_batch=global_batch,
                 processes=processes, family=family, calib=calib, nsamples=nsamples, max_len=max_len,
-                protect=protect, out=out, overwrite=overwrite, work_dir=work_dir, tokenizer=tokenizer,
+                protect=protect, out=out, overwrite=overwrite, overwrite_source=overwrite_source, work_dir=work_dir, tokenizer=tokenizer,
                 evaluate=evaluate)
     from rich.table import Table
 

@@ -33,6 +33,9 @@ def prune_cmd(
     in_memory: bool = typer.Option(False, "--in-memory", help="Load the whole model instead of streaming blocks."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run at its last finished block."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    overwrite_source: bool = typer.Option(False, "--overwrite-source",
+                                          help="Allow --out to be the model directory itself: the new model is "
+                                               "verified first and the old one kept as a backup until it is."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory or zoo:NAME if the model has none."),
     evaluate: bool = typer.Option(False, "--eval", help="Measure validation perplexity before and after."),
 ):
@@ -44,7 +47,7 @@ def prune_cmd(
 
     res = prune(model, method=method, sparsity=sparsity, nm=nm, calib=calib, nsamples=nsamples, seqlen=seqlen,
                 seed=seed, targets=targets, ignore=ignore, plan=plan, allocation=allocation, out=out,
-                overwrite=overwrite, resume=resume, propagate=propagate, batch_size=batch_size,
+                overwrite=overwrite, overwrite_source=overwrite_source, resume=resume, propagate=propagate, batch_size=batch_size,
                 stream=False if in_memory else None, tokenizer=tokenizer, evaluate=evaluate,
                 max_sparsity=max_sparsity, allocation_params=_alloc_params(allocation, owl_lambda, epsilon, p_max))
     console.print(res.plan.table(f"plan: {method}", max_rows=40))

@@ -33,6 +33,9 @@ def quantize_cmd(
     in_memory: bool = typer.Option(False, "--in-memory", help="Load the whole model instead of streaming blocks."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite_source: bool = typer.Option(False, "--overwrite-source",
+                                          help="Allow --out to be the model directory itself: the new model is "
+                                               "verified first and the old one kept as a backup until it is."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer if the model has none."),
     evaluate: bool = typer.Option(False, "--eval", help="Validation perplexity before and after."),
 ):
@@ -44,7 +47,7 @@ def quantize_cmd(
 
     res = quantize(model, bits=bits, high=high, low=low, order=order, quantizer=quantizer, group_size=group_size,
                    sym=not asym, act_order=act_order, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed,
-                   order_seed=order_seed, targets=targets, ignore=ignore, plan=plan, out=out, overwrite=overwrite,
+                   order_seed=order_seed, targets=targets, ignore=ignore, plan=plan, out=out, overwrite=overwrite, overwrite_source=overwrite_source,
                    resume=resume, batch_size=batch_size, stream=False if in_memory else None, tokenizer=tokenizer,
                    evaluate=evaluate)
     console.print(res.plan.table(f"plan: {quantizer}, {order} order", max_rows=40))

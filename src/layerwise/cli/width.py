@@ -26,6 +26,9 @@ def width_cmd(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory."),
     work_dir: Optional[str] = typer.Option(None, help="Training checkpoints (default OUT.work)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite_source: bool = typer.Option(False, "--overwrite-source",
+                                          help="Allow --out to be the model directory itself: the new model is "
+                                               "verified first and the old one kept as a backup until it is."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer if the model has none."),
     evaluate: bool = typer.Option(False, "--eval", help="Validation perplexity before and after."),
 ):
@@ -37,7 +40,7 @@ def width_cmd(
 
     res = width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental, step=step,
                 tokens=tokens, lr=lr, global_batch=global_batch, seed=seed, calib=calib, nsamples=nsamples,
-                out=out, overwrite=overwrite, work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate)
+                out=out, overwrite=overwrite, overwrite_source=overwrite_source, work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate)
     from rich.table import Table
 
     from ..prune.width import widths

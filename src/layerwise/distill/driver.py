@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..console import info, progress_bar
+from ..utils.faults import fault_point
 from ..data.tokens import token_stream, training_batch
 
 STATE = "train_state.pt"
@@ -119,9 +120,8 @@ def train(module: nn.Module, cfg: TrainConfig, tokenizer, work_dir: str | os.Pat
                                 "optimizer": opt.state_dict(), "curve": curve, "config": cfg.to_dict()}, tmp)
                     os.replace(tmp, state_file)
                 acc.wait_for_everyone()
-            stop = os.environ.get("LAYERWISE_STOP_AFTER_STEP")
-            if stop is not None and step + 1 == int(stop) and step + 1 < cfg.steps:
-                raise KeyboardInterrupt(f"stopped after step {step + 1} (LAYERWISE_STOP_AFTER_STEP)")
+            if step + 1 < cfg.steps:
+                fault_point("step", step + 1)
     if acc.is_main_process:
         (work / "curve.json").write_text(json.dumps({"curve": curve, "config": cfg.to_dict(),
                                                      "processes": world,

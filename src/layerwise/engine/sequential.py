@@ -21,6 +21,7 @@ import torch
 
 from ..console import progress_bar
 from ..errors import ConfigError
+from ..utils.faults import fault_point
 from .capture import BlockBatch, capture_block_inputs, check_finite
 from .stats import InputStats, StatsCollector
 from .store import BlockStore
@@ -95,10 +96,6 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-class _Interrupt(KeyboardInterrupt):
-    pass
-
-
 def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
                    select: Callable[[str], bool] = lambda name: True, gram: bool = True,
                    gram_limit: int | None = None, first_moment: bool = True,
@@ -130,7 +127,6 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
                 store.restore_block(i)
             res.timings.io_s += time.perf_counter() - t0
             res.resumed_from = start
-    stop_after = os.environ.get("LAYERWISE_STOP_AFTER_BLOCK")  # test hook: simulate a kill
     n = adapter.num_blocks
     with torch.no_grad(), progress_bar() as prog:
         task = prog.add_task(description, total=n, completed=start, info="")
@@ -177,8 +173,8 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
                 checkpointer.save(i + 1, [b.hidden for b in batches], res.rows, res.timings)
             res.timings.io_s += time.perf_counter() - t0
             prog.advance(task)
-            if stop_after is not None and i + 1 == int(stop_after) and i + 1 < n:
-                raise _Interrupt(f"stopped after block {i} (LAYERWISE_STOP_AFTER_BLOCK)")
+            if i + 1 < n:
+                fault_point("block", i + 1)
     res.final_hidden = [b.hidden for b in batches]
     res.timings.total_s += time.perf_counter() - t_all
     return res

@@ -181,7 +181,10 @@ class LazyStore(BlockStore):
 
         self.src = Path(src)
         self.dtype = dtype
-        config = AutoConfig.from_pretrained(self.src)
+        try:
+            config = AutoConfig.from_pretrained(self.src)
+        except (ValueError, OSError, KeyError) as e:
+            raise ModelLoadError(f"cannot read {self.src / 'config.json'}: {e}") from e
         cls = AutoModelForCausalLM if _causal_config(config) else AutoModel
         with init_empty_weights(include_buffers=False):
             model = cls.from_config(config, dtype=dtype)
@@ -189,6 +192,10 @@ class LazyStore(BlockStore):
         self.model = model
         self.adapter = get_adapter(model)
         self._files = self._index()
+        if not (self.src / "layerwise_model.json").exists():
+            from ..models.files import check_model_dir, check_shapes
+
+            check_shapes(model, check_model_dir(self.src), self.src)
         self._tied = tied_names(model)
         self.writer = ShardWriter(out_dir, self.adapter.num_blocks, self._tied) if out_dir else None
         self.extra_writers = []

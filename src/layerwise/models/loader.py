@@ -71,6 +71,9 @@ def _load_from_dir(path: Path, dtype: torch.dtype, tokenizer: str | None):
         raise ModelLoadError(f"{path} has no config.json; not a save_pretrained model directory")
     if not any((path / f).exists() for f in WEIGHT_FILES) and not list(path.glob("*.safetensors")):
         raise ModelLoadError(f"{path} has no weights (expected model.safetensors or pytorch_model.bin)")
+    from .files import check_model_dir
+
+    tensors = check_model_dir(path)
     try:
         config = AutoConfig.from_pretrained(path)
     except (ValueError, OSError, json.JSONDecodeError, KeyError) as e:
@@ -90,12 +93,27 @@ def _load_from_dir(path: Path, dtype: torch.dtype, tokenizer: str | None):
 
         return load_structured(path, dtype), _load_tokenizer(path, tokenizer)
     cls = AutoModelForCausalLM if _causal_config(config) else AutoModel
+    _check_against_config(cls, config, tensors, path)
     try:
         model = cls.from_pretrained(path, dtype=dtype)
     except Exception as e:  # corrupt or truncated weights surface as many exception types
         raise ModelLoadError(f"cannot load weights from {path}: {type(e).__name__}: {e}") from e
     model.eval()
     return model, _load_tokenizer(path, tokenizer)
+
+
+def _check_against_config(cls, config, tensors: dict, path: Path) -> None:
+    """Shapes in the checkpoint must be those the config implies (checked on an empty skeleton)."""
+    from accelerate import init_empty_weights
+
+    from .files import check_shapes
+
+    try:
+        with init_empty_weights(include_buffers=False):
+            skeleton = cls.from_config(config)
+    except Exception as e:
+        raise ModelLoadError(f"{path / 'config.json'} does not describe a buildable model: {e}") from e
+    check_shapes(skeleton, tensors, path)
 
 
 def _load_tokenizer(path: Path | str | None, override: str | None):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..data.tokens import calibration_samples
@@ -10,8 +11,8 @@ from ..errors import ConfigError, DataError
 from ..scores.analyze import Analysis, ESDOptions, analyze_store
 from ..scores.base import SCORES, parse_scores
 from ..scores.esd import XMIN_RULES
-from ..utils.atomic import atomic_dir, check_output_dir
 from ..utils.hf import quiet
+from .output import guard_output
 from .source import resolve
 
 
@@ -26,28 +27,29 @@ def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsampl
         raise ConfigError(f"--xmin must be one of {', '.join(XMIN_RULES)} (got {xmin!r})")
     if nsamples < 1 or seqlen < 2:
         raise ConfigError("--nsamples must be >= 1 and --seqlen >= 2")
-    if out is not None:
-        check_output_dir(out, overwrite)
-    need_memory = any(SCORES[n].needs == "loss" for n in names)
-    src = resolve(model, tokenizer, load=need_memory)
-    if src.tokenizer is None:
-        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
-    store = InMemoryStore(src.loaded.model) if src.loaded is not None else LazyStore(src.path, None)
-    samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
-    an = analyze_store(store, samples, names, batch_size=batch_size,
-                       esd_opts=ESDOptions(xmin=xmin, farms_rows=farms_rows, farms_windows=farms_windows),
-                       zo_samples=zo_samples, seed=seed, model_name=src.spec)
-    an.timings["total_s"] = time.perf_counter() - t0
-    if out is not None:
-        from ..io.analysis_report import write_analysis_report
-        from ..io import write_json
-        from ..io.manifest import build_manifest
+    art = guard_output(out, model, tokenizer, calib, overwrite=overwrite)
+    with art.run() if art is not None else nullcontext():
+        need_memory = any(SCORES[n].needs == "loss" for n in names)
+        src = resolve(model, tokenizer, load=need_memory)
+        if src.tokenizer is None:
+            raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
+        store = InMemoryStore(src.loaded.model) if src.loaded is not None else LazyStore(src.path, None)
+        samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
+        an = analyze_store(store, samples, names, batch_size=batch_size,
+                           esd_opts=ESDOptions(xmin=xmin, farms_rows=farms_rows, farms_windows=farms_windows),
+                           zo_samples=zo_samples, seed=seed, model_name=src.spec)
+        an.timings["total_s"] = time.perf_counter() - t0
+        if out is not None:
+            from ..io.analysis_report import write_analysis_report
+            from ..io import write_json
+            from ..io.manifest import build_manifest
 
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+            tmp = art.begin()
             write_json(tmp / "analysis.json", an.to_dict())
             write_analysis_report(tmp, an)
             write_json(tmp / "manifest.json", build_manifest(
                 "analyze", {"model": src.spec, "scores": names, "calib": calib, "nsamples": nsamples,
                             "seqlen": seqlen, "xmin": xmin, "farms_rows": an.options["esd"]["farms_rows"],
                             "farms_windows": farms_windows}, seed, an.timings))
+            art.commit()
     return an

@@ -8,6 +8,7 @@ Healing (same budget for every selector): `distill` trains one student per inter
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 import json
 import os
 import subprocess
@@ -26,8 +27,9 @@ from ..errors import ConfigError, DataError, LayerwiseError
 from ..prune.depth import SELECTORS, assemble, keep_index, parse_remove, runs_to_intervals, select_blocks
 from ..scores.probes import DepthMap, depth_map, select_intervals
 from ..scores.similarity import mean_token_cosine
-from ..utils.atomic import atomic_dir, check_output_dir
+from ..models.files import check_model_dir
 from ..utils.hf import quiet
+from .output import guard_output
 from .source import resolve
 
 HEALS = ("none", "distill", "finetune")
@@ -136,7 +138,21 @@ def depth(model, *, remove="25%", select: str = "ppcl", seed: int = 0, heal_kind
           seqlen: int = 256, probe_tokens: int = 4096, max_len: int = 3, protect: int = 2,
           mse_weight: float = 0.0, out: str | Path | None = None, overwrite: bool = False,
           work_dir: str | Path | None = None, tokenizer=None, evaluate: bool = False,
-          eval_windows_n: int = 200) -> DepthResult:
+          eval_windows_n: int = 200, overwrite_source: bool = False) -> DepthResult:
+    """Remove `remove` blocks chosen by `select`, optionally heal, and save to `out`."""
+    art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, overwrite_source)
+    with art.run() if art is not None else nullcontext():
+        return _depth(model, remove=remove, select=select, seed=seed, heal_kind=heal_kind, steps=steps, lr=lr,
+                      global_batch=global_batch, train_seqlen=train_seqlen, processes=processes, family=family,
+                      calib=calib, nsamples=nsamples, seqlen=seqlen, probe_tokens=probe_tokens, max_len=max_len,
+                      protect=protect, mse_weight=mse_weight, art=art, work_dir=work_dir, tokenizer=tokenizer,
+                      evaluate=evaluate, eval_windows_n=eval_windows_n)
+
+
+def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, train_seqlen, processes, family,
+           calib, nsamples, seqlen, probe_tokens, max_len, protect, mse_weight, art, work_dir, tokenizer,
+           evaluate, eval_windows_n) -> DepthResult:
+    out = art.out if art is not None else None
     quiet()
     t_start = time.perf_counter()
     if select not in SELECTORS:
@@ -149,8 +165,6 @@ def depth(model, *, remove="25%", select: str = "ppcl", seed: int = 0, heal_kind
         raise ConfigError(f"--processes must be at least 1 (got {processes})")
     if family and select != "ppcl":
         raise ConfigError("--family (one training, several ratios) works with --select ppcl")
-    if out is not None:
-        check_output_dir(out, overwrite)
     src = resolve(model, tokenizer, load=True)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
@@ -208,7 +222,7 @@ def depth(model, *, remove="25%", select: str = "ppcl", seed: int = 0, heal_kind
     timings["total_s"] = time.perf_counter() - t_start
     res.timings = timings
     if out is not None:
-        res.out = _write(out, overwrite, res, src, select, heal_kind, k, seed, timings)
+        res.out = _write(art, res, src, select, heal_kind, k, seed, timings)
     return res
 
 
@@ -250,44 +264,44 @@ def plot_depth(res: DepthResult, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _write(out, overwrite, res: DepthResult, src, select, heal_kind, k, seed, timings) -> Path:
+def _write(art, res: DepthResult, src, select, heal_kind, k, seed, timings) -> Path:
     from ..io import build_manifest, write_json
 
     L = res.dmap.num_blocks
     sample = torch.randint(0, res.model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        res.model.save_pretrained(tmp)
-        src.tokenizer.save_pretrained(tmp)
-        plan = _plan_dict(res, select, heal_kind, L)
-        write_json(tmp / "plan.json", plan)
-        if res.curve:
-            write_json(tmp / "training_curve.json", res.curve)
-        for r, (m, active) in sorted(res.variants.items()):
-            d = tmp / "variants" / f"remove-{r}"
-            m.save_pretrained(d)
-            src.tokenizer.save_pretrained(d)
-            write_json(d / "intervals.json", active)
-        from transformers import AutoModelForCausalLM
+    tmp = art.begin()
+    res.model.save_pretrained(tmp)
+    src.tokenizer.save_pretrained(tmp)
+    plan = _plan_dict(res, select, heal_kind, L)
+    write_json(tmp / "plan.json", plan)
+    if res.curve:
+        write_json(tmp / "training_curve.json", res.curve)
+    for r, (m, active) in sorted(res.variants.items()):
+        d = tmp / "variants" / f"remove-{r}"
+        m.save_pretrained(d)
+        src.tokenizer.save_pretrained(d)
+        write_json(d / "intervals.json", active)
+    from transformers import AutoModelForCausalLM
 
-        back = AutoModelForCausalLM.from_pretrained(tmp).eval()
-        with torch.no_grad():
-            same = torch.equal(back(input_ids=sample).logits, res.model(input_ids=sample).logits)
-        if not same:
-            raise LayerwiseError("the saved depth-pruned model does not reproduce the in-memory logits")
-        manifest = build_manifest("depth", {"model": src.spec, "remove": k, "select": select, "heal": heal_kind,
-                                            "seed": seed}, seed, timings, res.metrics,
-                                  {"removed": res.removed, "intervals": len(res.intervals),
-                                   "blocks_after": L - len(res.removed)})
-        manifest["checks"] = {"reload": "stock from_pretrained: logits identical to the in-memory model"}
-        write_json(tmp / "manifest.json", manifest)
-        plot_depth(res, tmp / "report_depth.png", f"{src.spec}: {select}, remove {k} of {L}")
-        lines = [f"# Depth pruning: {src.spec}", "", f"Selector `{select}`, healing `{heal_kind}`, removed blocks "
-                 f"{res.removed} ({L} → {L - len(res.removed)}).", "", "![depth map](report_depth.png)", "",
-                 "| interval | keeps block | removes | predicted cost (1 − CKA of span probe) |", "|---|---|---|---|"]
-        for iv in res.intervals:
-            lines.append(f"| [{iv['start']}, {iv['end']}] | {keep_index(iv)} | {iv['end'] - iv['start']} | "
-                         f"{iv.get('cost', float('nan')):.4f} |")
-        if res.metrics:
-            lines += ["", "| metric | value |", "|---|---|"] + [f"| {a} | {b:.4f} |" for a, b in res.metrics.items()]
-        (tmp / "report.md").write_text("\n".join(lines) + "\n")
-    return Path(out)
+    back = AutoModelForCausalLM.from_pretrained(tmp).eval()
+    with torch.no_grad():
+        same = torch.equal(back(input_ids=sample).logits, res.model(input_ids=sample).logits)
+    if not same:
+        raise LayerwiseError("the saved depth-pruned model does not reproduce the in-memory logits")
+    manifest = build_manifest("depth", {"model": src.spec, "remove": k, "select": select, "heal": heal_kind,
+                                        "seed": seed}, seed, timings, res.metrics,
+                              {"removed": res.removed, "intervals": len(res.intervals),
+                               "blocks_after": L - len(res.removed)})
+    manifest["checks"] = {"reload": "stock from_pretrained: logits identical to the in-memory model"}
+    write_json(tmp / "manifest.json", manifest)
+    plot_depth(res, tmp / "report_depth.png", f"{src.spec}: {select}, remove {k} of {L}")
+    lines = [f"# Depth pruning: {src.spec}", "", f"Selector `{select}`, healing `{heal_kind}`, removed blocks "
+             f"{res.removed} ({L} → {L - len(res.removed)}).", "", "![depth map](report_depth.png)", "",
+             "| interval | keeps block | removes | predicted cost (1 − CKA of span probe) |", "|---|---|---|---|"]
+    for iv in res.intervals:
+        lines.append(f"| [{iv['start']}, {iv['end']}] | {keep_index(iv)} | {iv['end'] - iv['start']} | "
+                     f"{iv.get('cost', float('nan')):.4f} |")
+    if res.metrics:
+        lines += ["", "| metric | value |", "|---|---|"] + [f"| {a} | {b:.4f} |" for a, b in res.metrics.items()]
+    (tmp / "report.md").write_text("\n".join(lines) + "\n")
+    return art.commit(check=check_model_dir)

@@ -6,8 +6,6 @@ directory; an interruption keeps it so that `--resume` can continue at the last 
 """
 from __future__ import annotations
 
-import errno
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,24 +13,38 @@ from pathlib import Path
 import torch
 
 from ..console import info
-from ..errors import ConfigError, LayerwiseError
+from ..errors import LayerwiseError
 from ..io import write_json, write_report
+from ..io.artifacts import Artifact, check_not_overlapping, input_paths, io_reason
+from ..models.files import check_model_dir
 from ..plan import Plan
 
 
 @contextmanager
 def guarded(output: "OutputDir | None"):
-    """User errors remove the partial output; interruptions keep it for --resume."""
-    try:
+    """Hold the output's lock for the run; errors, faults and signals end as the artifact layer says."""
+    if output is None:
         yield
-    except LayerwiseError:
-        if output is not None:
-            output.abort()
-        raise
-    except KeyboardInterrupt:
-        if output is not None:
-            output.interrupted()
-        raise
+        return
+    with output.art.run():
+        yield
+
+
+def guard_output(out, model, tokenizer=None, calib=None, work_dir=None, overwrite: bool = False,
+                 overwrite_source: bool = False, plan=None) -> Artifact | None:
+    """Check a run's output (and training work directory) against its inputs before any work."""
+    from .source import model_dir
+
+    mdir = model_dir(model)
+    inputs = input_paths(mdir, tokenizer, plan, calib)
+    if work_dir is not None:
+        check_not_overlapping(work_dir, inputs, option="--work-dir")
+    if out is None:
+        return None
+    art = Artifact(out, inputs=inputs, overwrite=overwrite, overwrite_source=overwrite_source, model_path=mdir)
+    if work_dir is None:
+        check_not_overlapping(Path(str(art.out) + ".work"), inputs, option="the work directory")
+    return art
 
 
 def apply_resumed_rows(plan: Plan, res) -> None:
@@ -73,47 +85,26 @@ def evaluate_saved(src, out_path: Path, metrics: dict, manifest: dict, windows: 
 
 
 class OutputDir:
-    def __init__(self, out: str | Path, overwrite: bool = False, resume: bool = False):
-        self.out = Path(out).expanduser()
-        self.overwrite = overwrite
+    """A model output of a block-by-block run: an `Artifact` that can be resumed."""
+
+    def __init__(self, out: str | Path, overwrite: bool = False, resume: bool = False, inputs=(),
+                 overwrite_source: bool = False, model_path=None):
+        self.art = Artifact(out, inputs=inputs, overwrite=overwrite, overwrite_source=overwrite_source,
+                            resumable=True, resume=resume, model_path=model_path)
+        self.out = self.art.out
+        self.partial = self.art.partial
         self.resume = resume
-        parent = self.out.parent if str(self.out.parent) else Path(".")
-        if not parent.exists():
-            raise ConfigError(f"parent directory of --out {self.out} does not exist")
-        if self.out.exists() and not (self.out.is_dir() and not any(self.out.iterdir())) and not overwrite:
-            raise ConfigError(f"output directory {self.out} already exists; pass --overwrite to replace it")
-        self.partial = parent / f".{self.out.name}.partial"
         if resume and not self.partial.exists():
             info(f"nothing to resume in {self.partial}; starting from block 0")
 
-    def check_not_source(self, src: Path | None) -> None:
-        if src is not None and self.out.exists() and self.out.resolve() == Path(src).resolve():
-            raise ConfigError(f"--out {self.out} is the source model; choose another directory")
-
     def begin(self) -> Path:
-        if self.partial.exists() and not self.resume:
-            shutil.rmtree(self.partial)
-        try:
-            self.partial.mkdir(exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create {self.partial}: {e.strerror}") from e
-        return self.partial
+        return self.art.begin()
 
     def partial_has_state(self) -> bool:
         return (self.partial / "engine_state.pt").exists() and (self.partial / "plan_in_progress.json").exists()
 
-    def reset_state(self) -> None:
-        for p in self.partial.iterdir():
-            if p.is_file():
-                p.unlink()
-
     def abort(self) -> None:
-        shutil.rmtree(self.partial, ignore_errors=True)
-
-    def interrupted(self) -> None:
-        if self.partial.exists():
-            info(f"interrupted: finished blocks are kept in {self.partial}; rerun the same command with "
-                 "--resume to continue")
+        self.art.abort()
 
     def finish(self, store, src, plan: Plan, manifest: dict, res, sample_ids: torch.Tensor, title: str,
                config_updates: dict | None = None, verify=True, after_config=None) -> Path:
@@ -141,19 +132,9 @@ class OutputDir:
             write_report(self.partial, plan, manifest, title)
             (self.partial / "engine_state.pt").unlink(missing_ok=True)
             (self.partial / "plan_in_progress.json").unlink(missing_ok=True)
-            if self.out.exists():
-                old = self.out.with_name(f".{self.out.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(self.out, old)
-                os.replace(self.partial, self.out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self.partial, self.out)
+            self.art.commit(check=lambda p: check_model_dir(p))
         except OSError as e:
-            self.abort()
-            if e.errno == errno.ENOSPC:
-                raise LayerwiseError(f"disk full while writing {self.out}; nothing was written") from e
-            raise LayerwiseError(f"cannot write {self.out}: {e.strerror or e}") from e
+            raise LayerwiseError(f"cannot write {self.out}: {io_reason(e)}; nothing was written") from e
         return self.out
 
     @torch.no_grad()

@@ -17,7 +17,8 @@ from ..plan import Plan, PlanRow
 from ..prune import PRUNERS, Budget, check_sparsity, get_pruner, nm_str, parse_nm
 from ..utils.hf import quiet
 from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perplexity_of
-from .source import resolve
+from ..io.artifacts import input_paths
+from .source import model_dir, resolve
 
 
 # Methods without a Hessian estimate the plan's reconstruction error from this many calibration tokens
@@ -86,7 +87,7 @@ def make_prune_action(plan: Plan, pruners: dict):
 def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib: str = "stdlib",
           nsamples: int = 128, seqlen: int = 256, seed: int = 0, targets: list[str] | None = None,
           ignore: list[str] | None = None, plan: str | Plan | None = None, allocation: str = "uniform",
-          out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
+          out: str | Path | None = None, overwrite: bool = False, resume: bool = False, overwrite_source: bool = False,
           propagate: str = "pruned", batch_size: int = 8, stream: bool | None = None, tokenizer=None,
           evaluate: bool = False, eval_windows: int = 200, command: str | None = None,
           max_sparsity: float = 0.99, allocation_params: dict | None = None) -> PruneResult:
@@ -112,15 +113,15 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         raise ConfigError(f"--max-sparsity must be in (0, 1) (got {max_sparsity:g})")
     if sparsity > max_sparsity:
         raise ConfigError(f"target sparsity {sparsity:g} exceeds --max-sparsity {max_sparsity:g}")
-    output = OutputDir(out, overwrite=overwrite, resume=resume) if out is not None else None
+    output = OutputDir(out, overwrite=overwrite, resume=resume, overwrite_source=overwrite_source,
+                       model_path=model_dir(model),
+                       inputs=input_paths(model_dir(model), tokenizer, plan, calib)) if out is not None else None
     if isinstance(plan, (str, Path)):
         plan = Plan.load(plan)
     needs_memory = "zeroth_order" in alloc.scores and plan is None
     src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or needs_memory)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
-    if output is not None:
-        output.check_not_source(src.path)
     use_stream = src.loaded is None
     with guarded(output):
         partial = output.begin() if output is not None else None

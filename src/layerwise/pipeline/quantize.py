@@ -30,7 +30,8 @@ from ..quant import QUANTIZERS, QuantSpec, from_gptq, get_quantizer, gptq_compat
 from ..utils.hf import quiet
 from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perplexity_of
 from .prune import RECON_TOKENS, select_linears
-from .source import resolve
+from ..io.artifacts import input_paths
+from .source import model_dir, resolve
 
 
 @dataclass
@@ -100,7 +101,7 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
              quantizer: str = "rtn", group_size: int = 128, sym: bool = True, act_order: bool = False,
              calib: str = "stdlib", nsamples: int = 128, seqlen: int = 256, seed: int = 0, order_seed: int = 0,
              targets: list[str] | None = None, ignore: list[str] | None = None, plan: str | Plan | None = None,
-             out: str | Path | None = None, overwrite: bool = False, resume: bool = False, batch_size: int = 8,
+             out: str | Path | None = None, overwrite: bool = False, resume: bool = False, overwrite_source: bool = False, batch_size: int = 8,
              stream: bool | None = None, tokenizer=None, evaluate: bool = False, eval_windows: int = 200,
              command: str | None = None) -> QuantizeResult:
     quiet()
@@ -118,15 +119,15 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
         raise ConfigError(f"--order must be one of {', '.join(ORDERS)} or a list of block indices (got {order!r})")
     if nsamples < 1 or seqlen < 2 or batch_size < 1:
         raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
-    output = OutputDir(out, overwrite=overwrite, resume=resume) if out is not None else None
+    output = OutputDir(out, overwrite=overwrite, resume=resume, overwrite_source=overwrite_source,
+                       model_path=model_dir(model),
+                       inputs=input_paths(model_dir(model), tokenizer, plan, calib)) if out is not None else None
     if isinstance(plan, (str, Path)):
         plan = Plan.load(plan)
     need_memory = order == "zeroth_order" and plan is None
     src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or need_memory)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
-    if output is not None:
-        output.check_not_source(src.path)
     use_stream = src.loaded is None
     qinst = {}
     with guarded(output):

@@ -52,12 +52,32 @@ def resolve(model, tokenizer=None, load: bool = True) -> Source:
             raise ModelLoadError(f"{path} has no config.json; not a save_pretrained model directory")
         if not any((path / f).exists() for f in WEIGHT_FILES):
             raise ModelLoadError(f"{path} has no weights (expected model.safetensors or pytorch_model.bin)")
+        from ..models.files import check_model_dir
+
+        check_model_dir(path)
         tok = _load_tokenizer(path, tokenizer) if not (tokenizer is not None and not isinstance(tokenizer, str)) \
             else tokenizer
         return Source(model, path, None, tok)
     lm = load_model(model, tokenizer=tokenizer if isinstance(tokenizer, str) else None)
     tok = tokenizer if (tokenizer is not None and not isinstance(tokenizer, str)) else lm.tokenizer
     return Source(model, lm.path, lm, tok)
+
+
+def model_dir(model) -> Path | None:
+    """The local directory a model spec names (zoo:NAME or a path), without loading anything."""
+    if isinstance(model, LoadedModel):
+        return model.path
+    if not isinstance(model, str):
+        return None
+    if model.startswith("zoo:"):
+        from .. import zoo
+
+        try:
+            return zoo.path(model[4:])
+        except Exception:  # an unknown zoo name is reported by the loader, with the list of names
+            return None
+    p = Path(model).expanduser()
+    return p if p.exists() else None
 
 
 def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:

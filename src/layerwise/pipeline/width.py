@@ -3,6 +3,7 @@ one-shot or incremental (prune ~5%, heal by distillation from the dense teacher,
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from ..errors import ConfigError, DataError, LayerwiseError
 from ..prune.width import (CRITERIA, LayerCut, apply_mask, layouts, plan_cuts, removed_params, shrink,
                            unit_scores, widths)
 from ..scores.similarity import mean_token_cosine
-from ..utils.atomic import atomic_dir, check_output_dir
+from ..models.files import check_model_dir
 from ..utils.hf import quiet
+from .output import guard_output
 from .source import resolve
 
 NAMES = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",
@@ -98,8 +100,22 @@ def width(model, *, params: float = 0.6, adaptive: bool = False, criterion: str 
           global_batch: int = 16, train_seqlen: int = 256, temperature: float = 2.0, calib: str = "stdlib",
           nsamples: int = 32, seqlen: int = 256, seed: int = 0, out: str | Path | None = None,
           overwrite: bool = False, work_dir: str | Path | None = None, tokenizer=None, evaluate: bool = False,
-          eval_windows_n: int = 200, amplitude: float = 1.0, mask_only: bool = False) -> WidthResult:
+          eval_windows_n: int = 200, amplitude: float = 1.0, mask_only: bool = False,
+          overwrite_source: bool = False) -> WidthResult:
     """Keep `params` of the block parameters (0 < params < 1)."""
+    art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, overwrite_source)
+    with art.run() if art is not None else nullcontext():
+        return _width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental,
+                      step=step, tokens=tokens, lr=lr, global_batch=global_batch, train_seqlen=train_seqlen,
+                      temperature=temperature, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, art=art,
+                      work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate, eval_windows_n=eval_windows_n,
+                      amplitude=amplitude, mask_only=mask_only)
+
+
+def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr, global_batch, train_seqlen,
+           temperature, calib, nsamples, seqlen, seed, art, work_dir, tokenizer, evaluate, eval_windows_n,
+           amplitude, mask_only) -> WidthResult:
+    out = art.out if art is not None else None
     quiet()
     t_start = time.perf_counter()
     if not 0 < params < 1:
@@ -110,8 +126,6 @@ def width(model, *, params: float = 0.6, adaptive: bool = False, criterion: str 
         raise ConfigError(f"--step must be in (0, 1) (got {step:g})")
     if tokens < 0:
         raise ConfigError(f"--tokens must be >= 0 (got {tokens})")
-    if out is not None:
-        check_output_dir(out, overwrite)
     src = resolve(model, tokenizer, load=True)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
@@ -170,7 +184,7 @@ def width(model, *, params: float = 0.6, adaptive: bool = False, criterion: str 
         res.metrics["perplexity"] = perplexity(res.model, w, 16).perplexity
     res.timings["total_s"] = time.perf_counter() - t_start
     if out is not None:
-        res.out = _write(out, overwrite, res, src, dict(params=params, adaptive=adaptive, criterion=criterion,
+        res.out = _write(art, res, src, dict(params=params, adaptive=adaptive, criterion=criterion,
                                                           incremental=incremental, step=step, tokens=tokens,
                                                           seed=seed, stages=n_stages))
     return res
@@ -200,40 +214,40 @@ def plot_widths(model: nn.Module, base: list[dict], path: Path, title: str) -> N
     plt.close(fig)
 
 
-def _write(out, overwrite, res: WidthResult, src, options: dict) -> Path:
+def _write(art, res: WidthResult, src, options: dict) -> Path:
     from ..io import build_manifest, write_json
     from ..io.structured import save_model
     from ..models.loader import load_model
 
     base = widths(src.loaded.model)
     sample = torch.randint(0, res.model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        how = save_model(res.model, src.tokenizer, tmp)
-        back = load_model(str(tmp)).model
-        with torch.no_grad():
-            if not torch.equal(back(input_ids=sample).logits, res.model(input_ids=sample).logits):
-                raise LayerwiseError("the saved width-pruned model does not reproduce the in-memory logits")
-        plan = {"kind": "width", **options, "params_before": res.params_before, "params_after": res.params_after,
-                "kept_share": res.params_after / res.params_before, "widths": widths(res.model), "stages": res.stages}
-        write_json(tmp / "plan.json", plan)
-        if res.curve:
-            write_json(tmp / "training_curve.json", res.curve)
-        total_before = sum(p.numel() for p in src.loaded.model.parameters())
-        total_after = sum(p.numel() for p in res.model.parameters())
-        man = build_manifest("width", {"model": src.spec, **options}, options["seed"], res.timings, res.metrics,
-                             {"block_params_before": res.params_before, "block_params_after": res.params_after,
-                              "total_params_before": total_before, "total_params_after": total_after})
-        man["checks"] = {"reload": f"{how}: logits identical to the in-memory model"}
-        write_json(tmp / "manifest.json", man)
-        plot_widths(res.model, base, tmp / "report_widths.png",
-                    f"{src.spec}: {res.params_after / res.params_before:.0%} of block parameters kept")
-        lines = [f"# Width pruning: {src.spec}", "", f"Block parameters {res.params_before:,} → {res.params_after:,} "
-                 f"({res.params_after / res.params_before:.1%}); all parameters {total_before:,} → {total_after:,}. "
-                 f"Loads with {how}.", "", "![widths](report_widths.png)", "",
-                 "| block | heads | kv heads | MLP channels |", "|---|---|---|---|"]
-        lines += [f"| {w['block']} | {w['num_attention_heads']} | {w['num_key_value_heads']} | {w['intermediate_size']} |"
-                  for w in widths(res.model)]
-        if res.metrics:
-            lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in res.metrics.items()]
-        (tmp / "report.md").write_text("\n".join(lines) + "\n")
-    return Path(out)
+    tmp = art.begin()
+    how = save_model(res.model, src.tokenizer, tmp)
+    back = load_model(str(tmp)).model
+    with torch.no_grad():
+        if not torch.equal(back(input_ids=sample).logits, res.model(input_ids=sample).logits):
+            raise LayerwiseError("the saved width-pruned model does not reproduce the in-memory logits")
+    plan = {"kind": "width", **options, "params_before": res.params_before, "params_after": res.params_after,
+            "kept_share": res.params_after / res.params_before, "widths": widths(res.model), "stages": res.stages}
+    write_json(tmp / "plan.json", plan)
+    if res.curve:
+        write_json(tmp / "training_curve.json", res.curve)
+    total_before = sum(p.numel() for p in src.loaded.model.parameters())
+    total_after = sum(p.numel() for p in res.model.parameters())
+    man = build_manifest("width", {"model": src.spec, **options}, options["seed"], res.timings, res.metrics,
+                         {"block_params_before": res.params_before, "block_params_after": res.params_after,
+                          "total_params_before": total_before, "total_params_after": total_after})
+    man["checks"] = {"reload": f"{how}: logits identical to the in-memory model"}
+    write_json(tmp / "manifest.json", man)
+    plot_widths(res.model, base, tmp / "report_widths.png",
+                f"{src.spec}: {res.params_after / res.params_before:.0%} of block parameters kept")
+    lines = [f"# Width pruning: {src.spec}", "", f"Block parameters {res.params_before:,} → {res.params_after:,} "
+             f"({res.params_after / res.params_before:.1%}); all parameters {total_before:,} → {total_after:,}. "
+             f"Loads with {how}.", "", "![widths](report_widths.png)", "",
+             "| block | heads | kv heads | MLP channels |", "|---|---|---|---|"]
+    lines += [f"| {w['block']} | {w['num_attention_heads']} | {w['num_key_value_heads']} | {w['intermediate_size']} |"
+              for w in widths(res.model)]
+    if res.metrics:
+        lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in res.metrics.items()]
+    (tmp / "report.md").write_text("\n".join(lines) + "\n")
+    return art.commit(check=check_model_dir)

@@ -6,6 +6,8 @@ cache), `num_hidden_layers` (or `n_layer`) is rewritten, and every per-layer con
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from torch import nn
 
@@ -17,16 +19,24 @@ SELECTORS = ("ppcl", "bi", "random", "last")
 
 def parse_remove(remove: str | int | float, num_blocks: int) -> int:
     """'25%' → round(0.25·L); '3' → 3. Must leave at least one block."""
+    bad = f"--remove must be a number of blocks or a percentage like 25% (got {remove!r})"
     if isinstance(remove, str):
         r = remove.strip()
         try:
-            k = round(float(r[:-1]) / 100 * num_blocks) if r.endswith("%") else int(r)
+            share = float(r[:-1]) / 100 if r.endswith("%") else None
+            k = int(r) if share is None else None
         except ValueError as e:
-            raise ConfigError(f"--remove must be a number of blocks or a percentage like 25% (got {remove!r})") from e
+            raise ConfigError(bad) from e
     elif isinstance(remove, float) and 0 < remove < 1:
-        k = round(remove * num_blocks)
+        share, k = remove, None
+    elif isinstance(remove, (int, float)) and float(remove).is_integer():
+        share, k = None, int(remove)
     else:
-        k = int(remove)
+        raise ConfigError(bad)
+    if share is not None:
+        if not math.isfinite(share):
+            raise ConfigError(bad)
+        k = round(share * num_blocks)
     if not 1 <= k < num_blocks:
         raise ConfigError(f"--remove must remove between 1 and {num_blocks - 1} of the {num_blocks} blocks (got {k})")
     return k

@@ -19,7 +19,7 @@ from ..data.corpora import load_corpus
 from ..data.tokens import eval_windows, token_stream, tokenizer_fingerprint, training_batch
 from ..errors import ConfigError
 from ..eval.perplexity import perplexity
-from ..utils.atomic import atomic_dir
+from ..io.artifacts import atomic_output
 from ..utils.threads import configure_threads
 from .specs import SPECS, ZooSpec
 from .tokenizer import train_bpe
@@ -204,7 +204,7 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
                  "definition": "non-overlapping windows, seqlen-1 scored tokens each (docs/evaluation.md)"},
         "curve": curve,
     }
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_output(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_card_files(tmp, card)
