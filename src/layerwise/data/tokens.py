@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..utils.seed import generator
 from .corpora import Corpus, load_corpus
 
@@ -116,6 +116,8 @@ def eval_windows(source: Corpus | str, tokenizer, seqlen: int = 256, split: str 
         raise DataError(f"corpus '{name}' split '{split}' has {stream.numel()} tokens, "
                         f"fewer than one window of {seqlen}")
     if max_windows is not None:
+        if max_windows < 1:
+            raise ConfigError(f"--max-windows must be at least 1 (got {max_windows})")
         n = min(n, max_windows)
     return stream[: n * seqlen].view(n, seqlen)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..utils.checks import count
 from ..data.corpora import load_corpus
 from ..data.tokens import eval_windows
 from ..errors import DataError
@@ -87,6 +88,9 @@ def evaluate(model, data: str = "stdlib", split: str = "validation", seqlen: int
              speed: bool = True, max_texts: int = 256) -> EvalReport:
     """Evaluate `model` (a `LoadedModel`, a `zoo:`/path/hub spec, or an `nn.Module` with `tokenizer`)."""
     t0 = time.perf_counter()
+    count("--batch-size", batch_size)
+    if max_windows is not None:
+        count("--max-windows", max_windows)
     lm = _as_loaded(model)
     tok = tokenizer or lm.tokenizer
     if tok is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..data.tokens import calibration_samples
 from ..engine import InMemoryStore, LazyStore
 from ..errors import ConfigError, DataError
+from ..utils.checks import count
 from ..scores.analyze import Analysis, ESDOptions, analyze_store
 from ..scores.base import SCORES, parse_scores
 from ..scores.esd import XMIN_RULES
@@ -27,6 +28,11 @@ def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsampl
         raise ConfigError(f"--xmin must be one of {', '.join(XMIN_RULES)} (got {xmin!r})")
     if nsamples < 1 or seqlen < 2:
         raise ConfigError("--nsamples must be >= 1 and --seqlen >= 2")
+    count("--farms-windows", farms_windows)
+    if farms_rows is not None:
+        count("--farms-rows", farms_rows)
+    count("--batch-size", batch_size)
+    count("zo_samples", zo_samples)
     art = guard_output(out, model, tokenizer, calib, overwrite=overwrite)
     with art.run() if art is not None else nullcontext():
         need_memory = any(SCORES[n].needs == "loss" for n in names)

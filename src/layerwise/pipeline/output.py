@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..console import info
-from ..errors import LayerwiseError
+from ..errors import ConfigError, LayerwiseError
 from ..io import write_json, write_report
 from ..io.artifacts import Artifact, check_not_overlapping, input_paths, io_reason
 from ..models.files import check_model_dir
@@ -39,6 +39,8 @@ def guard_output(out, model, tokenizer=None, calib=None, work_dir=None, overwrit
     inputs = input_paths(mdir, tokenizer, plan, calib)
     if work_dir is not None:
         check_not_overlapping(work_dir, inputs, option="--work-dir")
+        if not Path(work_dir).expanduser().parent.is_dir():
+            raise ConfigError(f"parent directory of --work-dir {work_dir} does not exist")
     if out is None:
         return None
     art = Artifact(out, inputs=inputs, overwrite=overwrite, overwrite_source=overwrite_source, model_path=mdir)

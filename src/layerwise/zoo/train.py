@@ -19,7 +19,7 @@ from ..data.corpora import load_corpus
 from ..data.tokens import eval_windows, token_stream, tokenizer_fingerprint, training_batch
 from ..errors import ConfigError
 from ..eval.perplexity import perplexity
-from ..io.artifacts import atomic_output
+from ..io.artifacts import Artifact
 from ..utils.threads import configure_threads
 from .specs import SPECS, ZooSpec
 from .tokenizer import train_bpe
@@ -85,7 +85,15 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
     `work_dir` holds the tokenizer and checkpoints; rerunning resumes from the last checkpoint.
     `steps` overrides the spec (for tests); `stop_after` ends the process early at that step,
     as an interruption would (for resume tests); then nothing is written to `out`.
+    The output is checked and locked before training starts, so a bad --out fails in a second.
     """
+    get_spec(name)
+    art = Artifact(out, overwrite=overwrite)
+    with art.run():
+        return _train(name, art, work_dir, steps, threads, stop_after)
+
+
+def _train(name: str, art: Artifact, work_dir, steps, threads, stop_after) -> Path | None:
     from ..utils.hf import quiet
 
     quiet()
@@ -95,9 +103,7 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
                           "warmup": min(spec.warmup, max(1, int(steps) // 10)),
                           "eval_every": min(spec.eval_every, max(1, int(steps) // 4)),
                           "checkpoint_every": min(spec.checkpoint_every, max(1, int(steps) // 4))})
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output directory {out} already exists; pass --overwrite to replace it")
+    out = art.out
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     nthreads = configure_threads(threads)
@@ -204,9 +210,10 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
                  "definition": "non-overlapping windows, seqlen-1 scored tokens each (docs/evaluation.md)"},
         "curve": curve,
     }
-    with atomic_output(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_card_files(tmp, card)
+    tmp = art.begin()
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    write_card_files(tmp, card)
+    art.commit()
     info(f"wrote {out}: validation perplexity {final.perplexity:.3f} after {wall / 60:.1f} min")
     return out
