@@ -183,7 +183,7 @@ def test_depth_pipeline_family_and_reload(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--remove", "0"], "--remove"),
     (["--remove", "100%"], "--remove"),
-    (["--select", "worst"], "unknown --select"),
+    (["--select", "worst"], "unknown depth selector"),
     (["--select", "bi", "--family"], "--family"),
     (["--distill", "--finetune"], "choose one"),
 ])

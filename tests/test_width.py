@@ -117,7 +117,7 @@ def test_incremental_with_distillation(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--params", "1.2"], "--params"),
     (["--params", "0"], "--params"),
-    (["--criterion", "random"], "unknown --criterion"),
+    (["--criterion", "random"], "unknown width criterion"),
     (["--incremental", "--step", "0"], "--step"),
 ])
 def test_cli_bad_input(args, needle, tmp_path, capsys):

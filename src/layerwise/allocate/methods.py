@@ -6,86 +6,125 @@ the reference implementations use (OWL, AlphaPruning `block_wise`, ECoFLaP `bloc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from ..errors import ConfigError
+from ..registry import Method, MethodConfig, Registry
 from .budget import fit_budget, linear_map
 
 
-@dataclass(frozen=True)
-class AllocatorSpec:
-    name: str
-    scores: tuple[str, ...]          # scores it needs
-    description: str
-    fn: Callable
+class Allocator(Method):
+    """Desired per-block ratios from block scores and one target; `allocate` makes the budget exact."""
+
+    scores: ClassVar[tuple[str, ...]] = ()     # block scores it reads (names in the score registry)
+
+    def ratios(self, target: float, block_params: list[int], scores: dict) -> np.ndarray:
+        raise NotImplementedError
 
 
-def _uniform(target, block_params, scores, **kw):
-    return np.full(len(block_params), target)
+ALLOCATORS: Registry[type[Allocator]] = Registry("allocator", "--allocation", "allocation")
+register = ALLOCATORS.register
 
 
-def _owl(target, block_params, scores, owl_lambda: float = 0.08, **kw):
-    """Blocks with more outliers get lower sparsity, within target ± λ."""
-    d = np.asarray(scores["owl"], dtype=np.float64)
-    if d.max() - d.min() < 1e-12:
-        return np.full(d.size, target)
-    dn = (d - d.min()) / (d.max() - d.min()) * 2 * owl_lambda
-    w = np.asarray(block_params, dtype=np.float64)
-    return target - (dn - (w * dn).sum() / w.sum())
+@register
+class Uniform(Allocator):
+    name = "uniform"
+    description = "every linear at the target sparsity"
+
+    def ratios(self, target, block_params, scores):
+        return np.full(len(block_params), target)
 
 
-def _alpha_map(key):
-    def fn(target, block_params, scores, epsilon: float = 0.2, **kw):
-        """Larger α (lighter tail, less trained) → more sparsity; mapped to [1−ε, 1+ε] × scale."""
-        raw = linear_map(scores[key], epsilon)
+@register
+class OWL(Allocator):
+    name = "owl"
+    description = "OWL: lower sparsity for blocks with more activation outliers (±λ)"
+    scores = ("owl",)
+    needs = frozenset({"calibration"})
+
+    class Config(MethodConfig):
+        owl_lambda: float = Field(0.08, ge=0, lt=1, description="sparsities spread over target ± lambda")
+
+    def ratios(self, target, block_params, scores):
+        d = np.asarray(scores["owl"], dtype=np.float64)
+        if d.max() - d.min() < 1e-12:
+            return np.full(d.size, target)
+        dn = (d - d.min()) / (d.max() - d.min()) * 2 * self.config.owl_lambda
+        w = np.asarray(block_params, dtype=np.float64)
+        return target - (dn - (w * dn).sum() / w.sum())
+
+
+@register
+class AlphaPruning(Allocator):
+    """Larger α (lighter tail, less trained) → more sparsity; mapped to [1−ε, 1+ε] × scale."""
+
+    name = "alpha"
+    description = "AlphaPruning: ESD α → sparsity, heavier-tailed blocks kept denser"
+    scores = ("alpha",)
+
+    class Config(MethodConfig):
+        epsilon: float = Field(0.2, ge=0, lt=1, description="sparsity scale spread [1-eps, 1+eps]")
+
+    def ratios(self, target, block_params, scores):
+        raw = linear_map(scores[self.scores[0]], self.config.epsilon)
         w = np.asarray(block_params, dtype=np.float64)
         return raw * target * w.sum() / (w * raw).sum()
-    return fn
 
 
-def _ecoflap(target, block_params, scores, p_max: float | None = None, **kw):
+@register
+class FARMS(AlphaPruning):
+    name = "farms"
+    description = "FARMS: AlphaPruning's map on aspect-ratio-corrected α"
+    scores = ("farms",)
+
+
+@register
+class ECoFLaP(Allocator):
     """Keep counts proportional to the zeroth-order block scores on top of a (1 − p_max) floor."""
-    if p_max is None:
-        p_max = min(target + 0.1, 0.99)
-    if p_max < target:
-        raise ConfigError(f"ECoFLaP's maximum block sparsity {p_max:g} is below the target {target:g}")
-    n = np.asarray(block_params, dtype=np.float64)
-    s = np.clip(np.asarray(scores["zeroth_order"], dtype=np.float64), 0, None)
-    K = (1 - target) * n.sum()
-    keep = np.ceil(n * (1 - p_max))
-    active = (s > 0) & (keep < n)
-    for _ in range(1000):
-        R = K - keep.sum()
-        if R <= 1e-9 or not active.any():
-            break
-        add = s * active / s[active].sum() * R
-        keep = np.minimum(keep + add, n)
-        active &= keep < n
-    if K - keep.sum() > 1e-6:  # scores were all zero: spread the rest uniformly
-        room = n - keep
-        keep += room / room.sum() * (K - keep.sum())
-    return 1 - keep / n
+
+    name = "ecoflap"
+    description = "ECoFLaP: keep budget proportional to forward-only gradient scores, capped at p_max"
+    scores = ("zeroth_order",)
+    needs = frozenset({"loss", "whole_model"})
+
+    class Config(MethodConfig):
+        p_max: float | None = Field(None, gt=0, lt=1, description="maximum block sparsity (default target + 0.1)")
+
+    def ratios(self, target, block_params, scores):
+        p_max = self.config.p_max
+        if p_max is None:
+            p_max = min(target + 0.1, 0.99)
+        if p_max < target:
+            raise ConfigError(f"ECoFLaP's maximum block sparsity {p_max:g} is below the target {target:g}")
+        n = np.asarray(block_params, dtype=np.float64)
+        s = np.clip(np.asarray(scores["zeroth_order"], dtype=np.float64), 0, None)
+        K = (1 - target) * n.sum()
+        keep = np.ceil(n * (1 - p_max))
+        active = (s > 0) & (keep < n)
+        for _ in range(1000):
+            R = K - keep.sum()
+            if R <= 1e-9 or not active.any():
+                break
+            add = s * active / s[active].sum() * R
+            keep = np.minimum(keep + add, n)
+            active &= keep < n
+        if K - keep.sum() > 1e-6:  # scores were all zero: spread the rest uniformly
+            room = n - keep
+            keep += room / room.sum() * (K - keep.sum())
+        return 1 - keep / n
 
 
-ALLOCATORS: dict[str, AllocatorSpec] = {a.name: a for a in [
-    AllocatorSpec("uniform", (), "every linear at the target sparsity", _uniform),
-    AllocatorSpec("owl", ("owl",), "OWL: lower sparsity for blocks with more activation outliers (±λ)", _owl),
-    AllocatorSpec("alpha", ("alpha",), "AlphaPruning: ESD α → sparsity, heavier-tailed blocks kept denser",
-                  _alpha_map("alpha")),
-    AllocatorSpec("farms", ("farms",), "FARMS: AlphaPruning's map on aspect-ratio-corrected α",
-                  _alpha_map("farms")),
-    AllocatorSpec("ecoflap", ("zeroth_order",), "ECoFLaP: keep budget proportional to forward-only "
-                  "gradient scores, capped at p_max", _ecoflap),
-]}
+def get_allocator(name: str) -> type[Allocator]:
+    return ALLOCATORS.get(name)
 
 
-def get_allocator(name: str) -> AllocatorSpec:
-    if name not in ALLOCATORS:
-        raise ConfigError(f"unknown allocation '{name}'; choose one of {', '.join(ALLOCATORS)}")
-    return ALLOCATORS[name]
+def allocator_options(name: str, options: dict) -> dict:
+    """The subset of `options` that allocator `name` takes (CLI options are shared by all)."""
+    fields = ALLOCATORS.get(name).Config.model_fields
+    return {k: v for k, v in options.items() if k in fields and v is not None}
 
 
 def allocate(name: str, plan, block_scores: dict[str, list[float]], target: float,
@@ -104,7 +143,7 @@ def allocate(name: str, plan, block_scores: dict[str, list[float]], target: floa
     for k in spec.scores:
         if k not in bscores or not np.all(np.isfinite(bscores[k])):
             raise ConfigError(f"allocation '{name}' needs the '{k}' score for every block")
-    desired = np.asarray(spec.fn(target, bparams, bscores, **hparams), dtype=np.float64)
+    desired = np.asarray(spec(hparams).ratios(target, bparams, bscores), dtype=np.float64)
     pos = {b: i for i, b in enumerate(blocks)}
     ratios = [desired[pos[r.block]] for r in plan.rows]
     counts = fit_budget([r.params for r in plan.rows], ratios, target, 0.0, max_sparsity)

@@ -5,6 +5,7 @@ from typing import Optional
 import typer
 
 from ..console import console
+from ..prune.depth import DEPTH_SELECTORS
 from .app import app
 
 
@@ -12,7 +13,7 @@ from .app import app
 def depth_cmd(
     model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id."),
     remove: str = typer.Option("25%", "--remove", help="Blocks to remove: a count (3) or a share (25%)."),
-    select: str = typer.Option("ppcl", "--select", help="ppcl | bi | random | last."),
+    select: str = typer.Option("ppcl", "--select", help=DEPTH_SELECTORS.choices() + "."),
     distill: bool = typer.Option(False, "--distill", help="Heal by contiguous layer distillation (students)."),
     finetune: bool = typer.Option(False, "--finetune", help="Heal by LM fine-tuning of the whole pruned model."),
     steps: int = typer.Option(200, help="Training steps for --distill / --finetune."),

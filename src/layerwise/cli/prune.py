@@ -5,13 +5,15 @@ from typing import List, Optional
 import typer
 
 from ..console import console
+from ..allocate import ALLOCATORS
+from ..prune import PRUNERS
 from .app import app
 
 
 @app.command("prune")
 def prune_cmd(
     model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id."),
-    method: str = typer.Option("wanda", "--method", "-m", help="magnitude | wanda | sparsegpt."),
+    method: str = typer.Option("wanda", "--method", "-m", help=PRUNERS.choices() + "."),
     sparsity: float = typer.Option(0.5, "--sparsity", "-s", help="Fraction of weights to remove, in [0, 1)."),
     nm: Optional[str] = typer.Option(None, "--nm", help="Semi-structured N:M (keep N of every M), e.g. 2:4."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (written atomically)."),
@@ -23,7 +25,7 @@ def prune_cmd(
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="Skip these linears (substring or re:REGEX); repeatable."),
     plan: Optional[str] = typer.Option(None, "--plan", help="Replay a (hand-edited) plan.json instead of --sparsity."),
     allocation: str = typer.Option("uniform", "--allocation",
-                                   help="Per-layer sparsity: uniform | owl | alpha | farms | ecoflap."),
+                                   help="Per-layer sparsity: " + ALLOCATORS.choices() + "."),
     max_sparsity: float = typer.Option(0.99, help="Upper bound of any layer's sparsity under an allocation."),
     owl_lambda: float = typer.Option(0.08, help="OWL: sparsities spread over target ± lambda."),
     epsilon: float = typer.Option(0.2, help="AlphaPruning/FARMS: sparsity scale spread [1-eps, 1+eps]."),
@@ -61,10 +63,8 @@ def prune_cmd(
 
 
 def _alloc_params(allocation: str, owl_lambda: float, epsilon: float, p_max) -> dict:
-    if allocation == "owl":
-        return {"owl_lambda": owl_lambda}
-    if allocation in ("alpha", "farms"):
-        return {"epsilon": epsilon}
-    if allocation == "ecoflap":
-        return {"p_max": p_max}
-    return {}
+    from ..allocate import ALLOCATORS, allocator_options
+
+    if allocation not in ALLOCATORS:
+        return {}   # prune() reports the unknown name with the choices
+    return allocator_options(allocation, {"owl_lambda": owl_lambda, "epsilon": epsilon, "p_max": p_max})

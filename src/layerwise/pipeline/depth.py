@@ -24,8 +24,9 @@ from ..data.tokens import calibration_samples, eval_windows
 from ..distill.driver import TrainConfig
 from ..engine import InMemoryStore, run_sequential
 from ..errors import ConfigError, DataError, LayerwiseError
-from ..prune.depth import SELECTORS, assemble, keep_index, parse_remove, runs_to_intervals, select_blocks
-from ..scores.probes import DepthMap, depth_map, select_intervals
+from ..utils.checks import count, positive
+from ..prune.depth import DEPTH_SELECTORS, assemble, keep_index, parse_remove
+from ..scores.probes import DepthMap, depth_map
 from ..scores.similarity import mean_token_cosine
 from ..models.files import check_model_dir
 from ..utils.hf import quiet
@@ -155,16 +156,21 @@ def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, t
     out = art.out if art is not None else None
     quiet()
     t_start = time.perf_counter()
-    if select not in SELECTORS:
-        raise ConfigError(f"unknown --select '{select}'; choose one of {', '.join(SELECTORS)}")
+    selector = DEPTH_SELECTORS.create(select)
     if heal_kind not in HEALS:
         raise ConfigError(f"unknown healing '{heal_kind}'; choose one of {', '.join(HEALS)}")
     if heal_kind != "none" and steps < 1:
         raise ConfigError(f"--steps must be at least 1 (got {steps})")
     if processes < 1:
         raise ConfigError(f"--processes must be at least 1 (got {processes})")
-    if family and select != "ppcl":
-        raise ConfigError("--family (one training, several ratios) works with --select ppcl")
+    count("--global-batch", global_batch)
+    count("--nsamples", nsamples)
+    count("--max-len", max_len)
+    count("--protect", protect, 0)
+    positive("--lr", lr)
+    if family and not selector.intervals:
+        raise ConfigError(f"--family (one training, several ratios) needs an interval selector "
+                          f"({', '.join(n for n in DEPTH_SELECTORS if DEPTH_SELECTORS.get(n).intervals)})")
     src = resolve(model, tokenizer, load=True)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
@@ -178,12 +184,7 @@ def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, t
     states, bi = collect_states(teacher, samples, probe_tokens, seed)
     dmap = depth_map(states, bi, max_len=max_len, protect_head=protect, protect_tail=protect)
     timings = {"analysis_s": time.perf_counter() - t0}
-    if select == "ppcl":
-        intervals = select_intervals(dmap, k)
-        removed = sorted(i for iv in intervals for i in range(iv["start"], iv["end"] + 1) if i != keep_index(iv))
-    else:
-        removed = select_blocks(select, k, L, bi, seed)
-        intervals = runs_to_intervals(removed, L)
+    removed, intervals = selector.choose(k, dmap, seed)
     res = DepthResult(model=None, removed=removed, intervals=intervals, dmap=dmap)
     students = None
     t0 = time.perf_counter()

@@ -96,8 +96,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
     quiet()
     t_start = time.perf_counter()
     # --- validate everything before touching the model or the disk ---------------------------
-    if method not in PRUNERS:
-        raise ConfigError(f"unknown pruning method '{method}'; choose one of {', '.join(sorted(PRUNERS))}")
+    PRUNERS.get(method)
     nm_t = parse_nm(nm)
     sparsity = check_sparsity(sparsity)
     if nsamples < 1 or seqlen < 2 or batch_size < 1:
@@ -113,6 +112,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         raise ConfigError(f"--max-sparsity must be in (0, 1) (got {max_sparsity:g})")
     if sparsity > max_sparsity:
         raise ConfigError(f"target sparsity {sparsity:g} exceeds --max-sparsity {max_sparsity:g}")
+    alloc(allocation_params or {})   # validates the allocator's options before any work
     output = OutputDir(out, overwrite=overwrite, resume=resume, overwrite_source=overwrite_source,
                        model_path=model_dir(model),
                        inputs=input_paths(model_dir(model), tokenizer, plan, calib)) if out is not None else None

@@ -111,8 +111,7 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
     except (TypeError, ValueError) as e:
         raise ConfigError(f"--bits must be a number (got {bits!r})") from e
     check_bit_request(bits, high, low)
-    if quantizer not in QUANTIZERS:
-        raise ConfigError(f"unknown quantizer '{quantizer}'; choose one of {', '.join(sorted(QUANTIZERS))}")
+    QUANTIZERS.get(quantizer)
     if group_size == 0 or group_size < -1:
         raise ConfigError(f"--group-size must be a positive number of columns or -1 for per channel (got {group_size})")
     if "," not in order and order not in ORDERS:

@@ -17,7 +17,8 @@ from ..data.tokens import calibration_samples, eval_windows
 from ..distill.driver import TrainConfig
 from ..engine import InMemoryStore, run_sequential
 from ..errors import ConfigError, DataError, LayerwiseError
-from ..prune.width import (CRITERIA, LayerCut, apply_mask, layouts, plan_cuts, removed_params, shrink,
+from ..utils.checks import count, positive
+from ..prune.width import (WIDTH_CRITERIA, LayerCut, apply_mask, layouts, plan_cuts, removed_params, shrink,
                            unit_scores, widths)
 from ..scores.similarity import mean_token_cosine
 from ..models.files import check_model_dir
@@ -81,9 +82,10 @@ def _taylor_grads(model, samples, batch_size) -> dict:
 
 def prune_once(model, samples, remove: int, criterion: str, adaptive: bool, batch_size: int = 8,
                amplitude: float = 1.0) -> list[LayerCut]:
-    need_stats = criterion in ("wanda", "flap") or adaptive
+    needs = WIDTH_CRITERIA.get(criterion).needs
+    need_stats = "calibration" in needs or adaptive
     stats, imp = _activation_stats(model, samples, batch_size) if need_stats else (None, None)
-    grads = _taylor_grads(model, samples, batch_size) if criterion == "taylor" else None
+    grads = _taylor_grads(model, samples, batch_size) if "gradients" in needs else None
     scores = unit_scores(model, criterion, stats, grads)
     return plan_cuts(model, scores, remove, adaptive, imp, amplitude=amplitude)
 
@@ -120,12 +122,16 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
     t_start = time.perf_counter()
     if not 0 < params < 1:
         raise ConfigError(f"--params must be the share of block parameters to keep, in (0, 1) (got {params:g})")
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown --criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
+    WIDTH_CRITERIA.get(criterion)
     if incremental and not 0 < step < 1:
         raise ConfigError(f"--step must be in (0, 1) (got {step:g})")
     if tokens < 0:
         raise ConfigError(f"--tokens must be >= 0 (got {tokens})")
+    count("--global-batch", global_batch)
+    count("--nsamples", nsamples)
+    count("--seqlen", seqlen, 2)
+    positive("--lr", lr)
+    positive("temperature", temperature)
     src = resolve(model, tokenizer, load=True)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")

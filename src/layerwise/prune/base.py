@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 
 from ..engine.stats import InputStats
+from ..registry import Method, Registry
 from .masks import zeros_for
 
 
@@ -33,27 +34,23 @@ class PruneOutput:
     info: dict
 
 
-class Pruner:
-    name: ClassVar[str]
-    description: ClassVar[str]
-    needs_calibration: ClassVar[bool] = True
-    needs_gram: ClassVar[bool] = False
+class Pruner(Method):
+    """A pruning criterion for one weight matrix. `needs` says which input statistics it reads:
+    'calibration' (first and second moments of each input feature), 'gram' (X^T X)."""
+
+    needs: ClassVar[frozenset[str]] = frozenset({"calibration"})
+
+    @property
+    def needs_gram(self) -> bool:
+        return "gram" in self.needs
 
     def prune(self, weight: torch.Tensor, stats: InputStats | None, budget: Budget) -> PruneOutput:
         raise NotImplementedError
 
 
-PRUNERS: dict[str, type[Pruner]] = {}
+PRUNERS: Registry[type[Pruner]] = Registry("pruner", "--method", "pruning method")
+register = PRUNERS.register
 
 
-def register(cls: type[Pruner]) -> type[Pruner]:
-    PRUNERS[cls.name] = cls
-    return cls
-
-
-def get_pruner(name: str, **kwargs) -> Pruner:
-    from ..errors import ConfigError
-
-    if name not in PRUNERS:
-        raise ConfigError(f"unknown pruning method '{name}'; choose one of {', '.join(sorted(PRUNERS))}")
-    return PRUNERS[name](**kwargs)
+def get_pruner(name: str, config=None, **options) -> Pruner:
+    return PRUNERS.create(name, config, **options)

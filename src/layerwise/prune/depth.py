@@ -11,11 +11,11 @@ import math
 import numpy as np
 from torch import nn
 
+from typing import ClassVar
+
 from ..errors import ConfigError
+from ..registry import Method, Registry
 from ..models.adapters import get_adapter
-
-SELECTORS = ("ppcl", "bi", "random", "last")
-
 
 def parse_remove(remove: str | int | float, num_blocks: int) -> int:
     """'25%' → round(0.25·L); '3' → 3. Must leave at least one block."""
@@ -110,14 +110,70 @@ def runs_to_intervals(removed: list[int], num_blocks: int) -> list[dict]:
     return out
 
 
-def select_blocks(method: str, k: int, num_blocks: int, bi: list[float] | None = None, seed: int = 0) -> list[int]:
-    """Baselines: ShortGPT Block Influence (k lowest BI), k random blocks, or the last k blocks."""
-    if method == "bi":
+class DepthSelector(Method):
+    """Chooses which blocks go. `intervals` selectors choose contiguous intervals that one trained
+    student each replaces (so a family of ratios can come from one training)."""
+
+    intervals: ClassVar[bool] = False
+
+    def blocks(self, k: int, num_blocks: int, bi: list[float] | None, seed: int) -> list[int]:
+        raise NotImplementedError
+
+    def choose(self, k: int, dmap, seed: int) -> tuple[list[int], list[dict]]:
+        """(removed blocks, intervals that absorb them) from the depth map of the model."""
+        removed = self.blocks(k, dmap.num_blocks, list(dmap.bi), seed)
+        return removed, runs_to_intervals(removed, dmap.num_blocks)
+
+
+DEPTH_SELECTORS: Registry[type[DepthSelector]] = Registry("depth selector", "--select", "depth selector")
+register_selector = DEPTH_SELECTORS.register
+
+
+@register_selector
+class PPCLSelector(DepthSelector):
+    name = "ppcl"
+    description = "PPCL: cheapest contiguous intervals by span-probe fidelity and the CKA trend"
+    intervals = True
+    needs = frozenset({"calibration"})
+
+    def choose(self, k, dmap, seed):
+        from ..scores.probes import select_intervals
+
+        intervals = select_intervals(dmap, k)
+        removed = sorted(i for iv in intervals for i in range(iv["start"], iv["end"] + 1) if i != keep_index(iv))
+        return removed, intervals
+
+
+@register_selector
+class BlockInfluenceSelector(DepthSelector):
+    name = "bi"
+    description = "ShortGPT Block Influence: the k blocks that change their input least"
+    needs = frozenset({"calibration"})
+
+    def blocks(self, k, num_blocks, bi, seed):
         if bi is None:
             raise ConfigError("--select bi needs Block Influence scores")
         return sorted(int(i) for i in np.argsort(np.asarray(bi), kind="stable")[:k])
-    if method == "random":
+
+
+@register_selector
+class RandomSelector(DepthSelector):
+    name = "random"
+    description = "k blocks drawn at random (seeded)"
+
+    def blocks(self, k, num_blocks, bi, seed):
         return sorted(int(i) for i in np.random.default_rng(seed).choice(num_blocks, size=k, replace=False))
-    if method == "last":
+
+
+@register_selector
+class LastSelector(DepthSelector):
+    name = "last"
+    description = "the last k blocks"
+
+    def blocks(self, k, num_blocks, bi, seed):
         return list(range(num_blocks - k, num_blocks))
-    raise ConfigError(f"unknown --select '{method}'; choose one of {', '.join(SELECTORS)}")
+
+
+def select_blocks(method: str, k: int, num_blocks: int, bi: list[float] | None = None, seed: int = 0) -> list[int]:
+    """Block choice of a per-block selector (bi, random, last, or any registered one)."""
+    return DEPTH_SELECTORS.create(method).blocks(k, num_blocks, bi, seed)

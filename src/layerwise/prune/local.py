@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from ..engine.stats import InputStats
 from ..linalg import damped_inverse_cholesky, largest_remainder
+from ..registry import MethodConfig
 from .base import PruneOutput, Pruner, register
 from .masks import lowest_in_matrix, lowest_per_row, nm_mask, row_counts
 
@@ -15,7 +17,7 @@ class Magnitude(Pruner):
 
     name = "magnitude"
     description = "remove the smallest |W| of each matrix; no data needed"
-    needs_calibration = False
+    needs = frozenset()
 
     def prune(self, weight, stats, budget):
         score = weight.abs()
@@ -55,11 +57,19 @@ class SparseGPT(Pruner):
 
     name = "sparsegpt"
     description = "second-order (OBS) pruning with weight reconstruction from the layer Hessian"
-    needs_gram = True
+    needs = frozenset({"calibration", "gram"})
 
-    def __init__(self, blocksize: int = 128, percdamp: float = 0.01):
-        self.blocksize = blocksize
-        self.percdamp = percdamp
+    class Config(MethodConfig):
+        blocksize: int = Field(128, ge=1, description="columns per OBS block")
+        percdamp: float = Field(0.01, gt=0, lt=1, description="damping, a fraction of mean diag(H)")
+
+    @property
+    def blocksize(self) -> int:
+        return self.config.blocksize
+
+    @property
+    def percdamp(self) -> float:
+        return self.config.percdamp
 
     def prune(self, weight, stats: InputStats, budget):
         W = weight.float().clone()

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..registry import Method, Registry
 from ..errors import ConfigError
 from ..models.adapters import get_adapter
 
-CRITERIA = ("magnitude", "wanda", "flap", "taylor")
 
 
 @dataclass
@@ -84,34 +84,78 @@ def _group_rows(lay: LayerLayout, g: int) -> tuple[slice, slice]:
 
 # --- importance of groups and channels ---------------------------------------------------------
 
+class WidthCriterion(Method):
+    """Element scores of a block's seven matrices (keys q k v o g u d, each out × in); a KV group's
+    or an MLP channel's importance is the sum over the elements it owns. Higher = more important."""
+
+    def element_scores(self, W: dict, stats: dict | None, grads: dict | None) -> dict:
+        raise NotImplementedError
+
+
+WIDTH_CRITERIA: Registry[type[WidthCriterion]] = Registry("width criterion", "--criterion", "width criterion")
+register_criterion = WIDTH_CRITERIA.register
+
+
+@register_criterion
+class MagnitudeWidth(WidthCriterion):
+    name = "magnitude"
+    description = "squared weights of the unit"
+
+    def element_scores(self, W, stats, grads):
+        return {n: w.pow(2) for n, w in W.items()}
+
+
+@register_criterion
+class WandaWidth(WidthCriterion):
+    name = "wanda"
+    description = "|W| x input-feature norm, summed over the unit"
+    needs = frozenset({"calibration"})
+
+    def element_scores(self, W, stats, grads):
+        return {n: W[n].abs() * stats[n].mean_sq.sqrt().view(1, -1) for n in W}
+
+
+@register_criterion
+class FLAPWidth(WidthCriterion):
+    name = "flap"
+    description = "FLAP: fluctuation of each removable input channel x its squared column norm"
+    needs = frozenset({"calibration", "first_moment"})
+
+    def element_scores(self, W, stats, grads):
+        S = {n: torch.zeros_like(W[n]) for n in W}
+        S["o"] = W["o"].pow(2) * stats["o"].variance.view(1, -1)
+        S["d"] = W["d"].pow(2) * stats["d"].variance.view(1, -1)
+        return S
+
+
+@register_criterion
+class TaylorWidth(WidthCriterion):
+    name = "taylor"
+    description = "first-order Taylor |W x dL/dW| of the language-model loss"
+    needs = frozenset({"gradients"})
+
+    def element_scores(self, W, stats, grads):
+        if grads is None:
+            raise ConfigError("the taylor criterion needs gradients")
+        return {n: (W[n] * grads[n]).abs() for n in W}
+
+
+_LOCAL = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+          "mlp.up_proj", "mlp.down_proj")
+
+
 def unit_scores(model: nn.Module, criterion: str, stats: dict | None = None, grads: dict | None = None
                 ) -> list[dict]:
     """Per block: {"groups": [G], "channels": [I]} (higher = more important)."""
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown --criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
+    crit = WIDTH_CRITERIA.create(criterion)
     adapter = get_adapter(model)
     out = []
     for lay, block in zip(layouts(model), adapter.block_list()):
         q, k, v, o, g, u, d = _mods(block)
         W = {n: m.weight.detach().double() for n, m in zip("qkvogud", (q, k, v, o, g, u, d))}
-        if criterion == "magnitude":
-            S = {n: w.pow(2) for n, w in W.items()}
-        elif criterion == "taylor":
-            if grads is None:
-                raise ConfigError("the taylor criterion needs gradients")
-            G = {n: grads[f"{adapter.block_prefix(lay.block)}.{p}"].double() for n, p in zip(
-                "qkvogud", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))}
-            S = {n: (W[n] * G[n]).abs() for n in W}
-        else:
-            st = stats[lay.block]
-            if criterion == "wanda":
-                norm = {n: st[n].mean_sq.sqrt() for n in st}
-                S = {n: W[n].abs() * norm[n].view(1, -1) for n in W}
-            else:  # flap: fluctuation of each removable input channel × its squared column norm
-                S = {n: torch.zeros_like(W[n]) for n in W}
-                S["o"] = W["o"].pow(2) * st["o"].variance.view(1, -1)
-                S["d"] = W["d"].pow(2) * st["d"].variance.view(1, -1)
+        G = None if grads is None else {n: grads[f"{adapter.block_prefix(lay.block)}.{p}"].double()
+                                        for n, p in zip("qkvogud", _LOCAL)}
+        S = crit.element_scores(W, None if stats is None else stats[lay.block], G)
         groups = []
         for gi in range(lay.kv_heads):
             qs, ks = _group_rows(lay, gi)

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import torch
 
+from ..registry import Method, Registry
 from ..errors import ConfigError
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -89,24 +90,22 @@ class QuantResult:
         return dequant(self.q.float(), self.scales[:, idx], self.zeros[:, idx])
 
 
-class Quantizer:
-    name: ClassVar[str]
-    description: ClassVar[str]
-    needs_gram: ClassVar[bool] = False
+class Quantizer(Method):
+    """Rounds one weight matrix to a `QuantSpec` grid; `needs` as for pruners."""
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    @property
+    def needs_gram(self) -> bool:
+        return "gram" in self.needs
 
     def quantize(self, weight: torch.Tensor, stats, spec: QuantSpec) -> QuantResult:
         raise NotImplementedError
 
 
-QUANTIZERS: dict[str, type[Quantizer]] = {}
+QUANTIZERS: Registry[type[Quantizer]] = Registry("quantizer", "--quantizer", "quantizer")
+register = QUANTIZERS.register
 
 
-def register(cls):
-    QUANTIZERS[cls.name] = cls
-    return cls
-
-
-def get_quantizer(name: str, **kw) -> Quantizer:
-    if name not in QUANTIZERS:
-        raise ConfigError(f"unknown quantizer '{name}'; choose one of {', '.join(sorted(QUANTIZERS))}")
-    return QUANTIZERS[name](**kw)
+def get_quantizer(name: str, config=None, **options) -> Quantizer:
+    return QUANTIZERS.create(name, config, **options)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from ..linalg import damped_inverse_cholesky
+from ..registry import MethodConfig
 from .base import QuantResult, QuantSpec, Quantizer, dequant, find_params, quantize_col, register
 
 
@@ -43,12 +45,24 @@ class GPTQ(Quantizer):
 
     name = "gptq"
     description = "second-order rounding with error feedback from the layer Hessian"
-    needs_gram = True
+    needs = frozenset({"calibration", "gram"})
 
-    def __init__(self, blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False):
-        self.blocksize = blocksize
-        self.percdamp = percdamp
-        self.act_order = act_order
+    class Config(MethodConfig):
+        blocksize: int = Field(128, ge=1, description="columns per lazy-update block")
+        percdamp: float = Field(0.01, gt=0, lt=1, description="damping, a fraction of mean diag(H)")
+        act_order: bool = Field(False, description="visit columns by decreasing diag(H)")
+
+    @property
+    def blocksize(self) -> int:
+        return self.config.blocksize
+
+    @property
+    def percdamp(self) -> float:
+        return self.config.percdamp
+
+    @property
+    def act_order(self) -> bool:
+        return self.config.act_order
 
     def quantize(self, weight, stats, spec: QuantSpec) -> QuantResult:
         W = weight.float().clone()
