@@ -18,10 +18,17 @@ def load(spec: str, **kwargs):
     return load_model(spec, **kwargs)
 
 
+def compress(model=None, recipe=None, **kwargs):
+    """Run a recipe (YAML path, dict or Recipe) on a model; see `layerwise.driver.compress`."""
+    from .driver import compress as _compress
+
+    return _compress(model, recipe, **kwargs)
+
+
 def evaluate(model, **kwargs):
     from .eval import evaluate as _evaluate
 
     return _evaluate(model, **kwargs)
 
 
-__all__ = ["__version__", "load", "evaluate", "LayerwiseError", "ConfigError", "DataError", "ModelLoadError"]
+__all__ = ["__version__", "load", "compress", "evaluate", "LayerwiseError", "ConfigError", "DataError", "ModelLoadError"]

@@ -20,6 +20,7 @@ def _err(msg: str) -> None:
     sys.stderr.flush()
 from ..errors import LayerwiseError
 from .app import app
+from .common import refresh_choices
 from . import analyze as _analyze  # noqa: F401  (registers commands)
 from . import demo as _demo  # noqa: F401
 from . import depth as _depth  # noqa: F401
@@ -27,6 +28,7 @@ from . import distill as _distill  # noqa: F401
 from . import evaluate as _evaluate  # noqa: F401
 from . import prune as _prune  # noqa: F401
 from . import quantize as _quantize  # noqa: F401
+from . import run as _run  # noqa: F401
 from . import width as _width  # noqa: F401
 from . import zoo as _zoo  # noqa: F401
 
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     old_handlers = _install_signal_handlers()
     try:
         _RECEIVED.clear()
+        refresh_choices()
         rv = app(args=argv, prog_name="layerwise", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         if code == 130:  # typer's answer to KeyboardInterrupt

@@ -3,9 +3,26 @@ from __future__ import annotations
 
 import json
 
+import typer
 from rich.table import Table
 
 from ..console import console
+
+
+# Options whose help lists a registry's names; refreshed before each command so that methods
+# registered after import (plug-ins, tests) appear in --help.
+_CHOICE_OPTIONS: list = []
+
+
+def registry_option(default, *flags: str, registry, prefix: str = "", suffix: str = ".", **kwargs):
+    opt = typer.Option(default, *flags, help=prefix + registry.choices() + suffix, **kwargs)
+    _CHOICE_OPTIONS.append((opt, registry, prefix, suffix))
+    return opt
+
+
+def refresh_choices() -> None:
+    for opt, registry, prefix, suffix in _CHOICE_OPTIONS:
+        opt.help = prefix + registry.choices() + suffix
 
 
 def print_kv(title: str, rows: list[tuple[str, str]]) -> None:

@@ -7,13 +7,14 @@ import typer
 from ..console import console
 from ..prune.depth import DEPTH_SELECTORS
 from .app import app
+from .common import registry_option
 
 
 @app.command("depth")
 def depth_cmd(
     model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id."),
     remove: str = typer.Option("25%", "--remove", help="Blocks to remove: a count (3) or a share (25%)."),
-    select: str = typer.Option("ppcl", "--select", help=DEPTH_SELECTORS.choices() + "."),
+    select: str = registry_option("ppcl", "--select", registry=DEPTH_SELECTORS),
     distill: bool = typer.Option(False, "--distill", help="Heal by contiguous layer distillation (students)."),
     finetune: bool = typer.Option(False, "--finetune", help="Heal by LM fine-tuning of the whole pruned model."),
     steps: int = typer.Option(200, help="Training steps for --distill / --finetune."),

@@ -8,12 +8,13 @@ from ..console import console
 from ..allocate import ALLOCATORS
 from ..prune import PRUNERS
 from .app import app
+from .common import registry_option
 
 
 @app.command("prune")
 def prune_cmd(
     model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id."),
-    method: str = typer.Option("wanda", "--method", "-m", help=PRUNERS.choices() + "."),
+    method: str = registry_option("wanda", "--method", "-m", registry=PRUNERS),
     sparsity: float = typer.Option(0.5, "--sparsity", "-s", help="Fraction of weights to remove, in [0, 1)."),
     nm: Optional[str] = typer.Option(None, "--nm", help="Semi-structured N:M (keep N of every M), e.g. 2:4."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (written atomically)."),
@@ -24,8 +25,7 @@ def prune_cmd(
     targets: Optional[List[str]] = typer.Option(None, "--targets", help="Only these linears (substring or re:REGEX); repeatable."),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="Skip these linears (substring or re:REGEX); repeatable."),
     plan: Optional[str] = typer.Option(None, "--plan", help="Replay a (hand-edited) plan.json instead of --sparsity."),
-    allocation: str = typer.Option("uniform", "--allocation",
-                                   help="Per-layer sparsity: " + ALLOCATORS.choices() + "."),
+    allocation: str = registry_option("uniform", "--allocation", registry=ALLOCATORS, prefix="Per-layer sparsity: "),
     max_sparsity: float = typer.Option(0.99, help="Upper bound of any layer's sparsity under an allocation."),
     owl_lambda: float = typer.Option(0.08, help="OWL: sparsities spread over target ± lambda."),
     epsilon: float = typer.Option(0.2, help="AlphaPruning/FARMS: sparsity scale spread [1-eps, 1+eps]."),

@@ -7,6 +7,7 @@ import typer
 from ..console import console
 from ..quant import QUANTIZERS
 from .app import app
+from .common import registry_option
 
 
 @app.command("quantize")
@@ -17,7 +18,7 @@ def quantize_cmd(
     low: int = typer.Option(2, help="Bits of the least important blocks."),
     order: str = typer.Option("lim", help="Importance order: lim | zd | bi | alpha | farms | owl | zeroth_order | "
                                           "random | reverse, or block indices most important first (3,0,1,...)."),
-    quantizer: str = typer.Option("rtn", "--quantizer", "-q", help=QUANTIZERS.choices() + "."),
+    quantizer: str = registry_option("rtn", "--quantizer", "-q", registry=QUANTIZERS),
     group_size: int = typer.Option(128, help="Columns per scale group (-1 = per output channel)."),
     asym: bool = typer.Option(False, "--asym", help="Asymmetric grid with zero points (default symmetric)."),
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: visit columns by decreasing Hessian diagonal."),

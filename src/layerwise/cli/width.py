@@ -7,6 +7,7 @@ import typer
 from ..console import console
 from ..prune.width import WIDTH_CRITERIA
 from .app import app
+from .common import registry_option
 
 
 @app.command("width")
@@ -15,7 +16,7 @@ def width_cmd(
     params: float = typer.Option(0.6, "--params", help="Share of block parameters to keep, e.g. 0.6."),
     adaptive: bool = typer.Option(False, "--adaptive", help="Adapt-Pruner per-layer shares: layers that change "
                                                             "their input most are pruned least."),
-    criterion: str = typer.Option("taylor", help="Group importance: " + WIDTH_CRITERIA.choices() + "."),
+    criterion: str = registry_option("taylor", "--criterion", registry=WIDTH_CRITERIA, prefix="Group importance: "),
     incremental: bool = typer.Option(False, "--incremental", help="Prune in steps, healing after each."),
     step: float = typer.Option(0.05, help="Share of the original block parameters removed per stage."),
     tokens: int = typer.Option(0, help="Training tokens for healing by logit distillation (0 = none)."),

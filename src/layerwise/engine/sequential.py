@@ -85,15 +85,90 @@ class Checkpointer:
                               "rerun with the same options or without --resume")
         return state
 
-    def save(self, next_block: int, hidden: list[torch.Tensor], rows: list[dict], timings: Timings) -> None:
+    def save(self, next_block: int, hidden: list[torch.Tensor], rows: list[dict], timings: Timings,
+             before: list | None = None) -> None:
         tmp = self.dir / f".{STATE_FILE}.tmp"
         torch.save({"fingerprint": self.fingerprint, "next_block": next_block, "hidden": hidden,
-                    "rows": rows, "timings": timings.to_dict()}, tmp)
+                    "rows": rows, "timings": timings.to_dict(), "before": before or []}, tmp)
         os.replace(tmp, self.path)
 
 
 def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@dataclass
+class Pass:
+    """A stage that runs before the main action in the same block-by-block sweep (a fused recipe).
+
+    It keeps its own activation stream: on each block it collects statistics from *its* stream
+    with the block as the earlier passes left it, applies its action, then propagates its stream
+    through the block. So pass k sees exactly what a separate run of stage k on the output of
+    stages < k would see, and a fused run gives the same weights as the stages run one by one.
+    """
+
+    action: Action
+    select: Callable[[str], bool] = lambda name: True
+    gram: bool = True
+    gram_limit: int | None = None
+    first_moment: bool = False
+    rows: list = field(default_factory=list)
+    hidden: list | None = None
+
+
+def _statistics(adapter, block, i, refs, hiddens, batches, gram, gram_limit, first_moment, keep, timings):
+    """One forward of `block` over every calibration batch with statistics hooks on `refs`."""
+    outs: list[torch.Tensor] = []
+    t0 = time.perf_counter()
+    with StatsCollector(refs, gram=gram, gram_limit=gram_limit, first_moment=first_moment) as coll:
+        for h, b in zip(hiddens, batches):
+            out = adapter.call_block(block, h, b.args, b.kwargs)
+            check_finite(out, f"leaving block {i}")
+            coll.end_batch()
+            if keep:
+                outs.append(out)
+    timings.stats_s += coll.seconds
+    timings.forward_s += time.perf_counter() - t0 - coll.seconds
+    return coll.stats, outs
+
+
+def _propagate(adapter, block, i, hiddens, batches, timings) -> list[torch.Tensor]:
+    t0 = time.perf_counter()
+    new = [adapter.call_block(block, h, b.args, b.kwargs) for h, b in zip(hiddens, batches)]
+    timings.forward_s += time.perf_counter() - t0
+    for h in new:
+        check_finite(h, f"leaving block {i}")
+    return new
+
+
+def _run_pass(p: Pass, adapter, block, i, batches, timings) -> None:
+    refs = [r for r in adapter.linears(i, block) if p.select(r.name)]
+    if refs:
+        stats, _ = _statistics(adapter, block, i, refs, p.hidden, batches, p.gram, p.gram_limit, p.first_moment,
+                               False, timings)
+        t0 = time.perf_counter()
+        p.rows.extend(p.action(BlockWork(i, block, refs, stats, batches)))
+        timings.solve_s += time.perf_counter() - t0
+    p.hidden = _propagate(adapter, block, i, p.hidden, batches, timings)
+
+
+def _resume(checkpointer, store, batches, before, res) -> int:
+    state = checkpointer.load()
+    if state is None:
+        return 0
+    start = state["next_block"]
+    res.rows = state["rows"]
+    res.timings = Timings(**state["timings"])
+    for b, h in zip(batches, state["hidden"]):
+        b.hidden = h
+    for p, (hidden, rows) in zip(before, state.get("before", [])):
+        p.hidden, p.rows = hidden, rows
+    t0 = time.perf_counter()
+    for i in range(start):
+        store.restore_block(i)
+    res.timings.io_s += time.perf_counter() - t0
+    res.resumed_from = start
+    return start
 
 
 def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
@@ -102,9 +177,10 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
                    propagate: str = "pruned", batch_size: int = 8, checkpointer: Checkpointer | None = None,
                    description: str = "compress",
                    observe: Callable[[int, list, list], None] | None = None,
-                   propagate_last: bool = True) -> EngineResult:
-    """Run `action` on every block. `observe(i, inputs, outputs)` sees each block's input and
-    output hidden states (lists over calibration batches) after the action."""
+                   propagate_last: bool = True, before: list[Pass] | tuple = ()) -> EngineResult:
+    """Run `action` on every block, after the `before` passes of a fused recipe (each on its own
+    stream). `observe(i, inputs, outputs)` sees each block's input and output hidden states (lists
+    over calibration batches) after the action."""
     if propagate not in PROPAGATE:
         raise ConfigError(f"propagate must be one of {', '.join(PROPAGATE)} (got {propagate!r})")
     adapter = store.adapter
@@ -113,20 +189,9 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
     t0 = time.perf_counter()
     batches = capture_block_inputs(store.model, adapter, samples, batch_size)
     res.timings.capture_s = time.perf_counter() - t0
-    start = 0
-    if checkpointer is not None:
-        state = checkpointer.load()
-        if state is not None:
-            start = state["next_block"]
-            res.rows = state["rows"]
-            res.timings = Timings(**state["timings"])
-            for b, h in zip(batches, state["hidden"]):
-                b.hidden = h
-            t0 = time.perf_counter()
-            for i in range(start):
-                store.restore_block(i)
-            res.timings.io_s += time.perf_counter() - t0
-            res.resumed_from = start
+    for p in before:
+        p.hidden = [b.hidden for b in batches]
+    start = _resume(checkpointer, store, batches, before, res) if checkpointer is not None else 0
     n = adapter.num_blocks
     with torch.no_grad(), progress_bar() as prog:
         task = prog.add_task(description, total=n, completed=start, info="")
@@ -134,35 +199,23 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
             t0 = time.perf_counter()
             block = store.load_block(i)
             res.timings.io_s += time.perf_counter() - t0
+            for p in before:
+                _run_pass(p, adapter, block, i, batches, res.timings)
             refs = [r for r in adapter.linears(i, block) if select(r.name)]
             prog.update(task, info=f"block {i}: statistics")
-            dense_out: list[torch.Tensor] = []
-            t0 = time.perf_counter()
-            with StatsCollector(refs, gram=gram, gram_limit=gram_limit, first_moment=first_moment) as coll:
-                for b in batches:
-                    out = adapter.call_block(block, b.hidden, b.args, b.kwargs)
-                    check_finite(out, f"leaving block {i}")
-                    coll.end_batch()
-                    if propagate == "dense":
-                        dense_out.append(out)
-            res.timings.stats_s += coll.seconds
-            res.timings.forward_s += time.perf_counter() - t0 - coll.seconds
+            stats, dense_out = _statistics(adapter, block, i, refs, [b.hidden for b in batches], batches, gram,
+                                           gram_limit, first_moment, propagate == "dense", res.timings)
             prog.update(task, info=f"block {i}: solve")
             t0 = time.perf_counter()
-            rows = action(BlockWork(i, block, refs, coll.stats, batches)) if refs else []
+            res.rows.extend(action(BlockWork(i, block, refs, stats, batches)) if refs else [])
             res.timings.solve_s += time.perf_counter() - t0
-            res.rows.extend(rows)
-            del coll
-            t0 = time.perf_counter()
+            del stats
             if i == n - 1 and not propagate_last and observe is None:
                 new = [b.hidden for b in batches]   # nothing reads the last block's output
             elif propagate == "pruned":
-                new = [adapter.call_block(block, b.hidden, b.args, b.kwargs) for b in batches]
+                new = _propagate(adapter, block, i, [b.hidden for b in batches], batches, res.timings)
             else:
                 new = dense_out
-            res.timings.forward_s += time.perf_counter() - t0
-            for h in new:
-                check_finite(h, f"leaving block {i}")
             if observe is not None:
                 observe(i, [b.hidden for b in batches], new)
             for b, h in zip(batches, new):
@@ -170,7 +223,8 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
             t0 = time.perf_counter()
             store.release_block(i)
             if checkpointer is not None:
-                checkpointer.save(i + 1, [b.hidden for b in batches], res.rows, res.timings)
+                checkpointer.save(i + 1, [b.hidden for b in batches], res.rows, res.timings,
+                                  [(p.hidden, p.rows) for p in before])
             res.timings.io_s += time.perf_counter() - t0
             prog.advance(task)
             if i + 1 < n:

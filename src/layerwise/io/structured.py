@@ -18,33 +18,47 @@ from ..errors import ModelLoadError
 MARKER = "layerwise_model.json"
 
 
-def save_model(model: nn.Module, tokenizer, directory: Path) -> str:
-    """save_pretrained + the config/marker a structurally pruned model needs. Returns how to load it."""
+def is_width_pruned(model: nn.Module) -> bool:
+    """A Llama-like model whose blocks no longer have the widths its config states."""
+    from ..models.adapters import get_adapter
+
+    if get_adapter(model).name != "llama":
+        return False
+    from ..prune.width import layouts
+
+    c = model.config
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return any(lay.kv_heads * lay.rep != c.num_attention_heads or lay.kv_heads != kv
+               or lay.intermediate != c.intermediate_size for lay in layouts(model))
+
+
+def write_structure(model: nn.Module, directory: Path) -> str:
+    """Rewrite the config (uniform widths) or write the per-layer marker for weights saved separately
+    (e.g. streamed shards); call before the config is saved. Returns how the result loads."""
     from ..prune.width import layouts, uniform_widths, widths
 
-    directory = Path(directory)
     cfg = model.config
     uni = uniform_widths(model)
-    lay = layouts(model)
-    head_dim = lay[0].head_dim
-    # transformers validates hidden_size % num_attention_heads == 0 even with an explicit head_dim,
-    # so such a uniform result is saved like a per-layer one.
+    head_dim = layouts(model)[0].head_dim
     if uni is not None and cfg.hidden_size % uni["num_attention_heads"]:
         uni = None
+    cfg.head_dim = head_dim
     if uni is not None:
         cfg.intermediate_size = uni["intermediate_size"]
         cfg.num_attention_heads = uni["num_attention_heads"]
         cfg.num_key_value_heads = uni["num_key_value_heads"]
-        cfg.head_dim = head_dim
-        model.save_pretrained(directory)
-        (directory / MARKER).unlink(missing_ok=True)
-        how = "stock from_pretrained (uniform widths)"
-    else:
-        cfg.head_dim = head_dim
-        model.save_pretrained(directory)
-        (directory / MARKER).write_text(json.dumps({"kind": "width", "head_dim": head_dim,
-                                                    "layers": widths(model)}, indent=1) + "\n")
-        how = "layerwise.load (per-layer widths)"
+        (Path(directory) / MARKER).unlink(missing_ok=True)
+        return "stock from_pretrained (uniform widths)"
+    (Path(directory) / MARKER).write_text(json.dumps({"kind": "width", "head_dim": head_dim,
+                                                      "layers": widths(model)}, indent=1) + "\n")
+    return "layerwise.load (per-layer widths)"
+
+
+def save_model(model: nn.Module, tokenizer, directory: Path) -> str:
+    """save_pretrained + the config/marker a structurally pruned model needs. Returns how to load it."""
+    directory = Path(directory)
+    how = write_structure(model, directory)
+    model.save_pretrained(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return how

@@ -16,6 +16,7 @@ from ..console import info
 from ..errors import ConfigError, LayerwiseError
 from ..io import write_json, write_report
 from ..io.artifacts import Artifact, check_not_overlapping, input_paths, io_reason
+from ..io.structured import MARKER as STRUCTURE_MARKER, is_width_pruned, write_structure
 from ..models.files import check_model_dir
 from ..plan import Plan
 
@@ -117,6 +118,8 @@ class OutputDir:
                 cfg.architectures = [type(store.model).__name__]
             for k, v in (config_updates or {}).items():
                 setattr(cfg, k, v)
+            if store.fully_in_memory and is_width_pruned(store.model):
+                write_structure(store.model, self.partial)
             cfg.save_pretrained(self.partial)
             if after_config is not None:
                 after_config()
@@ -151,10 +154,14 @@ class OutputDir:
         if store.fully_in_memory:
             from transformers import AutoModel, AutoModelForCausalLM
 
-            from ..models.loader import _causal_config
+            from ..models.loader import _causal_config, load_model
 
-            cls = AutoModelForCausalLM if _causal_config(store.model.config) else AutoModel
-            reloaded = cls.from_pretrained(self.partial, dtype=next(store.model.parameters()).dtype).eval()
+            dtype = next(store.model.parameters()).dtype
+            if (self.partial / STRUCTURE_MARKER).exists():
+                reloaded = load_model(str(self.partial), dtype=dtype).model
+            else:
+                cls = AutoModelForCausalLM if _causal_config(store.model.config) else AutoModel
+                reloaded = cls.from_pretrained(self.partial, dtype=dtype).eval()
             a = store.model(input_ids=sample_ids, use_cache=False)
             b = reloaded(input_ids=sample_ids, use_cache=False)
             la = a.logits if hasattr(a, "logits") else a.last_hidden_state
@@ -162,7 +169,8 @@ class OutputDir:
             if not torch.equal(la, lb):
                 raise LayerwiseError(f"the saved model does not reproduce the in-memory logits "
                                      f"(max diff {float((la - lb).abs().max()):.3g}); nothing was written")
-            return "stock from_pretrained reload: logits identical to the in-memory model"
+            how = "layerwise.load" if (self.partial / STRUCTURE_MARKER).exists() else "stock from_pretrained"
+            return f"{how} reload: logits identical to the in-memory model"
         if res.final_hidden is None or res.propagate != "pruned":
             return "not checked (dense propagation)"
         from ..engine.capture import capture_block_inputs

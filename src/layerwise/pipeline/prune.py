@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from ..data.tokens import calibration_samples
-from ..engine import Checkpointer, InMemoryStore, LazyStore, fingerprint, run_sequential
+from ..engine import Checkpointer, InMemoryStore, LazyStore, Pass, fingerprint, run_sequential
 from ..engine.sequential import BlockWork
 from ..engine.stats import relative_recon_error
 from ..errors import ConfigError, DataError
@@ -84,6 +84,45 @@ def make_prune_action(plan: Plan, pruners: dict):
     return action
 
 
+def allocate_on(store, plan: Plan, samples, allocation: str, allocation_params: dict | None, sparsity: float,
+                max_sparsity: float, batch_size: int, seed: int, model_name: str) -> None:
+    """Score the blocks the allocator needs (a read-only pass over the store) and fill the plan."""
+    from ..allocate import allocate, get_allocator
+    from ..scores.analyze import analyze_store
+
+    names = {r.name for r in plan.rows}
+    store.writing = False
+    an = analyze_store(store, samples, list(get_allocator(allocation).scores), select=lambda n: n in names,
+                       batch_size=batch_size, seed=seed, model_name=model_name, keep_eigs=False)
+    store.writing = True
+    allocate(allocation, plan, an.block_scores, sparsity, max_sparsity, **(allocation_params or {}))
+
+
+def prune_pass(plan: Plan) -> Pass:
+    """The engine pass that applies a pruning plan (alone, or fused before another stage)."""
+    pruners = {m: get_pruner(m) for m in {r.method for r in plan.rows}}
+    # Every method reports its reconstruction error, which needs the Gram matrix; only
+    # Hessian-based methods need it from every calibration token.
+    hessian = any(pruners[m].needs_gram for m in pruners)
+    selected = {r.name for r in plan.rows}
+    return Pass(make_prune_action(plan, pruners), select=lambda n: n in selected, gram=True,
+                gram_limit=None if hessian else RECON_TOKENS, first_moment=False)
+
+
+def fused_prune_plan(store, samples, spec: str, *, method: str = "wanda", sparsity: float = 0.5, nm=None,
+                     targets=None, ignore=None, allocation: str = "uniform", allocation_params: dict | None = None,
+                     max_sparsity: float = 0.99, batch_size: int = 8, seed: int = 0) -> Plan:
+    """The plan of a prune stage that runs fused before another stage on the same store."""
+    PRUNERS.get(method)
+    nm_t = parse_nm(nm)
+    sparsity = check_sparsity(sparsity)
+    plan = uniform_plan(select_linears(store.adapter, targets, ignore), method, sparsity, nm_t)
+    if allocation != "uniform":
+        allocate_on(store, plan, samples, allocation, allocation_params, sparsity, max_sparsity, batch_size, seed,
+                    spec)
+    return plan
+
+
 def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib: str = "stdlib",
           nsamples: int = 128, seqlen: int = 256, seed: int = 0, targets: list[str] | None = None,
           ignore: list[str] | None = None, plan: str | Plan | None = None, allocation: str = "uniform",
@@ -103,7 +142,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
     if propagate not in ("pruned", "dense"):
         raise ConfigError(f"--propagate must be pruned or dense (got {propagate!r})")
-    from ..allocate import allocate, get_allocator
+    from ..allocate import get_allocator
 
     alloc = get_allocator(allocation)
     if allocation != "uniform" and nm_t is not None:
@@ -141,29 +180,18 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
         t_alloc = 0.0
         if not replay and allocation != "uniform" and not (resume and output and output.partial_has_state()):
-            from ..scores.analyze import analyze_store
-
             t0 = time.perf_counter()
-            names = {r.name for r in plan.rows}
-            store.writing = False
-            an = analyze_store(store, samples, list(alloc.scores), select=lambda n: n in names,
-                               batch_size=batch_size, seed=seed, model_name=src.spec, keep_eigs=False)
-            store.writing = True
-            allocate(allocation, plan, an.block_scores, sparsity, max_sparsity, **(allocation_params or {}))
+            allocate_on(store, plan, samples, allocation, allocation_params, sparsity, max_sparsity, batch_size,
+                        seed, src.spec)
             t_alloc = time.perf_counter() - t0
         elif resume and output and output.partial_has_state() and allocation != "uniform" and not replay:
             plan = Plan.load(output.partial / "plan_in_progress.json")
         if output is not None and not replay:
             plan.save(output.partial / "plan_in_progress.json")
-        pruners = {m: get_pruner(m) for m in {r.method for r in plan.rows}}
+        ppass = prune_pass(plan)
         metrics: dict = {}
         if evaluate:
             metrics["perplexity_dense"] = perplexity_of(src, None, eval_windows)
-        # Every method reports its reconstruction error, which needs the Gram matrix; only
-        # Hessian-based methods need it from every calibration token.
-        hessian = any(pruners[m].needs_gram for m in pruners)
-        gram_limit = None if hessian else RECON_TOKENS
-        selected = {r.name for r in plan.rows}
         options = {"model": src.spec, "method": method, "sparsity": sparsity, "nm": nm_str(nm_t),
                    "allocation": plan.meta.get("allocation", allocation),
                    "allocation_params": allocation_params or {}, "calib": calib, "nsamples": nsamples,
@@ -171,8 +199,8 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
                    "targets": targets, "ignore": ignore, "streamed": use_stream}
         ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [
             (r.name, r.sparsity, r.pattern, r.method) for r in plan.rows]})) if partial else None
-        res = run_sequential(store, samples, make_prune_action(plan, pruners), select=lambda n: n in selected,
-                             gram=True, gram_limit=gram_limit, first_moment=False, propagate=propagate,
+        res = run_sequential(store, samples, ppass.action, select=ppass.select,
+                             gram=True, gram_limit=ppass.gram_limit, first_moment=False, propagate=propagate,
                              batch_size=batch_size, checkpointer=ckpt,
                              description=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'}",
                              propagate_last=use_stream and output is not None)

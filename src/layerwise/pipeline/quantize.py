@@ -29,7 +29,7 @@ from ..plan import Plan, PlanRow
 from ..quant import QUANTIZERS, QuantSpec, from_gptq, get_quantizer, gptq_compatible, packed_bits, to_gptq
 from ..utils.hf import quiet
 from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perplexity_of
-from .prune import RECON_TOKENS, select_linears
+from .prune import RECON_TOKENS, fused_prune_plan, prune_pass, select_linears
 from ..io.artifacts import input_paths
 from .source import model_dir, resolve
 
@@ -103,7 +103,9 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
              targets: list[str] | None = None, ignore: list[str] | None = None, plan: str | Plan | None = None,
              out: str | Path | None = None, overwrite: bool = False, resume: bool = False, overwrite_source: bool = False, batch_size: int = 8,
              stream: bool | None = None, tokenizer=None, evaluate: bool = False, eval_windows: int = 200,
-             command: str | None = None) -> QuantizeResult:
+             command: str | None = None, before: list[dict] | None = None) -> QuantizeResult:
+    """Quantize `model`. `before`: options of prune stages fused into the same block-by-block pass
+    (each on its own activation stream, so the weights equal those of the stages run one by one)."""
     quiet()
     t_start = time.perf_counter()
     try:
@@ -135,6 +137,11 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
         adapter = store.adapter
         shapes = {r.name: r.shape for r in adapter.all_linears()}
         samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
+        before_plans = [fused_prune_plan(store, samples, src.spec, batch_size=batch_size, seed=seed, **opts)
+                        for opts in before or []]
+        if before_plans and plan is None and not ranking_free(bits, high, low, order):
+            raise ConfigError(f"quantization fused after pruning cannot rank blocks by '{order}' (the ranking "
+                              "would need the pruned model): use uniform bits, --order random or a block list")
         scores_used: dict = {}
         t0 = time.perf_counter()
         if plan is None:
@@ -146,6 +153,9 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
             else:
                 if high == low or bits >= high - 1e-12:
                     ranking = list(range(adapter.num_blocks))
+                elif before_plans:
+                    ranking = parse_order(order, adapter.num_blocks) or [
+                        int(i) for i in np.random.default_rng(order_seed).permutation(adapter.num_blocks)]
                 else:
                     ranking, scores_used = block_ranking(store, samples, order, plan, batch_size, seed, order_seed,
                                                          src.spec)
@@ -218,7 +228,7 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
         options = {"model": src.spec, "bits": bits, "high": high, "low": low, "order": order,
                    "order_seed": order_seed, "quantizer": quantizer, "group_size": group_size, "sym": sym,
                    "act_order": act_order, "calib": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
-                   "targets": targets, "ignore": ignore, "streamed": use_stream}
+                   "targets": targets, "ignore": ignore, "streamed": use_stream, "before": before or []}
         ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [
             (r.name, r.bits, r.method, r.group_size) for r in plan.rows]})) if partial else None
         metrics: dict = {}
@@ -226,7 +236,12 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
             metrics["perplexity_dense"] = perplexity_of(src, None, eval_windows)
         res = run_sequential(store, samples, action, select=lambda n: n in selected, gram=True,
                              gram_limit=None if hessian else RECON_TOKENS, propagate="pruned", batch_size=batch_size,
-                             checkpointer=ckpt, description=f"{quantizer} {bits:g} bits")
+                             checkpointer=ckpt, description=f"{quantizer} {bits:g} bits",
+                             before=[prune_pass(p) for p in before_plans])
+        for p in before_plans:
+            p.meta["measured_sparsity"] = _measured(p, store)
+        if before_plans:
+            plan.meta["before"] = [p.to_dict() for p in before_plans]
         apply_resumed_rows(plan, res)
         res.first_ids = samples[:batch_size]
         timings = res.timings.to_dict()
@@ -257,6 +272,17 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
         if evaluate and result_model is None and out_path is not None:
             evaluate_saved(src, out_path, metrics, manifest, eval_windows)
         return QuantizeResult(plan, out_path, result_model, timings, bits_rep, metrics, manifest)
+
+
+def ranking_free(bits: float, high: int, low: int, order: str) -> bool:
+    """True when the bit allocation needs no analysis pass (so it can follow a fused stage)."""
+    return high == low or float(bits) >= high - 1e-12 or order == "random" or "," in str(order)
+
+
+def _measured(plan: Plan, store) -> float | None:
+    """Zeros left in a fused prune stage's linears after quantization (rounding keeps zeros at zero
+    only on symmetric grids, so this is measured, not assumed)."""
+    return plan.measured_sparsity()
 
 
 def gptq_quantization_config(plan: Plan, adapter, default_bits: int, group_size: int, sym: bool,

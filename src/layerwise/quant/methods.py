@@ -51,6 +51,8 @@ class GPTQ(Quantizer):
         blocksize: int = Field(128, ge=1, description="columns per lazy-update block")
         percdamp: float = Field(0.01, gt=0, lt=1, description="damping, a fraction of mean diag(H)")
         act_order: bool = Field(False, description="visit columns by decreasing diag(H)")
+        preserve_zeros: bool = Field(True, description="weights that are exactly zero (a pruning mask) stay "
+                                                       "zero: error feedback never revives them")
 
     @property
     def blocksize(self) -> int:
@@ -71,6 +73,7 @@ class GPTQ(Quantizer):
         perm = torch.argsort(torch.diag(H), descending=True, stable=True) if self.act_order else torch.arange(c)
         W = W[:, perm]
         H = H[perm][:, perm]
+        M = (W == 0) if self.config.preserve_zeros and bool((W == 0).any()) else None
         U, damp = damped_inverse_cholesky(H, self.percdamp)
         g = spec.group(c)
         ng = spec.groups(c)
@@ -92,9 +95,11 @@ class GPTQ(Quantizer):
                     # from W1, later blocks' part from W).
                     end = min(c, col + g)
                     grp = torch.cat([W1[:, t:], W[:, i2:end]], 1)[:, : end - col]
+                    if M is not None:
+                        grp = grp.masked_fill(M[:, col:end], 0.0)
                     s, z = find_params(grp, spec)
                     scales[:, k], zeros[:, k] = s, z
-                w = W1[:, t]
+                w = W1[:, t] if M is None else W1[:, t].masked_fill(M[:, col], 0.0)
                 qc = quantize_col(w, s, z, spec.maxq)
                 dq = dequant(qc, s, z)
                 err = (w - dq) / U1[t, t]

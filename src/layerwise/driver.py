@@ -1,0 +1,114 @@
+"""The driver: runs a recipe's stages in order on one model.
+
+Stages that can share one block-by-block sweep are fused: a prune stage followed by a quantize stage
+whose bit allocation needs no analysis of the pruned model runs as one pass with two activation
+streams (`engine.Pass`), and gives the same weights as the two stages run one after the other. Every
+other stage runs on the previous stage's model in memory; only the last stage writes `out`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from .errors import ConfigError
+from .recipe import Recipe, Stage, load_recipe
+
+
+@dataclass
+class CompressResult:
+    model: nn.Module | None
+    out: Path | None
+    steps: list[dict] = field(default_factory=list)   # one entry per executed step (a stage or a fused pair)
+    timings: dict = field(default_factory=dict)
+
+
+def fusable(a: Stage, b: Stage) -> bool:
+    from .pipeline.quantize import ranking_free
+
+    q = b.options
+    return a.kind == "prune" and b.kind == "quantize" and ranking_free(q.bits, q.high, q.low, q.order)
+
+
+def schedule(recipe: Recipe, fuse: bool = True) -> list[list[Stage]]:
+    """The stages grouped into steps: fused pairs where possible, else one stage per step."""
+    steps, i, st = [], 0, recipe.stages
+    while i < len(st):
+        if fuse and i + 1 < len(st) and fusable(st[i], st[i + 1]):
+            steps.append([st[i], st[i + 1]])
+            i += 2
+        else:
+            steps.append([st[i]])
+            i += 1
+    return steps
+
+
+def _run_step(step: list[Stage], model, cal, out, common: dict):
+    calib = dict(calib=cal.corpus, seed=cal.seed)
+    blockwise = dict(calib, nsamples=cal.nsamples, seqlen=cal.seqlen, batch_size=cal.batch_size)
+    kind = "+".join(s.kind for s in step)
+    if kind == "prune+quantize":
+        from .pipeline.quantize import quantize
+
+        return quantize(model, **step[1].options.model_dump(), **blockwise, out=out,
+                        before=[step[0].options.api_options()], **common)
+    s = step[0]
+    if s.kind == "prune":
+        from .pipeline.prune import prune
+
+        return prune(model, **s.options.api_options(), **blockwise, out=out, **common)
+    if s.kind == "quantize":
+        from .pipeline.quantize import quantize
+
+        return quantize(model, **s.options.model_dump(), **blockwise, out=out, **common)
+    common = {k: v for k, v in common.items() if k != "stream"}
+    if s.kind == "depth":
+        from .pipeline.depth import depth
+
+        o = s.options.model_dump()
+        o["heal_kind"] = o.pop("heal")
+        return depth(model, **o, **calib, nsamples=min(cal.nsamples, 64), out=out, **common)
+    from .pipeline.width import width
+
+    return width(model, **s.options.model_dump(), **calib, nsamples=min(cal.nsamples, 32), out=out, **common)
+
+
+def compress(model=None, recipe=None, *, out: str | Path | None = None, overwrite: bool = False,
+             overwrite_source: bool = False, tokenizer=None, fuse: bool = True) -> CompressResult:
+    """Run `recipe` (a Recipe, a dict or a YAML path) on `model` (zoo:NAME, a directory, a hub id or
+    a LoadedModel; default: the recipe's `model`)."""
+    from .models.loader import LoadedModel, load_model
+    from .pipeline.output import guard_output
+
+    t0 = time.perf_counter()
+    r = load_recipe(recipe)
+    model = model if model is not None else r.model
+    if model is None:
+        raise ConfigError("no model: pass MODEL or set 'model' in the recipe")
+    guard_output(out, model, tokenizer, r.calibration.corpus, overwrite=overwrite,
+                 overwrite_source=overwrite_source)   # fail on a bad --out before any work
+    steps = schedule(r, fuse)
+    if len(steps) > 1 and not isinstance(model, LoadedModel):
+        model = load_model(model, tokenizer=tokenizer if isinstance(tokenizer, str) else None)
+    res = CompressResult(model=None, out=None)
+    for k, step in enumerate(steps):
+        last = k == len(steps) - 1
+        common = dict(overwrite=overwrite, overwrite_source=overwrite_source) if last else {}
+        if not last or isinstance(model, LoadedModel):
+            common["stream"] = False
+        t1 = time.perf_counter()
+        out_k = _run_step(step, model, r.calibration, out if last else None, common)
+        res.steps.append({"stages": [s.kind for s in step], "fused": len(step) > 1,
+                          "options": [s.options.model_dump() for s in step], "seconds": time.perf_counter() - t1,
+                          "result": out_k})
+        if getattr(out_k, "model", None) is not None:
+            tok = model.tokenizer if isinstance(model, LoadedModel) else None
+            src = model.source if isinstance(model, LoadedModel) else str(model)
+            model = LoadedModel(out_k.model, tok, f"{src}+{'+'.join(s.kind for s in step)}",
+                                path=getattr(model, "path", None))
+        res.out = getattr(out_k, "out", None)
+    res.model = model.model if isinstance(model, LoadedModel) else None
+    res.timings = {"total_s": time.perf_counter() - t0}
+    return res
