@@ -23,7 +23,7 @@ from layerwise.allocate import allocate  # noqa: E402
 from layerwise.data import calibration_samples, eval_windows  # noqa: E402
 from layerwise.engine import InMemoryStore  # noqa: E402
 from layerwise.eval import perplexity  # noqa: E402
-from layerwise.models import load_model  # noqa: E402
+from layerwise.io.load import load_model  # noqa: E402
 from layerwise.models.adapters import get_adapter  # noqa: E402
 from layerwise.pipeline.prune import prune, uniform_plan  # noqa: E402
 from layerwise.scores.analyze import analyze_store  # noqa: E402

@@ -22,7 +22,7 @@ from layerwise.data import calibration_samples, eval_windows  # noqa: E402
 from layerwise.distill.driver import TrainConfig  # noqa: E402
 from layerwise.eval import perplexity  # noqa: E402
 from layerwise.eval.speed import side_by_side  # noqa: E402
-from layerwise.models import load_model  # noqa: E402
+from layerwise.io.load import load_model  # noqa: E402
 from layerwise.pipeline.depth import collect_states, heal  # noqa: E402
 from layerwise.prune.depth import assemble, runs_to_intervals, select_blocks  # noqa: E402
 from layerwise.scores.probes import depth_map, select_intervals  # noqa: E402

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, md_table, spearman, update_section  # noqa: E402
 
-from layerwise.models import load_model  # noqa: E402
+from layerwise.io.load import load_model  # noqa: E402
 from layerwise.models.adapters import get_adapter  # noqa: E402
 from layerwise.scores.esd import alpha  # noqa: E402
 from layerwise.utils.hf import quiet  # noqa: E402

@@ -15,7 +15,7 @@ from common import FIG, ROOT, md_table, update_section  # noqa: E402
 
 from layerwise.data import eval_windows  # noqa: E402
 from layerwise.eval import perplexity  # noqa: E402
-from layerwise.models import load_model  # noqa: E402
+from layerwise.io.load import load_model  # noqa: E402
 from layerwise.pipeline.prune import prune  # noqa: E402
 from layerwise.utils.hf import quiet  # noqa: E402
 

@@ -16,7 +16,7 @@ from common import md_table, update_section  # noqa: E402
 import torch  # noqa: E402
 
 from layerwise.data import calibration_samples  # noqa: E402
-from layerwise.models import load_model  # noqa: E402
+from layerwise.io.load import load_model  # noqa: E402
 from layerwise.pipeline.prune import prune  # noqa: E402
 from layerwise.utils.hf import quiet  # noqa: E402
 

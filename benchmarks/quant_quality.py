@@ -24,7 +24,7 @@ from layerwise.allocate.bits import ranking_from_scores  # noqa: E402
 from layerwise.data import calibration_samples, eval_windows  # noqa: E402
 from layerwise.engine import InMemoryStore  # noqa: E402
 from layerwise.eval import perplexity  # noqa: E402
-from layerwise.models import load_model  # noqa: E402
+from layerwise.io.load import load_model  # noqa: E402
 from layerwise.pipeline.quantize import quantize  # noqa: E402
 from layerwise.plan import Plan, PlanRow  # noqa: E402
 from layerwise.models.adapters import get_adapter  # noqa: E402

@@ -17,7 +17,7 @@ from common import ROOT, add_output_options, add_speed_options, command_line, md
 from layerwise.data import eval_windows  # noqa: E402
 from layerwise.eval import perplexity  # noqa: E402
 from layerwise.eval.speed import side_by_side  # noqa: E402
-from layerwise.models import load_model  # noqa: E402
+from layerwise.io.load import load_model  # noqa: E402
 from layerwise.pipeline.width import width  # noqa: E402
 from layerwise.prune.width import widths  # noqa: E402
 from layerwise.utils.hf import quiet  # noqa: E402

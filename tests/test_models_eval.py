@@ -10,7 +10,7 @@ import layerwise
 from layerwise.data import eval_windows
 from layerwise.errors import DataError, ModelLoadError
 from layerwise.eval import agreement, evaluate, perplexity
-from layerwise.models import load_model
+from layerwise.io.load import load_model
 
 ARCHS = ["llama", "qwen2", "mistral", "gpt2", "bert"]
 

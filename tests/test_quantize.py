@@ -11,7 +11,7 @@ from layerwise import zoo
 from layerwise.allocate.bits import allocate_bits
 from layerwise.cli import main
 from layerwise.engine.stats import InputStats
-from layerwise.models import load_model
+from layerwise.io.load import load_model
 from layerwise.pipeline.quantize import quantize
 from layerwise.plan import Plan, PlanRow
 from layerwise.quant import QuantSpec, from_gptq, get_quantizer, pack_rows, to_gptq, unpack_rows

@@ -50,7 +50,7 @@ def test_shipped_recipes_run(recipe, tmp_path, capsys):
     code, _, err = run(["run", small(recipe, tmp_path), "zoo:llama-tiny", "--out", out], capsys)
     assert code == 0, err
     assert (out / "manifest.json").exists()
-    from layerwise.models.loader import load_model
+    from layerwise.io.load import load_model
 
     m = load_model(str(out)).model
     with torch.no_grad():

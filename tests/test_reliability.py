@@ -118,7 +118,7 @@ def test_overwrite_source_replaces_the_model_in_place_after_verifying(src, capsy
     assert code == 0, err
     assert (src / "plan.json").exists() and (src / "manifest.json").exists()
     assert leftovers(src.parent) == []
-    from layerwise.models.loader import load_model
+    from layerwise.io.load import load_model
 
     m = load_model(str(src)).model
     w = m.model.layers[0].mlp.down_proj.weight
@@ -247,7 +247,7 @@ def _subprocess(args, env=None, fsize: int | None = None, timeout=600):
 def test_file_size_limit_while_writing(command, src, tmp_path):
     """A real kernel fault (EFBIG from RLIMIT_FSIZE) in a child process, for every writing command."""
     from layerwise.data.tokens import calibration_samples
-    from layerwise.models.loader import load_model
+    from layerwise.io.load import load_model
 
     calibration_samples("stdlib", load_model(str(src)).tokenizer, 4, 32, 0)  # token cache written beforehand
     before = tree_hash(src)

@@ -9,7 +9,7 @@ import torch
 from layerwise import zoo
 from layerwise.cli import main
 from layerwise.io.structured import save_model
-from layerwise.models import load_model
+from layerwise.io.load import load_model
 from layerwise.pipeline.width import block_params, prune_once, stage_tokens, width
 from layerwise.prune.width import LayerCut, apply_mask, layouts, plan_cuts, removed_params, shrink, unit_scores
 

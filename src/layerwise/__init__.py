@@ -7,13 +7,13 @@ Python API (the CLI calls the same functions):
     layerwise.data.calibration_samples(...) -> LongTensor [n, L]
     layerwise.zoo.load(name)                -> LoadedModel
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import ConfigError, DataError, LayerwiseError, ModelLoadError  # noqa: E402
 
 
 def load(spec: str, **kwargs):
-    from .models.loader import load_model
+    from .io.load import load_model
 
     return load_model(spec, **kwargs)
 

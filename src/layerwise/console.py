@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
+from rich.table import Table
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
@@ -62,3 +63,12 @@ def info(message: str) -> None:
 
 def is_ci() -> bool:
     return bool(os.environ.get("CI")) or not sys.stdin.isatty()
+
+
+def print_kv(title: str, rows: list[tuple[str, str]]) -> None:
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)

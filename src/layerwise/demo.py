@@ -17,11 +17,11 @@ from .console import console
 
 def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: int = 200,
              nsamples: int = 64, seqlen: int = 256, heal_steps: int = 40, speed_repeats: int = 5) -> dict:
-    from .cli.common import print_kv
+    from .console import print_kv
     from .data.tokens import eval_windows
     from .eval import agreement, evaluate, perplexity
     from .eval.speed import bytes_on_disk, side_by_side
-    from .models import load_model
+    from .io.load import load_model
     from .pipeline.depth import depth
     from .pipeline.prune import prune
     from .pipeline.quantize import quantize

@@ -79,7 +79,8 @@ def compress(model=None, recipe=None, *, out: str | Path | None = None, overwrit
              overwrite_source: bool = False, tokenizer=None, fuse: bool = True) -> CompressResult:
     """Run `recipe` (a Recipe, a dict or a YAML path) on `model` (zoo:NAME, a directory, a hub id or
     a LoadedModel; default: the recipe's `model`)."""
-    from .models.loader import LoadedModel, load_model
+    from .io.load import load_model
+    from .models.loader import LoadedModel
     from .pipeline.output import guard_output
 
     t0 = time.perf_counter()

@@ -129,8 +129,6 @@ class Plan:
             if not isinstance(r.sparsity, (int, float)) or math.isnan(r.sparsity) or not 0 <= r.sparsity < 1:
                 raise ConfigError(f"plan row {r.name}: sparsity must be in [0, 1) (got {r.sparsity})")
             if r.pattern != "unstructured":
-                from .prune.masks import parse_nm
-
                 n, m = parse_nm(r.pattern)
                 if r.shape[1] % m:
                     raise ConfigError(f"plan row {r.name}: pattern {r.pattern} needs in_features divisible by {m}")
@@ -168,6 +166,27 @@ class Plan:
             t.caption = (f"{len(self.rows)} linears, {self.total_params:,} parameters, planned sparsity "
                          f"{self.mean_sparsity():.4f}" + (f", measured {ms:.4f}" if ms is not None else ""))
         return t
+
+
+def parse_nm(nm: str | tuple | None) -> tuple[int, int] | None:
+    """'2:4' → (2, 4): at most N non-zeros in every M consecutive inputs (NVIDIA semantics)."""
+    if nm is None or nm == "" or nm == "none":
+        return None
+    if isinstance(nm, tuple):
+        n, m = nm
+    else:
+        try:
+            n_s, m_s = str(nm).split(":")
+            n, m = int(n_s), int(m_s)
+        except ValueError as e:
+            raise ConfigError(f"--nm must look like N:M, e.g. 2:4 (got {nm!r})") from e
+    if not (1 <= n < m):
+        raise ConfigError(f"N:M needs 1 <= N < M (got {n}:{m}): N weights are kept in every group of M")
+    return int(n), int(m)
+
+
+def nm_str(nm: tuple[int, int] | None) -> str:
+    return "unstructured" if nm is None else f"{nm[0]}:{nm[1]}"
 
 
 def _row_sparsity(r: PlanRow) -> float:

@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.table import Table
 
-from ..console import console
+from ..console import console, print_kv  # noqa: F401
 
 
 # Options whose help lists a registry's names; refreshed before each command so that methods
@@ -23,15 +22,6 @@ def registry_option(default, *flags: str, registry, prefix: str = "", suffix: st
 def refresh_choices() -> None:
     for opt, registry, prefix, suffix in _CHOICE_OPTIONS:
         opt.help = prefix + registry.choices() + suffix
-
-
-def print_kv(title: str, rows: list[tuple[str, str]]) -> None:
-    t = Table(title=title, show_header=False, title_justify="left")
-    t.add_column(style="bold")
-    t.add_column()
-    for k, v in rows:
-        t.add_row(k, v)
-    console.print(t)
 
 
 def print_json(obj) -> None:

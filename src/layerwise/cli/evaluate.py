@@ -27,7 +27,7 @@ def eval_cmd(
     Example: layerwise eval zoo:llama-12l --data stdlib
     """
     from ..eval import evaluate
-    from ..models import load_model
+    from ..io.load import load_model
 
     if seqlen < 2:
         from ..errors import ConfigError

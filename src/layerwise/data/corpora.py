@@ -206,7 +206,7 @@ def load_hf(spec: str) -> Corpus:
         import datasets  # type: ignore
     except ImportError as e:
         raise DataError("hf: corpora need the `datasets` package: pip install 'layerwise[hf]'") from e
-    from ..models.hub import hub_reachable
+    from ..utils.hub import hub_reachable
 
     kwargs = {}
     if not hub_reachable():

@@ -45,7 +45,7 @@ def load_job(path: str | Path) -> dict:
 def run_job(job: dict | str | Path):
     from accelerate import Accelerator
 
-    from ..models import load_model
+    from ..io.load import load_model
     from ..utils.hf import quiet
 
     quiet()

@@ -177,7 +177,7 @@ class LazyStore(BlockStore):
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-        from ..models.loader import _causal_config
+        from ..models.loader import causal_config
 
         self.src = Path(src)
         self.dtype = dtype
@@ -185,7 +185,7 @@ class LazyStore(BlockStore):
             config = AutoConfig.from_pretrained(self.src)
         except (ValueError, OSError, KeyError) as e:
             raise ModelLoadError(f"cannot read {self.src / 'config.json'}: {e}") from e
-        cls = AutoModelForCausalLM if _causal_config(config) else AutoModel
+        cls = AutoModelForCausalLM if causal_config(config) else AutoModel
         with init_empty_weights(include_buffers=False):
             model = cls.from_config(config, dtype=dtype)
         model.eval()

@@ -75,7 +75,7 @@ def _as_loaded(model) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, str):
-        from ..models.loader import load_model
+        from ..io.load import load_model
 
         return load_model(model)
     if isinstance(model, torch.nn.Module):

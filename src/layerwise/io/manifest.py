@@ -11,7 +11,7 @@ import torch
 def versions() -> dict:
     import transformers
 
-    from .. import __version__
+    from .._version import __version__
 
     v = {"layerwise": __version__, "python": platform.python_version(), "torch": torch.__version__,
          "transformers": transformers.__version__}

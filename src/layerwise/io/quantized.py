@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from ..quant.pack import from_gptq
+from .formats import Format, register_format
+from .gptq_pack import from_gptq
 
 
 def module_bits(name: str, qc: dict) -> int | None:
@@ -46,7 +47,7 @@ def load_gptq(path: Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     from ..models.adapters.base import CONV1D
-    from ..models.loader import _causal_config
+    from ..models.loader import causal_config
 
     path = Path(path)
     qc = gptq_config(path)
@@ -56,7 +57,7 @@ def load_gptq(path: Path, dtype: torch.dtype = torch.float32):
     config = copy.deepcopy(config)
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    cls = AutoModelForCausalLM if _causal_config(config) else AutoModel
+    cls = AutoModelForCausalLM if causal_config(config) else AutoModel
     with init_empty_weights(include_buffers=False):
         model = cls.from_config(config, dtype=dtype)
     files = sorted(path.glob("*.safetensors"))
@@ -94,3 +95,8 @@ def load_gptq(path: Path, dtype: torch.dtype = torch.float32):
         raise ModelLoadError(f"{path}: weights missing from the checkpoint: {', '.join(missing[:4])}")
     model.eval()
     return model
+
+
+register_format(Format("gptq", "config.json: quantization_config.quant_method = gptq",
+                       lambda p: gptq_config(p) is not None, load_gptq,
+                       "GPTQ v1 packed weights with per-module bits (quantization_config.dynamic)"))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from .formats import Format, register_format
 
 MARKER = "layerwise_model.json"
 
@@ -24,7 +25,7 @@ def is_width_pruned(model: nn.Module) -> bool:
 
     if get_adapter(model).name != "llama":
         return False
-    from ..prune.width import layouts
+    from ..models.adapters.layout import layouts
 
     c = model.config
     kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
@@ -35,7 +36,7 @@ def is_width_pruned(model: nn.Module) -> bool:
 def write_structure(model: nn.Module, directory: Path) -> str:
     """Rewrite the config (uniform widths) or write the per-layer marker for weights saved separately
     (e.g. streamed shards); call before the config is saved. Returns how the result loads."""
-    from ..prune.width import layouts, uniform_widths, widths
+    from ..models.adapters.layout import layouts, uniform_widths, widths
 
     cfg = model.config
     uni = uniform_widths(model)
@@ -57,6 +58,7 @@ def write_structure(model: nn.Module, directory: Path) -> str:
 def save_model(model: nn.Module, tokenizer, directory: Path) -> str:
     """save_pretrained + the config/marker a structurally pruned model needs. Returns how to load it."""
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     how = write_structure(model, directory)
     model.save_pretrained(directory)
     if tokenizer is not None:
@@ -110,3 +112,7 @@ def load_structured(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module
     if missing:
         raise ModelLoadError(f"{path}: weights missing: {', '.join(missing[:4])}")
     return model.eval()
+
+
+register_format(Format("width", MARKER, lambda p: (Path(p) / MARKER).exists(), load_structured,
+                       "stock config + per-layer widths of a structurally pruned model"))

@@ -1,4 +1,4 @@
 """Model loading and architecture adapters."""
-from .loader import LoadedModel, is_causal_lm, load_model
+from .loader import LoadedModel, is_causal_lm
 
-__all__ = ["LoadedModel", "is_causal_lm", "load_model"]
+__all__ = ["LoadedModel", "is_causal_lm"]

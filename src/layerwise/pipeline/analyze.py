@@ -46,7 +46,7 @@ def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsampl
                            zo_samples=zo_samples, seed=seed, model_name=src.spec)
         an.timings["total_s"] = time.perf_counter() - t0
         if out is not None:
-            from ..io.analysis_report import write_analysis_report
+            from ..scores.report import write_analysis_report
             from ..io import write_json
             from ..io.manifest import build_manifest
 

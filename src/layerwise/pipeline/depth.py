@@ -111,7 +111,7 @@ def heal(kind: str, teacher_spec, teacher_model: nn.Module, pruned: nn.Module, i
                 st.load_state_dict({n[len(k) + 1:]: v for n, v in flat.items() if n.startswith(k + ".")})
                 students[k] = st
             return students, curve
-        from ..models import load_model
+        from ..io.load import load_model
 
         return load_model(str(work / "model")).model, curve
     if kind == "distill":

@@ -71,7 +71,7 @@ def perplexity_of(src, model, windows: int) -> float:
         if src.loaded is not None:
             model = src.loaded.model
         else:
-            from ..models.loader import load_model
+            from ..io.load import load_model
 
             model = load_model(src.spec).model
     w = eval_windows("stdlib", src.tokenizer, 256, "validation", windows)
@@ -80,7 +80,7 @@ def perplexity_of(src, model, windows: int) -> float:
 
 def evaluate_saved(src, out_path: Path, metrics: dict, manifest: dict, windows: int) -> None:
     """Perplexity of a streamed result, read back from its output directory, into the manifest."""
-    from ..models.loader import load_model
+    from ..io.load import load_model
 
     metrics["perplexity"] = perplexity_of(src, load_model(str(out_path)).model, windows)
     manifest["metrics"] = metrics
@@ -154,13 +154,14 @@ class OutputDir:
         if store.fully_in_memory:
             from transformers import AutoModel, AutoModelForCausalLM
 
-            from ..models.loader import _causal_config, load_model
+            from ..io.load import load_model
+            from ..models.loader import causal_config
 
             dtype = next(store.model.parameters()).dtype
             if (self.partial / STRUCTURE_MARKER).exists():
                 reloaded = load_model(str(self.partial), dtype=dtype).model
             else:
-                cls = AutoModelForCausalLM if _causal_config(store.model.config) else AutoModel
+                cls = AutoModelForCausalLM if causal_config(store.model.config) else AutoModel
                 reloaded = cls.from_pretrained(self.partial, dtype=dtype).eval()
             a = store.model(input_ids=sample_ids, use_cache=False)
             b = reloaded(input_ids=sample_ids, use_cache=False)

@@ -295,7 +295,7 @@ def gptq_quantization_config(plan: Plan, adapter, default_bits: int, group_size:
     for ref in adapter.all_linears():
         if ref.name not in planned:
             dynamic[f"-:^{re.escape(ref.name)}$"] = {}
-    from .. import __version__
+    from .._version import __version__
 
     return {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": default_bits, "group_size": group_size,
             "desc_act": act_order, "sym": sym, "static_groups": False, "true_sequential": False,
@@ -338,12 +338,12 @@ def _verify_quantized(store, res, partial: Path, sample_ids: torch.Tensor) -> st
     if store.fully_in_memory:
         from transformers import AutoModel, AutoModelForCausalLM
 
-        from ..models.loader import _causal_config
+        from ..models.loader import causal_config
 
         ref = store.model(input_ids=sample_ids, use_cache=False)
         ref = ref.logits if hasattr(ref, "logits") else ref.last_hidden_state
         a = load_gptq(partial)(input_ids=sample_ids, use_cache=False)
-        cls = AutoModelForCausalLM if _causal_config(store.model.config) else AutoModel
+        cls = AutoModelForCausalLM if causal_config(store.model.config) else AutoModel
         b = cls.from_pretrained(deq).eval()(input_ids=sample_ids, use_cache=False)
         for name, o in (("packed", a), ("dequantized", b)):
             o = o.logits if hasattr(o, "logits") else o.last_hidden_state

@@ -4,11 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..errors import ModelLoadError
-from ..models.loader import LoadedModel, _load_tokenizer, load_model
+from ..io.load import load_model
+from ..models.loader import LoadedModel, load_tokenizer
 
 
 @dataclass
@@ -55,7 +55,7 @@ def resolve(model, tokenizer=None, load: bool = True) -> Source:
         from ..models.files import check_model_dir
 
         check_model_dir(path)
-        tok = _load_tokenizer(path, tokenizer) if not (tokenizer is not None and not isinstance(tokenizer, str)) \
+        tok = load_tokenizer(path, tokenizer) if not (tokenizer is not None and not isinstance(tokenizer, str)) \
             else tokenizer
         return Source(model, path, None, tok)
     lm = load_model(model, tokenizer=tokenizer if isinstance(tokenizer, str) else None)
@@ -78,15 +78,3 @@ def model_dir(model) -> Path | None:
             return None
     p = Path(model).expanduser()
     return p if p.exists() else None
-
-
-def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
-    from ..models.adapters import get_adapter
-
-    return {r.name: r.shape for r in get_adapter(model).all_linears()}
-
-
-def dtype_of(model: nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        return p.dtype
-    return torch.float32

@@ -223,7 +223,7 @@ def plot_widths(model: nn.Module, base: list[dict], path: Path, title: str) -> N
 def _write(art, res: WidthResult, src, options: dict) -> Path:
     from ..io import build_manifest, write_json
     from ..io.structured import save_model
-    from ..models.loader import load_model
+    from ..io.load import load_model
 
     base = widths(src.loaded.model)
     sample = torch.randint(0, res.model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))

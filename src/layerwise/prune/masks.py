@@ -11,27 +11,7 @@ import math
 import torch
 
 from ..errors import ConfigError
-
-
-def parse_nm(nm: str | tuple | None) -> tuple[int, int] | None:
-    """'2:4' → (2, 4): at most N non-zeros in every M consecutive inputs (NVIDIA semantics)."""
-    if nm is None or nm == "" or nm == "none":
-        return None
-    if isinstance(nm, tuple):
-        n, m = nm
-    else:
-        try:
-            n_s, m_s = str(nm).split(":")
-            n, m = int(n_s), int(m_s)
-        except ValueError as e:
-            raise ConfigError(f"--nm must look like N:M, e.g. 2:4 (got {nm!r})") from e
-    if not (1 <= n < m):
-        raise ConfigError(f"N:M needs 1 <= N < M (got {n}:{m}): N weights are kept in every group of M")
-    return int(n), int(m)
-
-
-def nm_str(nm: tuple[int, int] | None) -> str:
-    return "unstructured" if nm is None else f"{nm[0]}:{nm[1]}"
+from ..plan import nm_str, parse_nm  # noqa: F401  (N:M is a plan value type)
 
 
 def zeros_for(numel: int, sparsity: float) -> int:

@@ -1,80 +1,24 @@
-"""Bit packing in the GPTQ checkpoint layout (the one vLLM and GPTQModel read).
-
-Codes are packed as a continuous little-endian bit stream into int32 words: value j of a stream
-occupies bits j·b … j·b+b−1. For 2, 4 and 8 bits this is GPTQ's layout; for 3 bits it is exactly its
-"10⅔ values per word" layout. `qweight` packs along the input dimension ([in·b/32, out]); `qzeros`
-along the output dimension ([groups, out·b/32]) and, in the GPTQ (v1) format, stores zero − 1.
-"""
+"""Quantizer results in the GPTQ checkpoint layout (the codec itself is `io.gptq_pack`)."""
 from __future__ import annotations
-
-import math
 
 import torch
 
+from ..io import gptq_pack
+from ..io.gptq_pack import from_gptq, pack_rows, unpack_rows
 from .base import QuantResult, QuantSpec
-
-
-def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """values [n, k] in [0, 2^bits) → int32 [ceil(n·bits/32), k], packing along dim 0."""
-    v = values.to(torch.int64)
-    n, k = v.shape
-    words = math.ceil(n * bits / 32)
-    out = torch.zeros(words, k, dtype=torch.int64)
-    pos = torch.arange(n) * bits
-    w_idx, b_off = pos // 32, pos % 32
-    for j in range(n):  # per value row: at most two words touched; vectorized over the k columns
-        out[w_idx[j]] |= (v[j] << b_off[j]) & 0xFFFFFFFF
-        spill = int(b_off[j]) + bits - 32
-        if spill > 0:
-            out[w_idx[j] + 1] |= v[j] >> (bits - spill)
-    return _to_int32(out)
-
-
-def unpack_rows(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """Inverse of `pack_rows`: int32 [words, k] → int64 [n, k]."""
-    p = packed.to(torch.int64) & 0xFFFFFFFF
-    pos = torch.arange(n) * bits
-    w_idx, b_off = pos // 32, pos % 32
-    lo = p[w_idx] >> b_off.view(-1, 1)
-    spill = (b_off + bits - 32).clamp(min=0)
-    hi_words = p[(w_idx + 1).clamp(max=p.shape[0] - 1)]
-    hi = (hi_words << (bits - spill).view(-1, 1)) * (spill > 0).view(-1, 1)
-    return (lo | hi) & ((1 << bits) - 1)
-
-
-def _to_int32(x: torch.Tensor) -> torch.Tensor:
-    x = x & 0xFFFFFFFF
-    return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
 
 
 def to_gptq(res: QuantResult) -> dict[str, torch.Tensor]:
     """QuantResult → GPTQ (v1) tensors: qweight, qzeros (zero − 1), scales (fp16), g_idx."""
-    b = res.spec.bits
-    if int(res.zeros.min()) < 1:
-        raise ValueError("the GPTQ v1 format cannot store a zero point of 0 (quantize with min_zero=1)")
-    return {"qweight": pack_rows(res.q.t(), b),                          # [in·b/32, out]
-            "qzeros": pack_rows(res.zeros - 1, b).t().contiguous(),      # [groups, out·b/32]
-            "scales": res.scales.t().contiguous().half(),                # [groups, out]
-            "g_idx": res.g_idx.to(torch.int32)}                          # [in]
-
-
-def from_gptq(t: dict[str, torch.Tensor], bits: int, in_features: int, out_features: int) -> torch.Tensor:
-    """GPTQ (v1) tensors → dequantized float32 weight [out, in]."""
-    q = unpack_rows(t["qweight"], bits, in_features).t()                           # [out, in]
-    zeros = unpack_rows(t["qzeros"].t().contiguous(), bits, out_features) + 1      # [out, groups]
-    g = t["g_idx"].long()
-    scale = t["scales"].float()[g].t()                                             # [out, in]
-    return scale * (q.float() - zeros[:, g].float())
+    return gptq_pack.to_gptq_tensors(res.q, res.zeros, res.scales, res.g_idx, res.spec.bits)
 
 
 def packed_bits(spec: QuantSpec, rows: int, cols: int) -> dict:
-    """Storage of one quantized linear in the GPTQ layout, in bits."""
-    ng = spec.groups(cols)
-    return {"weights": 32 * math.ceil(cols * spec.bits / 32) * rows,
-            "zeros": 32 * math.ceil(rows * spec.bits / 32) * ng,
-            "scales": 16 * rows * ng,
-            "g_idx": 32 * cols}
+    return gptq_pack.packed_bits(spec.bits, spec.groups(cols), rows, cols)
 
 
 def gptq_compatible(spec: QuantSpec, rows: int, cols: int) -> bool:
-    return (cols * spec.bits) % 32 == 0 and (rows * spec.bits) % 32 == 0 and spec.bits in (2, 3, 4, 8)
+    return gptq_pack.gptq_compatible(spec.bits, rows, cols)
+
+
+__all__ = ["to_gptq", "from_gptq", "pack_rows", "unpack_rows", "packed_bits", "gptq_compatible"]

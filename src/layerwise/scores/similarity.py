@@ -15,13 +15,3 @@ def mean_token_cosine(inputs: list[torch.Tensor], outputs: list[torch.Tensor], s
         total += float(c.sum())
         n += c.numel()
     return total / max(1, n)
-
-
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA between two [tokens, features] activation matrices."""
-    x = x.reshape(-1, x.shape[-1]).double()
-    y = y.reshape(-1, y.shape[-1]).double()
-    x = x - x.mean(0)
-    y = y - y.mean(0)
-    hsic = (x.T @ y).pow(2).sum()
-    return float(hsic / ((x.T @ x).pow(2).sum().sqrt() * (y.T @ y).pow(2).sum().sqrt()))

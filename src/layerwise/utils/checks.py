@@ -33,11 +33,3 @@ def positive(option: str, value) -> float:
     if v <= 0:
         raise ConfigError(f"{option} must be greater than 0 (got {value!r})")
     return v
-
-
-def in_range(option: str, value, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> float:
-    v = _number(option, value)
-    if (v < lo or (lo_open and v == lo)) or (v > hi or (hi_open and v == hi)):
-        raise ConfigError(f"{option} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'} "
-                          f"(got {value!r})")
-    return v

@@ -14,14 +14,3 @@ def combine_hashes(hashes: Iterable[str]) -> str:
     for x in sorted(hashes):
         h.update(x.encode())
     return h.hexdigest()
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..scores.base import SCORES
+from .base import SCORES
 
 
 def _plt():
