@@ -1,0 +1,20 @@
+"""Core changes must not move results: 19 end-to-end results on zoo:llama-tiny (pruning, allocation,
+quantization, depth, width) equal those of the commit before Core v2 (tests/data, from c0f894a)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_results_reproduce_the_pre_core_v2_commit():
+    sys.path.insert(0, str(HERE))
+    from regression_set import compute
+
+    want = json.loads((HERE / "data" / "regression_llama_tiny.json").read_text())
+    got = compute()
+    assert got.keys() == want.keys()
+    bad = {k: (want[k], got[k]) for k in want if abs(got[k] - want[k]) > 1e-3 * want[k]}
+    assert not bad, bad
