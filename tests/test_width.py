@@ -110,7 +110,7 @@ def test_incremental_with_distillation(tmp_path):
     steps = [c["global_step"] for c in r.curve]
     assert steps == list(range(1, 7))  # one global schedule across stages
     plan = json.loads((tmp_path / "w" / "plan.json").read_text())
-    assert plan["stages"][-1]["params_after"] == r.params_after
+    assert plan["meta"]["stages"][-1]["params_after"] == r.params_after
     assert load_model(str(tmp_path / "w")).model.config.vocab_size == 4096
 
 

@@ -29,6 +29,8 @@ def depth_cmd(
     max_len: int = typer.Option(3, help="Longest interval (blocks removed by one student)."),
     protect: int = typer.Option(2, help="Blocks at the head and tail never put in a PPCL interval."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (stock save_pretrained)."),
+    plan: Optional[str] = typer.Option(None, "--plan", help="Replay (a hand-edited) plan.json of a depth run: "
+                                                           "its block rows decide what goes."),
     work_dir: Optional[str] = typer.Option(None, help="Training checkpoints (default OUT.work); rerun resumes."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     overwrite_source: bool = typer.Option(False, "--overwrite-source",
@@ -50,7 +52,7 @@ def depth_cmd(
                 "finetune" if finetune else "none", steps=steps, lr=lr, global_batch=global_batch,
                 processes=processes, family=family, calib=calib, nsamples=nsamples, max_len=max_len,
                 protect=protect, out=out, overwrite=overwrite, overwrite_source=overwrite_source, work_dir=work_dir, tokenizer=tokenizer,
-                evaluate=evaluate)
+                evaluate=evaluate, plan=plan)
     from rich.table import Table
 
     dm = res.dmap

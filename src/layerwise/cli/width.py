@@ -26,6 +26,8 @@ def width_cmd(
     calib: str = typer.Option("stdlib", "--calib", help="Calibration / training corpus."),
     nsamples: int = typer.Option(32, help="Calibration sequences per pruning step."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory."),
+    plan: Optional[str] = typer.Option(None, "--plan", help="Replay (a hand-edited) plan.json of a width run: "
+                                                           "its unit rows decide what goes, stage by stage."),
     work_dir: Optional[str] = typer.Option(None, help="Training checkpoints (default OUT.work)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     overwrite_source: bool = typer.Option(False, "--overwrite-source",
@@ -42,7 +44,7 @@ def width_cmd(
 
     res = width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental, step=step,
                 tokens=tokens, lr=lr, global_batch=global_batch, seed=seed, calib=calib, nsamples=nsamples,
-                out=out, overwrite=overwrite, overwrite_source=overwrite_source, work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate)
+                out=out, plan=plan, overwrite=overwrite, overwrite_source=overwrite_source, work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate)
     from rich.table import Table
 
     from ..prune.width import widths

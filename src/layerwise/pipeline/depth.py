@@ -25,7 +25,8 @@ from ..distill.driver import TrainConfig
 from ..engine import InMemoryStore, run_sequential
 from ..errors import ConfigError, DataError, LayerwiseError
 from ..utils.checks import count, positive
-from ..prune.depth import DEPTH_SELECTORS, assemble, keep_index, parse_remove
+from ..plan import BlockRow, Plan
+from ..prune.depth import DEPTH_SELECTORS, assemble, keep_index, parse_remove, runs_to_intervals
 from ..scores.probes import DepthMap, depth_map
 from ..scores.similarity import mean_token_cosine
 from ..models.files import check_model_dir
@@ -139,20 +140,21 @@ def depth(model, *, remove="25%", select: str = "ppcl", seed: int = 0, heal_kind
           seqlen: int = 256, probe_tokens: int = 4096, max_len: int = 3, protect: int = 2,
           mse_weight: float = 0.0, out: str | Path | None = None, overwrite: bool = False,
           work_dir: str | Path | None = None, tokenizer=None, evaluate: bool = False,
-          eval_windows_n: int = 200, overwrite_source: bool = False) -> DepthResult:
-    """Remove `remove` blocks chosen by `select`, optionally heal, and save to `out`."""
-    art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, overwrite_source)
+          eval_windows_n: int = 200, overwrite_source: bool = False, plan=None) -> DepthResult:
+    """Remove `remove` blocks chosen by `select` (or those a depth `plan` marks), optionally heal, and
+    save to `out`."""
+    art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, overwrite_source, plan=plan)
     with art.run() if art is not None else nullcontext():
         return _depth(model, remove=remove, select=select, seed=seed, heal_kind=heal_kind, steps=steps, lr=lr,
                       global_batch=global_batch, train_seqlen=train_seqlen, processes=processes, family=family,
                       calib=calib, nsamples=nsamples, seqlen=seqlen, probe_tokens=probe_tokens, max_len=max_len,
                       protect=protect, mse_weight=mse_weight, art=art, work_dir=work_dir, tokenizer=tokenizer,
-                      evaluate=evaluate, eval_windows_n=eval_windows_n)
+                      evaluate=evaluate, eval_windows_n=eval_windows_n, plan=plan)
 
 
 def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, train_seqlen, processes, family,
            calib, nsamples, seqlen, probe_tokens, max_len, protect, mse_weight, art, work_dir, tokenizer,
-           evaluate, eval_windows_n) -> DepthResult:
+           evaluate, eval_windows_n, plan) -> DepthResult:
     out = art.out if art is not None else None
     quiet()
     t_start = time.perf_counter()
@@ -168,6 +170,11 @@ def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, t
     count("--max-len", max_len)
     count("--protect", protect, 0)
     positive("--lr", lr)
+    source = str(plan) if isinstance(plan, (str, Path)) else "plan"
+    if isinstance(plan, (str, Path)):
+        plan = Plan.load(plan)
+    if plan is not None and family:
+        raise ConfigError("--family chooses its own intervals; it cannot replay a --plan")
     if family and not selector.intervals:
         raise ConfigError(f"--family (one training, several ratios) needs an interval selector "
                           f"({', '.join(n for n in DEPTH_SELECTORS if DEPTH_SELECTORS.get(n).intervals)})")
@@ -178,13 +185,15 @@ def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, t
     from ..models.adapters import get_adapter
 
     L = get_adapter(teacher).num_blocks
-    k = parse_remove(remove, L)
+    if plan is not None:
+        plan.validate_blocks(L, source)
+    k = parse_remove(remove, L) if plan is None else len(plan.removed_blocks())
     samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
     t0 = time.perf_counter()
     states, bi = collect_states(teacher, samples, probe_tokens, seed)
     dmap = depth_map(states, bi, max_len=max_len, protect_head=protect, protect_tail=protect)
     timings = {"analysis_s": time.perf_counter() - t0}
-    removed, intervals = selector.choose(k, dmap, seed)
+    removed, intervals = selector.choose(k, dmap, seed) if plan is None else replay(plan, L)
     res = DepthResult(model=None, removed=removed, intervals=intervals, dmap=dmap)
     students = None
     t0 = time.perf_counter()
@@ -227,15 +236,26 @@ def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, t
     return res
 
 
-def _plan_dict(res: DepthResult, select: str, heal_kind: str, L: int) -> dict:
+def replay(plan: Plan, num_blocks: int) -> tuple[list[int], list[dict]]:
+    """Removed blocks and intervals of a depth plan; removed blocks outside any interval are absorbed
+    by a kept neighbour, as the per-block selectors do."""
+    removed = plan.removed_blocks()
+    intervals = plan.intervals()
+    covered = {i for iv in intervals for i in range(iv["start"], iv["end"] + 1)}
+    intervals += runs_to_intervals([i for i in removed if i not in covered], num_blocks)
+    return removed, sorted(intervals, key=lambda iv: iv["start"])
+
+
+def depth_plan(res: DepthResult, select: str, heal_kind: str, L: int) -> Plan:
     dm = res.dmap
-    blocks = []
-    for i in range(L):
-        blocks.append({"block": i, "bi": dm.bi[i], "probe": dm.probe[i], "cka": dm.cka[i],
-                       "dcka": dm.dcka[i] if i < len(dm.dcka) else None,
-                       "action": "remove" if i in res.removed else "keep"})
-    return {"kind": "depth", "selector": select, "heal": heal_kind, "num_blocks": L, "removed": res.removed,
-            "intervals": res.intervals, "blocks": blocks, "candidate_intervals": dm.intervals[:30]}
+    where = {i: iv for iv in res.intervals for i in range(iv["start"], iv["end"] + 1)}
+    blocks = [BlockRow(i, "remove" if i in res.removed else "keep",
+                       [where[i]["start"], where[i]["end"], keep_index(where[i])] if i in where else None, select,
+                       {"bi": dm.bi[i], "probe": dm.probe[i], "cka": dm.cka[i],
+                        "dcka": dm.dcka[i] if i < len(dm.dcka) else None}) for i in range(L)]
+    return Plan(blocks=blocks, meta={"kind": "depth", "selector": select, "heal": heal_kind, "num_blocks": L,
+                                     "removed": res.removed, "intervals": res.intervals,
+                                     "candidate_intervals": dm.intervals[:30]})
 
 
 def plot_depth(res: DepthResult, path: Path, title: str) -> None:
@@ -273,8 +293,7 @@ def _write(art, res: DepthResult, src, select, heal_kind, k, seed, timings) -> P
     tmp = art.begin()
     res.model.save_pretrained(tmp)
     src.tokenizer.save_pretrained(tmp)
-    plan = _plan_dict(res, select, heal_kind, L)
-    write_json(tmp / "plan.json", plan)
+    depth_plan(res, select, heal_kind, L).save(tmp / "plan.json")
     if res.curve:
         write_json(tmp / "training_curve.json", res.curve)
     for r, (m, active) in sorted(res.variants.items()):

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..plan import Plan, UnitRow
 from ..console import info
 from ..data.tokens import calibration_samples, eval_windows
 from ..distill.driver import TrainConfig
@@ -103,20 +104,40 @@ def width(model, *, params: float = 0.6, adaptive: bool = False, criterion: str 
           nsamples: int = 32, seqlen: int = 256, seed: int = 0, out: str | Path | None = None,
           overwrite: bool = False, work_dir: str | Path | None = None, tokenizer=None, evaluate: bool = False,
           eval_windows_n: int = 200, amplitude: float = 1.0, mask_only: bool = False,
-          overwrite_source: bool = False) -> WidthResult:
-    """Keep `params` of the block parameters (0 < params < 1)."""
-    art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, overwrite_source)
+          overwrite_source: bool = False, plan=None) -> WidthResult:
+    """Keep `params` of the block parameters (0 < params < 1), or replay the cuts of a width `plan`."""
+    art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, overwrite_source, plan=plan)
     with art.run() if art is not None else nullcontext():
         return _width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental,
                       step=step, tokens=tokens, lr=lr, global_batch=global_batch, train_seqlen=train_seqlen,
                       temperature=temperature, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, art=art,
                       work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate, eval_windows_n=eval_windows_n,
-                      amplitude=amplitude, mask_only=mask_only)
+                      amplitude=amplitude, mask_only=mask_only, plan=plan)
+
+
+def _replayed_cuts(plan: Plan, stage: int) -> list[LayerCut]:
+    return [LayerCut(b, sorted(u.get("kv_group", [])), sorted(u.get("mlp_channel", [])))
+            for b, u in sorted(plan.cuts(stage).items())]
+
+
+def width_plan(res: "WidthResult", criterion: str, options: dict) -> Plan:
+    units = []
+    for st in res.stages:
+        for c, w in zip(st["cuts"], st["widths_before"]):
+            units.append(UnitRow(c["block"], "kv_group", c["remove_groups"], w["num_key_value_heads"], st["stage"],
+                                 criterion))
+            units.append(UnitRow(c["block"], "mlp_channel", c["remove_channels"], w["intermediate_size"],
+                                 st["stage"], criterion))
+    stages = [{k: v for k, v in st.items() if k != "widths_before"} for st in res.stages]
+    return Plan(units=units, meta={"kind": "width", **options, "params_before": res.params_before,
+                                   "params_after": res.params_after,
+                                   "kept_share": res.params_after / res.params_before,
+                                   "widths": widths(res.model), "stages": stages})
 
 
 def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr, global_batch, train_seqlen,
            temperature, calib, nsamples, seqlen, seed, art, work_dir, tokenizer, evaluate, eval_windows_n,
-           amplitude, mask_only) -> WidthResult:
+           amplitude, mask_only, plan) -> WidthResult:
     out = art.out if art is not None else None
     quiet()
     t_start = time.perf_counter()
@@ -138,10 +159,15 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
     teacher = src.loaded.model.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    if isinstance(plan, (str, Path)):
+        source, plan = str(plan), Plan.load(plan)
+        plan.validate_units(widths(teacher), source)
+    elif plan is not None:
+        plan.validate_units(widths(teacher))
     student = copy.deepcopy(teacher)
     P0 = block_params(student)
     target = int(round(params * P0))
-    n_stages = max(1, math.ceil((1 - params) / step - 1e-9)) if incremental else 1
+    n_stages = plan.stages if plan is not None else max(1, math.ceil((1 - params) / step - 1e-9)) if incremental else 1
     steps_total = tokens // (global_batch * train_seqlen) if tokens else 0
     per_stage = stage_tokens(steps_total, n_stages) if steps_total else [0] * n_stages
     res = WidthResult(model=student, params_before=P0)
@@ -150,16 +176,21 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
     for k in range(1, n_stages + 1):
         goal = int(round(P0 - (P0 - target) * k / n_stages))
         cur = block_params(student)
-        samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed + k - 1)
         t0 = time.perf_counter()
-        cuts = prune_once(student, samples, cur - goal, criterion, adaptive, amplitude=amplitude)
+        before = widths(student)
+        if plan is None:
+            samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed + k - 1)
+            cuts = prune_once(student, samples, cur - goal, criterion, adaptive, amplitude=amplitude)
+        else:
+            cuts = _replayed_cuts(plan, k)
         if mask_only:
             apply_mask(student, cuts)
         else:
             shrink(student, cuts)
         stage = {"stage": k, "params_before": cur, "params_goal": goal,
                  "params_after": cur - removed_params(student, cuts) if mask_only else block_params(student),
-                 "cuts": [c.to_dict() for c in cuts], "prune_s": time.perf_counter() - t0, "steps": per_stage[k - 1]}
+                 "cuts": [c.to_dict() for c in cuts], "prune_s": time.perf_counter() - t0, "steps": per_stage[k - 1],
+                 "widths_before": [before[c.block] for c in cuts]}
         if per_stage[k - 1] > 0:
             from ..distill.driver import train
             from ..distill.modules import LogitKD
@@ -233,9 +264,7 @@ def _write(art, res: WidthResult, src, options: dict) -> Path:
     with torch.no_grad():
         if not torch.equal(back(input_ids=sample).logits, res.model(input_ids=sample).logits):
             raise LayerwiseError("the saved width-pruned model does not reproduce the in-memory logits")
-    plan = {"kind": "width", **options, "params_before": res.params_before, "params_after": res.params_after,
-            "kept_share": res.params_after / res.params_before, "widths": widths(res.model), "stages": res.stages}
-    write_json(tmp / "plan.json", plan)
+    width_plan(res, options["criterion"], options).save(tmp / "plan.json")
     if res.curve:
         write_json(tmp / "training_curve.json", res.curve)
     total_before = sum(p.numel() for p in src.loaded.model.parameters())
