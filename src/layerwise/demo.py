@@ -15,22 +15,9 @@ from rich.table import Table
 from .console import console
 
 
-def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: int = 200,
-             nsamples: int = 64, seqlen: int = 256, heal_steps: int = 40, speed_repeats: int = 5) -> dict:
+def _print_card(card: dict) -> None:
     from .console import print_kv
-    from .data.tokens import eval_windows
-    from .eval import agreement, evaluate, perplexity
-    from .eval.speed import bytes_on_disk, side_by_side
-    from .io.load import load_model
-    from .pipeline.depth import depth
-    from .pipeline.prune import prune
-    from .pipeline.quantize import quantize
-    from .pipeline.width import width
 
-    t0 = time.perf_counter()
-    console.rule(f"[bold]layerwise demo: {model}")
-    dense = load_model(model)
-    card = dense.card or {}
     if card.get("training"):
         t, e = card["training"], card["eval"]
         print_kv(f"model card: {card['name']}", [
@@ -42,6 +29,50 @@ def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: 
                          f"{t['wall_time_s'] / 60:.1f} min on {t['machine']}"),
             ("validation perplexity (card)", f"{e['perplexity']:.3f} over {e['windows']} windows"),
         ])
+
+
+def _table(model, card, rep, variants, ppl, agr, speed, nsamples, seqlen, max_windows, speed_repeats, batch):
+    """The closing side-by-side table and the results it shows."""
+    from .eval.speed import bytes_on_disk
+
+    table = Table(title=f"{model}: {nsamples}x{seqlen} calibration tokens, {max_windows} validation windows "
+                        f"(stdlib); speed at batch {batch}, medians of {speed_repeats} interleaved runs",
+                  title_justify="left")
+    for col in ("model", "what", "perplexity", "Δ vs dense", "top-1 agree", "MB on disk", "prefill ×",
+                "decode ×", "time (s)", "output"):
+        table.add_column(col)
+    base, sd = ppl["dense"], speed["dense"]
+    dense_mb = rep.bytes_on_disk / 2**20 if rep.bytes_on_disk else float("nan")
+    table.add_row("dense", f"{card.get('parameters', 0):,} params" if card else "-", f"{base:.2f}", "-", "1.000",
+                  f"{dense_mb:.1f}", "1.00", "1.00", "-", "-")
+    results = {"dense": {"perplexity": base, "speed": sd}}
+    for n, (m, what, secs, path) in variants.items():
+        mb = bytes_on_disk(m, path) / 2**20
+        table.add_row(n, what, f"{ppl[n]:.2f}", f"{100 * (ppl[n] / base - 1):+.1f}%", f"{agr[n]:.3f}",
+                      f"{mb:.1f}", f"{speed[n]['prefill'] / sd['prefill']:.2f}",
+                      f"{speed[n]['decode'] / sd['decode']:.2f}", f"{secs:.1f}", str(path))
+        results[n] = {"perplexity": ppl[n], "top1_agreement": agr[n], "mb_on_disk": mb, "speed": speed[n],
+                      "seconds": secs, "out": str(path)}
+    return table, results
+
+
+def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: int = 200,
+             nsamples: int = 64, seqlen: int = 256, heal_steps: int = 40, speed_repeats: int = 5) -> dict:
+    from .console import print_kv
+    from .data.tokens import eval_windows
+    from .eval import agreement, evaluate, perplexity
+    from .eval.speed import side_by_side
+    from .io.load import load_model
+    from .pipeline.depth import depth
+    from .pipeline.prune import prune
+    from .pipeline.quantize import quantize
+    from .pipeline.width import width
+
+    t0 = time.perf_counter()
+    console.rule(f"[bold]layerwise demo: {model}")
+    dense = load_model(model)
+    card = dense.card or {}
+    _print_card(card)
     console.rule("1. dense model")
     rep = evaluate(dense, data="stdlib", split="validation", max_windows=max_windows)
     print_kv(f"dense evaluation ({max_windows} validation windows)", rep.rows())
@@ -84,24 +115,8 @@ def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: 
     prompt = windows[:8]   # a batch, so that one timing rises above timer and scheduler noise
     speed = side_by_side(models, prompt, repeats=speed_repeats)
 
-    table = Table(title=f"{model}: {nsamples}x{seqlen} calibration tokens, {max_windows} validation windows "
-                        f"(stdlib); speed at batch {prompt.shape[0]}, medians of {speed_repeats} interleaved runs",
-                  title_justify="left")
-    for col in ("model", "what", "perplexity", "Δ vs dense", "top-1 agree", "MB on disk", "prefill ×",
-                "decode ×", "time (s)", "output"):
-        table.add_column(col)
-    base, sd = ppl["dense"], speed["dense"]
-    dense_mb = rep.bytes_on_disk / 2**20 if rep.bytes_on_disk else float("nan")
-    table.add_row("dense", f"{card.get('parameters', 0):,} params" if card else "-", f"{base:.2f}", "-", "1.000",
-                  f"{dense_mb:.1f}", "1.00", "1.00", "-", "-")
-    results = {"dense": {"perplexity": base, "speed": sd}}
-    for n, (m, what, secs, path) in variants.items():
-        mb = bytes_on_disk(m, path) / 2**20
-        table.add_row(n, what, f"{ppl[n]:.2f}", f"{100 * (ppl[n] / base - 1):+.1f}%", f"{agr[n]:.3f}",
-                      f"{mb:.1f}", f"{speed[n]['prefill'] / sd['prefill']:.2f}",
-                      f"{speed[n]['decode'] / sd['decode']:.2f}", f"{secs:.1f}", str(path))
-        results[n] = {"perplexity": ppl[n], "top1_agreement": agr[n], "mb_on_disk": mb, "speed": speed[n],
-                      "seconds": secs, "out": str(path)}
+    table, results = _table(model, card, rep, variants, ppl, agr, speed, nsamples, seqlen, max_windows,
+                            speed_repeats, prompt.shape[0])
     console.print(table)
     console.print("Unstructured zeros are stored densely and the quantized model runs dequantized here, so "
                   "only depth and width change the speed; every output directory has a report.md with "

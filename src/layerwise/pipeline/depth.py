@@ -195,24 +195,11 @@ def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, t
     timings = {"analysis_s": time.perf_counter() - t0}
     removed, intervals = selector.choose(k, dmap, seed) if plan is None else replay(plan, L)
     res = DepthResult(model=None, removed=removed, intervals=intervals, dmap=dmap)
-    students = None
     t0 = time.perf_counter()
-    if heal_kind != "none":
-        cfg = TrainConfig(steps=steps, global_batch=global_batch, seqlen=train_seqlen, lr=lr, seed=seed,
-                          corpus=calib, checkpoint_every=max(1, min(50, steps)))
-        work = Path(work_dir) if work_dir else (Path(str(out) + ".work") if out else Path(f"runs/.depth-work-{os.getpid()}"))
-        if heal_kind == "distill":
-            students, res.curve = heal("distill", src.spec, teacher, None, intervals, cfg, src.tokenizer, work,
-                                       processes, mse_weight)
-            pruned = assemble(copy.deepcopy(teacher), intervals, students)
-        else:
-            pruned = assemble(copy.deepcopy(teacher), intervals)
-            for p in pruned.parameters():
-                p.requires_grad_(True)
-            pruned, res.curve = heal("finetune", src.spec, teacher, pruned, intervals, cfg, src.tokenizer, work,
-                                     processes)
-    else:
-        pruned = assemble(copy.deepcopy(teacher), intervals)
+    pruned, students, res.curve = _heal(heal_kind, src, teacher, intervals, out, work_dir, processes, mse_weight,
+                                        TrainConfig(steps=steps, global_batch=global_batch, seqlen=train_seqlen,
+                                                    lr=lr, seed=seed, corpus=calib,
+                                                    checkpoint_every=max(1, min(50, steps))))
     timings["heal_s"] = time.perf_counter() - t0
     res.model = _freeze(pruned)
     if family:
@@ -234,6 +221,22 @@ def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, t
     if out is not None:
         res.out = _write(art, res, src, select, heal_kind, k, seed, timings)
     return res
+
+
+def _heal(heal_kind, src, teacher, intervals, out, work_dir, processes, mse_weight, cfg):
+    """(pruned model, students, loss curve) after the chosen healing."""
+    if heal_kind == "none":
+        return assemble(copy.deepcopy(teacher), intervals), None, []
+    work = Path(work_dir) if work_dir else (Path(str(out) + ".work") if out else Path(f"runs/.depth-work-{os.getpid()}"))
+    if heal_kind == "distill":
+        students, curve = heal("distill", src.spec, teacher, None, intervals, cfg, src.tokenizer, work, processes,
+                               mse_weight)
+        return assemble(copy.deepcopy(teacher), intervals, students), students, curve
+    pruned = assemble(copy.deepcopy(teacher), intervals)
+    for p in pruned.parameters():
+        p.requires_grad_(True)
+    pruned, curve = heal("finetune", src.spec, teacher, pruned, intervals, cfg, src.tokenizer, work, processes)
+    return pruned, None, curve
 
 
 def replay(plan: Plan, num_blocks: int) -> tuple[list[int], list[dict]]:

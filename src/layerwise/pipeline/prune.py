@@ -134,24 +134,8 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
     was processed in memory. With `out`, writes a reloadable checkpoint + plan + manifest + report."""
     quiet()
     t_start = time.perf_counter()
-    # --- validate everything before touching the model or the disk ---------------------------
-    PRUNERS.get(method)
-    nm_t = parse_nm(nm)
-    sparsity = check_sparsity(sparsity)
-    if nsamples < 1 or seqlen < 2 or batch_size < 1:
-        raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
-    if propagate not in ("pruned", "dense"):
-        raise ConfigError(f"--propagate must be pruned or dense (got {propagate!r})")
-    from ..allocate import get_allocator
-
-    alloc = get_allocator(allocation)
-    if allocation != "uniform" and nm_t is not None:
-        raise ConfigError(f"allocation '{allocation}' works with unstructured sparsity, not --nm")
-    if not 0 < max_sparsity < 1:
-        raise ConfigError(f"--max-sparsity must be in (0, 1) (got {max_sparsity:g})")
-    if sparsity > max_sparsity:
-        raise ConfigError(f"target sparsity {sparsity:g} exceeds --max-sparsity {max_sparsity:g}")
-    alloc(allocation_params or {})   # validates the allocator's options before any work
+    nm_t, sparsity, alloc = _check_options(method, nm, sparsity, nsamples, seqlen, batch_size, propagate, allocation,
+                                           max_sparsity, allocation_params)
     output = OutputDir(out, overwrite=overwrite, resume=resume, overwrite_source=overwrite_source,
                        model_path=model_dir(model),
                        inputs=input_paths(model_dir(model), tokenizer, plan, calib)) if out is not None else None
@@ -173,10 +157,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
             plan = uniform_plan(chosen, method, sparsity, nm_t)
         else:
             plan.validate(shapes, set(PRUNERS))
-        max_pos = getattr(store.model.config, "max_position_embeddings", None) or \
-            getattr(store.model.config, "n_positions", None)
-        if max_pos and seqlen > max_pos:
-            raise ConfigError(f"--seqlen {seqlen} exceeds the model's {max_pos} positions")
+        _check_positions(store.model.config, seqlen)
         samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
         t_alloc = 0.0
         if not replay and allocation != "uniform" and not (resume and output and output.partial_has_state()):
@@ -189,9 +170,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         if output is not None and not replay:
             plan.save(output.partial / "plan_in_progress.json")
         ppass = prune_pass(plan)
-        metrics: dict = {}
-        if evaluate:
-            metrics["perplexity_dense"] = perplexity_of(src, None, eval_windows)
+        metrics: dict = {"perplexity_dense": perplexity_of(src, None, eval_windows)} if evaluate else {}
         options = {"model": src.spec, "method": method, "sparsity": sparsity, "nm": nm_str(nm_t),
                    "allocation": plan.meta.get("allocation", allocation),
                    "allocation_params": allocation_params or {}, "calib": calib, "nsamples": nsamples,
@@ -205,25 +184,57 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
                              description=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'}",
                              propagate_last=use_stream and output is not None)
         apply_resumed_rows(plan, res)
-        timings = res.timings.to_dict()
-        timings["allocation_s"] = t_alloc
-        plan.meta.update({"measured_sparsity": plan.measured_sparsity()})
-        from ..io import build_manifest
-
-        plan_summary = {"linears": len(plan), "parameters": plan.total_params,
-                        "planned_sparsity": plan.mean_sparsity(), "measured_sparsity": plan.measured_sparsity()}
-        result_model = store.model if store.fully_in_memory else None
         res.propagate = propagate
         res.first_ids = samples[:batch_size]
-        if evaluate and result_model is not None:
-            metrics["perplexity"] = perplexity_of(src, result_model, eval_windows)
-        timings["total_s"] = time.perf_counter() - t_start
-        manifest = build_manifest("prune", options, seed, timings, metrics, plan_summary, command)
-        out_path = None
-        if output is not None:
-            out_path = output.finish(store, src, plan, manifest, res, samples[:2],
-                                     title=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'} "
-                                           f"on {src.spec}")
-        if evaluate and result_model is None and out_path is not None:
-            evaluate_saved(src, out_path, metrics, manifest, eval_windows)
-        return PruneResult(plan, out_path, result_model, timings, metrics, manifest)
+        timings = {**res.timings.to_dict(), "allocation_s": t_alloc}
+        return _result(store, src, output, plan, res, samples, metrics, timings, options, t_start, seed=seed,
+                       evaluate=evaluate, eval_windows=eval_windows, command=command,
+                       title=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'} on {src.spec}")
+
+
+def _check_options(method, nm, sparsity, nsamples, seqlen, batch_size, propagate, allocation, max_sparsity,
+                   allocation_params):
+    """Everything checkable before touching the model or the disk."""
+    from ..allocate import get_allocator
+
+    PRUNERS.get(method)
+    nm_t = parse_nm(nm)
+    sparsity = check_sparsity(sparsity)
+    if nsamples < 1 or seqlen < 2 or batch_size < 1:
+        raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
+    if propagate not in ("pruned", "dense"):
+        raise ConfigError(f"--propagate must be pruned or dense (got {propagate!r})")
+    alloc = get_allocator(allocation)
+    if allocation != "uniform" and nm_t is not None:
+        raise ConfigError(f"allocation '{allocation}' works with unstructured sparsity, not --nm")
+    if not 0 < max_sparsity < 1:
+        raise ConfigError(f"--max-sparsity must be in (0, 1) (got {max_sparsity:g})")
+    if sparsity > max_sparsity:
+        raise ConfigError(f"target sparsity {sparsity:g} exceeds --max-sparsity {max_sparsity:g}")
+    alloc(allocation_params or {})   # validates the allocator's options
+    return nm_t, sparsity, alloc
+
+
+def _check_positions(config, seqlen: int) -> None:
+    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if max_pos and seqlen > max_pos:
+        raise ConfigError(f"--seqlen {seqlen} exceeds the model's {max_pos} positions")
+
+
+def _result(store, src, output, plan, res, samples, metrics, timings, options, t_start, *, seed, evaluate,
+            eval_windows, command, title) -> PruneResult:
+    """Evaluate, write (verified) and report one pruning run."""
+    from ..io import build_manifest
+
+    plan.meta.update({"measured_sparsity": plan.measured_sparsity()})
+    plan_summary = {"linears": len(plan), "parameters": plan.total_params,
+                    "planned_sparsity": plan.mean_sparsity(), "measured_sparsity": plan.measured_sparsity()}
+    result_model = store.model if store.fully_in_memory else None
+    if evaluate and result_model is not None:
+        metrics["perplexity"] = perplexity_of(src, result_model, eval_windows)
+    timings["total_s"] = time.perf_counter() - t_start
+    manifest = build_manifest("prune", options, seed, timings, metrics, plan_summary, command)
+    out_path = output.finish(store, src, plan, manifest, res, samples[:2], title=title) if output else None
+    if evaluate and result_model is None and out_path is not None:
+        evaluate_saved(src, out_path, metrics, manifest, eval_windows)
+    return PruneResult(plan, out_path, result_model, timings, metrics, manifest)

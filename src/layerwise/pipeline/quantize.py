@@ -97,17 +97,8 @@ def bits_report(plan: Plan, model: nn.Module, out: Path | None) -> dict:
     return rep
 
 
-def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: str = "lim",
-             quantizer: str = "rtn", group_size: int = 128, sym: bool = True, act_order: bool = False,
-             calib: str = "stdlib", nsamples: int = 128, seqlen: int = 256, seed: int = 0, order_seed: int = 0,
-             targets: list[str] | None = None, ignore: list[str] | None = None, plan: str | Plan | None = None,
-             out: str | Path | None = None, overwrite: bool = False, resume: bool = False, overwrite_source: bool = False, batch_size: int = 8,
-             stream: bool | None = None, tokenizer=None, evaluate: bool = False, eval_windows: int = 200,
-             command: str | None = None, before: list[dict] | None = None) -> QuantizeResult:
-    """Quantize `model`. `before`: options of prune stages fused into the same block-by-block pass
-    (each on its own activation stream, so the weights equal those of the stages run one by one)."""
-    quiet()
-    t_start = time.perf_counter()
+def _check_options(bits, high: int, low: int, quantizer: str, group_size: int, order: str, nsamples: int,
+                   seqlen: int, batch_size: int) -> float:
     try:
         bits = float(bits)
     except (TypeError, ValueError) as e:
@@ -120,6 +111,96 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
         raise ConfigError(f"--order must be one of {', '.join(ORDERS)} or a list of block indices (got {order!r})")
     if nsamples < 1 or seqlen < 2 or batch_size < 1:
         raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
+    return bits
+
+
+def _bit_plan(store, samples, src, *, bits, high, low, order, order_seed, quantizer, group_size, targets, ignore,
+              batch_size, seed, fused: bool) -> Plan:
+    """Rows for the selected linears with bits allocated by block importance (`order`)."""
+    adapter = store.adapter
+    chosen = select_linears(adapter, targets, ignore)
+    plan = Plan([PlanRow(name=r.name, block=r.block, shape=r.shape, method=quantizer, group_size=group_size)
+                 for r in chosen], {"kind": "quantize", "quantizer": quantizer, "order": order})
+    scores_used: dict = {}
+    if high == low or bits >= high - 1e-12:
+        ranking = list(range(adapter.num_blocks))
+    elif fused:
+        ranking = parse_order(order, adapter.num_blocks) or [
+            int(i) for i in np.random.default_rng(order_seed).permutation(adapter.num_blocks)]
+    else:
+        ranking, scores_used = block_ranking(store, samples, order, plan, batch_size, seed, order_seed, src.spec)
+    allocate_bits(plan, ranking, bits, high, low)
+    for r in plan.rows:
+        for k, v in scores_used.items():
+            r.scores[k] = float(v[r.block])
+    return plan
+
+
+class GPTQPacking:
+    """Quantizes each block's linears by the plan and, when writing, swaps their weights for GPTQ tensors
+    as the block is saved (and back on resume); a dequantized copy is written alongside."""
+
+    def __init__(self, plan: Plan, adapter, quantizers: dict, sym: bool, write: bool):
+        self.plan, self.adapter, self.quantizers, self.sym, self.write = plan, adapter, quantizers, sym, write
+        self.rows = plan.by_name()
+        self.packed: dict[str, dict] = {}
+
+    def action(self, work: BlockWork) -> list[dict]:
+        done = []
+        for ref in work.linears:
+            row = self.rows[ref.name]
+            t1 = time.perf_counter()
+            W = ref.weight.detach().float().clone()
+            st = work.stats[ref.name]
+            res = self.quantizers[row.method].quantize(W, st, QuantSpec(row.bits, row.group_size, self.sym, min_zero=1))
+            ref.set_weight(res.dequantize())
+            if self.write:
+                self.packed[ref.name] = to_gptq(res)
+            if st.H is not None:
+                row.recon_error = relative_recon_error(W, ref.weight.detach(), st.H)
+            row.damping = res.info.get("damping")
+            row.seconds = time.perf_counter() - t1
+            done.append(row.to_dict())
+        return done
+
+    def transform(self, i: int, tensors: dict) -> dict:
+        out = dict(tensors)
+        for name in [n for n in self.packed if self.rows[n].block == i]:
+            out.pop(name + ".weight")
+            for k, v in self.packed.pop(name).items():
+                out[f"{name}.{k}"] = v
+        return out
+
+    def untransform(self, i: int, tensors: dict) -> dict:
+        out = dict(tensors)
+        for name in [r.name for r in self.plan.rows if r.block == i]:
+            row = self.rows[name]
+            part = {k: out.pop(f"{name}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx")}
+            W = from_gptq(part, row.bits, row.shape[1], row.shape[0])
+            ref = next(x for x in self.adapter.linears(i) if x.name == name)
+            out[name + ".weight"] = W.t() if ref.transposed else W
+        return out
+
+    def attach(self, store, partial: Path) -> None:
+        deq_dir = partial / "dequantized"
+        deq_dir.mkdir(exist_ok=True)
+        store.extra_writers.append(ShardWriter(deq_dir, self.adapter.num_blocks, tied_names(store.model)))
+        store.transform, store.untransform = self.transform, self.untransform
+
+
+def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: str = "lim",
+             quantizer: str = "rtn", group_size: int = 128, sym: bool = True, act_order: bool = False,
+             calib: str = "stdlib", nsamples: int = 128, seqlen: int = 256, seed: int = 0, order_seed: int = 0,
+             targets: list[str] | None = None, ignore: list[str] | None = None, plan: str | Plan | None = None,
+             out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
+             overwrite_source: bool = False, batch_size: int = 8, stream: bool | None = None, tokenizer=None,
+             evaluate: bool = False, eval_windows: int = 200, command: str | None = None,
+             before: list[dict] | None = None) -> QuantizeResult:
+    """Quantize `model`. `before`: options of prune stages fused into the same block-by-block pass
+    (each on its own activation stream, so the weights equal those of the stages run one by one)."""
+    quiet()
+    t_start = time.perf_counter()
+    bits = _check_options(bits, high, low, quantizer, group_size, order, nsamples, seqlen, batch_size)
     output = OutputDir(out, overwrite=overwrite, resume=resume, overwrite_source=overwrite_source,
                        model_path=model_dir(model),
                        inputs=input_paths(model_dir(model), tokenizer, plan, calib)) if out is not None else None
@@ -130,159 +211,100 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
     use_stream = src.loaded is None
-    qinst = {}
     with guarded(output):
         partial = output.begin() if output is not None else None
         store = LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial)
         adapter = store.adapter
-        shapes = {r.name: r.shape for r in adapter.all_linears()}
         samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
         before_plans = [fused_prune_plan(store, samples, src.spec, batch_size=batch_size, seed=seed, **opts)
                         for opts in before or []]
         if before_plans and plan is None and not ranking_free(bits, high, low, order):
             raise ConfigError(f"quantization fused after pruning cannot rank blocks by '{order}' (the ranking "
                               "would need the pruned model): use uniform bits, --order random or a block list")
-        scores_used: dict = {}
         t0 = time.perf_counter()
-        if plan is None:
-            chosen = select_linears(adapter, targets, ignore)
-            plan = Plan([PlanRow(name=r.name, block=r.block, shape=r.shape, method=quantizer, group_size=group_size)
-                         for r in chosen], {"kind": "quantize", "quantizer": quantizer, "order": order})
-            if resume and output is not None and output.partial_has_state():
-                plan = Plan.load(output.partial / "plan_in_progress.json")
-            else:
-                if high == low or bits >= high - 1e-12:
-                    ranking = list(range(adapter.num_blocks))
-                elif before_plans:
-                    ranking = parse_order(order, adapter.num_blocks) or [
-                        int(i) for i in np.random.default_rng(order_seed).permutation(adapter.num_blocks)]
-                else:
-                    ranking, scores_used = block_ranking(store, samples, order, plan, batch_size, seed, order_seed,
-                                                         src.spec)
-                allocate_bits(plan, ranking, bits, high, low)
-                for r in plan.rows:
-                    for k, v in scores_used.items():
-                        r.scores[k] = float(v[r.block])
-        else:
-            plan.validate(shapes, set(QUANTIZERS))
+        if plan is not None:
+            plan.validate({r.name: r.shape for r in adapter.all_linears()}, set(QUANTIZERS))
             if any(r.bits is None for r in plan.rows):
                 raise ConfigError("a quantization plan needs 'bits' on every row")
+        elif resume and output is not None and output.partial_has_state():
+            plan = Plan.load(output.partial / "plan_in_progress.json")
+        else:
+            plan = _bit_plan(store, samples, src, bits=bits, high=high, low=low, order=order, order_seed=order_seed,
+                             quantizer=quantizer, group_size=group_size, targets=targets, ignore=ignore,
+                             batch_size=batch_size, seed=seed, fused=bool(before_plans))
         t_alloc = time.perf_counter() - t0
         for r in plan.rows:
             r.group_size = r.group_size or group_size
         if output is not None:
             plan.save(output.partial / "plan_in_progress.json")
-        for m in {r.method for r in plan.rows}:
-            qinst[m] = get_quantizer(m, act_order=act_order) if m == "gptq" else get_quantizer(m)
-        hessian = any(qinst[m].needs_gram for m in qinst)
-        rows = plan.by_name()
-        packed: dict[str, dict] = {}
-        incompatible = [r.name for r in plan.rows
-                        if not gptq_compatible(QuantSpec(r.bits, r.group_size), r.shape[0], r.shape[1])]
-        if incompatible:
-            warn(f"{len(incompatible)} linear(s) (e.g. {incompatible[0]}) have shapes or bit widths that GPTQ "
-                 "kernels do not accept; layerwise.load reads them, inference engines may not")
-
-        def action(work: BlockWork) -> list[dict]:
-            done = []
-            for ref in work.linears:
-                row = rows[ref.name]
-                t1 = time.perf_counter()
-                spec = QuantSpec(row.bits, row.group_size, sym, min_zero=1)
-                W = ref.weight.detach().float().clone()
-                st = work.stats[ref.name]
-                res = qinst[row.method].quantize(W, st, spec)
-                ref.set_weight(res.dequantize())
-                if output is not None:
-                    packed[ref.name] = to_gptq(res)
-                if st.H is not None:
-                    row.recon_error = relative_recon_error(W, ref.weight.detach(), st.H)
-                row.damping = res.info.get("damping")
-                row.seconds = time.perf_counter() - t1
-                done.append(row.to_dict())
-            return done
-
-        def transform(i: int, tensors: dict) -> dict:
-            out_t = dict(tensors)
-            for name in [n for n in packed if rows[n].block == i]:
-                out_t.pop(name + ".weight")
-                for k, v in packed.pop(name).items():
-                    out_t[f"{name}.{k}"] = v
-            return out_t
-
-        def untransform(i: int, tensors: dict) -> dict:
-            out_t = dict(tensors)
-            for name in [r.name for r in plan.rows if r.block == i]:
-                part = {k: out_t.pop(f"{name}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx")}
-                W = from_gptq(part, rows[name].bits, rows[name].shape[1], rows[name].shape[0])
-                ref = next(x for x in adapter.linears(i) if x.name == name)
-                out_t[name + ".weight"] = W.t() if ref.transposed else W
-            return out_t
-
+        _warn_incompatible(plan)
+        qinst = {m: get_quantizer(m, act_order=act_order) if m == "gptq" else get_quantizer(m)
+                 for m in {r.method for r in plan.rows}}
+        packing = GPTQPacking(plan, adapter, qinst, sym, write=output is not None)
         if output is not None:
-            deq_dir = partial / "dequantized"
-            deq_dir.mkdir(exist_ok=True)
-            store.extra_writers.append(ShardWriter(deq_dir, adapter.num_blocks, tied_names(store.model)))
-            store.transform, store.untransform = transform, untransform
-        selected = {r.name for r in plan.rows}
+            packing.attach(store, partial)
         options = {"model": src.spec, "bits": bits, "high": high, "low": low, "order": order,
                    "order_seed": order_seed, "quantizer": quantizer, "group_size": group_size, "sym": sym,
                    "act_order": act_order, "calib": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
                    "targets": targets, "ignore": ignore, "streamed": use_stream, "before": before or []}
         ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [
             (r.name, r.bits, r.method, r.group_size) for r in plan.rows]})) if partial else None
-        metrics: dict = {}
-        if evaluate:
-            metrics["perplexity_dense"] = perplexity_of(src, None, eval_windows)
-        res = run_sequential(store, samples, action, select=lambda n: n in selected, gram=True,
+        metrics: dict = {"perplexity_dense": perplexity_of(src, None, eval_windows)} if evaluate else {}
+        selected = {r.name for r in plan.rows}
+        hessian = any(q.needs_gram for q in qinst.values())
+        res = run_sequential(store, samples, packing.action, select=lambda n: n in selected, gram=True,
                              gram_limit=None if hessian else RECON_TOKENS, propagate="pruned", batch_size=batch_size,
                              checkpointer=ckpt, description=f"{quantizer} {bits:g} bits",
                              before=[prune_pass(p) for p in before_plans])
-        for p in before_plans:
-            p.meta["measured_sparsity"] = _measured(p, store)
         if before_plans:
             plan.meta["before"] = [p.to_dict() for p in before_plans]
         apply_resumed_rows(plan, res)
         res.first_ids = samples[:batch_size]
-        timings = res.timings.to_dict()
-        timings["ranking_s"] = t_alloc
-        result_model = store.model if store.fully_in_memory else None
-        if evaluate and result_model is not None:
-            metrics["perplexity"] = perplexity_of(src, result_model, eval_windows)
-        from ..io import build_manifest
+        timings = {**res.timings.to_dict(), "ranking_s": t_alloc}
+        return _result(store, src, output, plan, res, samples, metrics, timings, options, t_start,
+                       high=high, group_size=group_size, sym=sym, act_order=act_order, evaluate=evaluate,
+                       eval_windows=eval_windows, command=command, seed=seed,
+                       title=f"{quantizer} {bits:g} bits ({order} order) on {src.spec}")
 
-        bits_rep = bits_report(plan, store.model, None)
-        plan.meta.update({"nominal_bits": bits_rep["nominal_bits"]})
-        timings["total_s"] = time.perf_counter() - t_start
-        manifest = build_manifest("quantize", options, seed, timings, metrics,
-                                  {"linears": len(plan), "parameters": plan.total_params, **bits_rep}, command)
-        out_path = None
-        if output is not None:
-            qc = gptq_quantization_config(plan, adapter, high, group_size, sym, act_order)
-            out_path = output.finish(store, src, plan, manifest, res, samples[:2],
-                                     title=f"{quantizer} {bits:g} bits ({order} order) on {src.spec}",
-                                     config_updates={"quantization_config": qc},
-                                     verify=lambda: _verify_quantized(store, res, output.partial, samples[:2]),
-                                     after_config=lambda: _write_dequantized_meta(store, src, output.partial))
-            bits_rep = bits_report(plan, store.model, out_path)
-            manifest["plan"].update(bits_rep)
-            from ..io import write_json
 
-            write_json(out_path / "manifest.json", manifest)
-        if evaluate and result_model is None and out_path is not None:
-            evaluate_saved(src, out_path, metrics, manifest, eval_windows)
-        return QuantizeResult(plan, out_path, result_model, timings, bits_rep, metrics, manifest)
+def _warn_incompatible(plan: Plan) -> None:
+    bad = [r.name for r in plan.rows if not gptq_compatible(QuantSpec(r.bits, r.group_size), r.shape[0], r.shape[1])]
+    if bad:
+        warn(f"{len(bad)} linear(s) (e.g. {bad[0]}) have shapes or bit widths that GPTQ kernels do not accept; "
+             "layerwise.load reads them, inference engines may not")
+
+
+def _result(store, src, output, plan, res, samples, metrics, timings, options, t_start, *, high, group_size, sym,
+            act_order, evaluate, eval_windows, command, seed, title) -> QuantizeResult:
+    """Evaluate, write (GPTQ format + dequantized copy, verified) and report one quantization run."""
+    from ..io import build_manifest, write_json
+
+    result_model = store.model if store.fully_in_memory else None
+    if evaluate and result_model is not None:
+        metrics["perplexity"] = perplexity_of(src, result_model, eval_windows)
+    bits_rep = bits_report(plan, store.model, None)
+    plan.meta.update({"nominal_bits": bits_rep["nominal_bits"]})
+    timings["total_s"] = time.perf_counter() - t_start
+    manifest = build_manifest("quantize", options, seed, timings, metrics,
+                              {"linears": len(plan), "parameters": plan.total_params, **bits_rep}, command)
+    out_path = None
+    if output is not None:
+        qc = gptq_quantization_config(plan, store.adapter, high, group_size, sym, act_order)
+        out_path = output.finish(store, src, plan, manifest, res, samples[:2], title=title,
+                                 config_updates={"quantization_config": qc},
+                                 verify=lambda: _verify_quantized(store, res, output.partial, samples[:2]),
+                                 after_config=lambda: _write_dequantized_meta(store, src, output.partial))
+        bits_rep = bits_report(plan, store.model, out_path)
+        manifest["plan"].update(bits_rep)
+        write_json(out_path / "manifest.json", manifest)
+    if evaluate and result_model is None and out_path is not None:
+        evaluate_saved(src, out_path, metrics, manifest, eval_windows)
+    return QuantizeResult(plan, out_path, result_model, timings, bits_rep, metrics, manifest)
 
 
 def ranking_free(bits: float, high: int, low: int, order: str) -> bool:
     """True when the bit allocation needs no analysis pass (so it can follow a fused stage)."""
     return high == low or float(bits) >= high - 1e-12 or order == "random" or "," in str(order)
-
-
-def _measured(plan: Plan, store) -> float | None:
-    """Zeros left in a fused prune stage's linears after quantization (rounding keeps zeros at zero
-    only on symmetric grids, so this is measured, not assumed)."""
-    return plan.measured_sparsity()
 
 
 def gptq_quantization_config(plan: Plan, adapter, default_bits: int, group_size: int, sym: bool,

@@ -115,6 +115,22 @@ def width(model, *, params: float = 0.6, adaptive: bool = False, criterion: str 
                       amplitude=amplitude, mask_only=mask_only, plan=plan)
 
 
+def _distill_stage(student, teacher, cfg: TrainConfig, temperature: float, tokenizer, work: Path, k: int,
+                   n_stages: int) -> list[dict]:
+    """Heal the student of stage k by logit distillation from the dense teacher; its loss curve."""
+    from ..distill.driver import train
+    from ..distill.modules import LogitKD
+
+    for p in student.parameters():
+        p.requires_grad_(True)
+    module = LogitKD(student, teacher, temperature=temperature, alpha=1.0)
+    curve = train(module, cfg, tokenizer, work / f"stage-{k}", description=f"stage {k}/{n_stages} KD")
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return [{**r, "stage": k, "global_step": r["step"] + cfg.offset} for r in curve]
+
+
 def _replayed_cuts(plan: Plan, stage: int) -> list[LayerCut]:
     return [LayerCut(b, sorted(u.get("kv_group", [])), sorted(u.get("mlp_channel", [])))
             for b, u in sorted(plan.cuts(stage).items())]
@@ -192,23 +208,12 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
                  "cuts": [c.to_dict() for c in cuts], "prune_s": time.perf_counter() - t0, "steps": per_stage[k - 1],
                  "widths_before": [before[c.block] for c in cuts]}
         if per_stage[k - 1] > 0:
-            from ..distill.driver import train
-            from ..distill.modules import LogitKD
-
-            for p in student.parameters():
-                p.requires_grad_(True)
             cfg = TrainConfig(steps=per_stage[k - 1], global_batch=global_batch, seqlen=train_seqlen, lr=lr,
                               seed=seed, corpus=calib, offset=offset, total_steps=steps_total,
                               warmup=max(1, steps_total // 20), checkpoint_every=max(1, min(50, per_stage[k - 1])))
-            if work is None:
-                work = Path(f"runs/.width-work-{id(student)}")
-            module = LogitKD(student, teacher, temperature=temperature, alpha=1.0)
-            curve = train(module, cfg, src.tokenizer, work / f"stage-{k}", description=f"stage {k}/{n_stages} KD")
-            res.curve += [{**r, "stage": k, "global_step": r["step"] + offset} for r in curve]
+            work = work or Path(f"runs/.width-work-{id(student)}")
+            res.curve += _distill_stage(student, teacher, cfg, temperature, src.tokenizer, work, k, n_stages)
             offset += per_stage[k - 1]
-            student.eval()
-            for p in student.parameters():
-                p.requires_grad_(False)
         res.stages.append(stage)
         info(f"stage {k}/{n_stages}: block parameters {cur:,} → {block_params(student):,} (goal {goal:,})")
     res.params_after = block_params(student)

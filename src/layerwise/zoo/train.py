@@ -93,45 +93,90 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
         return _train(name, art, work_dir, steps, threads, stop_after)
 
 
+def _tokenizer(tok_dir: Path, corpus, spec):
+    """The zoo model's BPE tokenizer: trained once on the corpus's train split, then reused."""
+    if tok_dir.exists():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tok_dir)
+    info(f"training the {spec.vocab_size}-token BPE tokenizer on {spec.corpus}/train")
+    tok = train_bpe(corpus, spec.vocab_size)
+    tok.save_pretrained(tok_dir)
+    return tok
+
+
+def _card(name, spec, model, tok, corpus, train_stream, nthreads, wall, final, test, curve, nparams) -> dict:
+    """The model card: corpus, tokenizer, training settings and machine, final perplexities, curve."""
+    import transformers
+
+    return {
+        "name": name,
+        "description": spec.description,
+        "architecture": type(model).__name__,
+        "parameters": nparams,
+        "config": {k: v for k, v in model.config.to_dict().items()
+                   if k in spec.config or k in ("vocab_size", "head_dim", "hidden_act")},
+        "corpus": corpus.split_info(),
+        "tokenizer": {"type": "byte-level BPE (tokenizers)", "vocab_size": len(tok),
+                      "trained_on": f"{spec.corpus} train split", "fingerprint": tokenizer_fingerprint(tok)},
+        "training": {"seed": spec.seed, "steps": spec.steps, "batch_size": spec.batch_size,
+                     "seqlen": spec.seqlen, "tokens_seen": spec.steps * spec.tokens_per_step,
+                     "epochs": spec.steps * spec.tokens_per_step / train_stream.numel(),
+                     "optimizer": f"AdamW betas={list(spec.betas)} wd={spec.weight_decay}",
+                     "lr": spec.lr, "schedule": f"linear warm-up {spec.warmup} steps, cosine to "
+                     f"{spec.min_lr_ratio} x lr", "grad_clip": spec.grad_clip, "precision": "float32",
+                     "threads": nthreads, "wall_time_s": round(wall, 1),
+                     "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                     "python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__},
+        "eval": {"data": spec.corpus, "split": "validation", "seqlen": spec.seqlen,
+                 "windows": final.windows, "tokens": final.tokens, "perplexity": final.perplexity,
+                 "test_perplexity": test.perplexity,
+                 "definition": "non-overlapping windows, seqlen-1 scored tokens each (docs/evaluation.md)"},
+        "curve": curve,
+    }
+
+
+def _spec_for(name: str, steps: int | None) -> ZooSpec:
+    """The zoo spec, shortened to `steps` (tests) with warm-up, evaluation and checkpoints scaled."""
+    spec = get_spec(name)
+    if steps is None:
+        return spec
+    return ZooSpec(**{**spec.to_dict(), "steps": int(steps), "betas": tuple(spec.betas),
+                      "warmup": min(spec.warmup, max(1, int(steps) // 10)),
+                      "eval_every": min(spec.eval_every, max(1, int(steps) // 4)),
+                      "checkpoint_every": min(spec.checkpoint_every, max(1, int(steps) // 4))})
+
+
+def _resume(ckpt: Path, model, opt, name: str) -> tuple[int, list, float]:
+    if not ckpt.exists():
+        return 0, [], 0.0
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    info(f"resuming {name} from step {state['step']} ({ckpt})")
+    return state["step"], state["curve"], state["elapsed"]
+
+
 def _train(name: str, art: Artifact, work_dir, steps, threads, stop_after) -> Path | None:
     from ..utils.hf import quiet
 
     quiet()
-    spec = get_spec(name)
-    if steps is not None:
-        spec = ZooSpec(**{**spec.to_dict(), "steps": int(steps), "betas": tuple(spec.betas),
-                          "warmup": min(spec.warmup, max(1, int(steps) // 10)),
-                          "eval_every": min(spec.eval_every, max(1, int(steps) // 4)),
-                          "checkpoint_every": min(spec.checkpoint_every, max(1, int(steps) // 4))})
+    spec = _spec_for(name, steps)
     out = art.out
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     nthreads = configure_threads(threads)
 
     corpus = load_corpus(spec.corpus)
-    tok_dir = work / "tokenizer"
-    if tok_dir.exists():
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(tok_dir)
-    else:
-        info(f"training the {spec.vocab_size}-token BPE tokenizer on {spec.corpus}/train")
-        tok = train_bpe(corpus, spec.vocab_size)
-        tok.save_pretrained(tok_dir)
+    tok = _tokenizer(work / "tokenizer", corpus, spec)
     train_stream = token_stream(corpus, tok, "train")
     val_all = eval_windows(corpus, tok, spec.seqlen, "validation")
     val_quick = val_all[: spec.eval_windows]
 
     model = build_model(spec, len(tok), tok.eos_token_id)
     opt = _optimizer(spec, model)
-    start, curve, elapsed = 0, [], 0.0
-    ckpt = work / CHECKPOINT
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, curve, elapsed = state["step"], state["curve"], state["elapsed"]
-        info(f"resuming {name} from step {start} ({work / CHECKPOINT})")
+    start, curve, elapsed = _resume(work / CHECKPOINT, model, opt, name)
     model.train()
     nparams = sum(p.numel() for p in model.parameters())
     info(f"{name}: {nparams / 1e6:.2f}M parameters, {spec.steps} steps of "
@@ -182,34 +227,7 @@ def _train(name: str, art: Artifact, work_dir, steps, threads, stop_after) -> Pa
                       description="final test")
     from .card import write_card_files
 
-    import transformers
-
-    card = {
-        "name": name,
-        "description": spec.description,
-        "architecture": type(model).__name__,
-        "parameters": nparams,
-        "config": {k: v for k, v in model.config.to_dict().items()
-                   if k in spec.config or k in ("vocab_size", "head_dim", "hidden_act")},
-        "corpus": corpus.split_info(),
-        "tokenizer": {"type": "byte-level BPE (tokenizers)", "vocab_size": len(tok),
-                      "trained_on": f"{spec.corpus} train split", "fingerprint": tokenizer_fingerprint(tok)},
-        "training": {"seed": spec.seed, "steps": spec.steps, "batch_size": spec.batch_size,
-                     "seqlen": spec.seqlen, "tokens_seen": spec.steps * spec.tokens_per_step,
-                     "epochs": spec.steps * spec.tokens_per_step / train_stream.numel(),
-                     "optimizer": f"AdamW betas={list(spec.betas)} wd={spec.weight_decay}",
-                     "lr": spec.lr, "schedule": f"linear warm-up {spec.warmup} steps, cosine to "
-                     f"{spec.min_lr_ratio} x lr", "grad_clip": spec.grad_clip, "precision": "float32",
-                     "threads": nthreads, "wall_time_s": round(wall, 1),
-                     "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                     "python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__},
-        "eval": {"data": spec.corpus, "split": "validation", "seqlen": spec.seqlen,
-                 "windows": final.windows, "tokens": final.tokens, "perplexity": final.perplexity,
-                 "test_perplexity": test.perplexity,
-                 "definition": "non-overlapping windows, seqlen-1 scored tokens each (docs/evaluation.md)"},
-        "curve": curve,
-    }
+    card = _card(name, spec, model, tok, corpus, train_stream, nthreads, wall, final, test, curve, nparams)
     tmp = art.begin()
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
