@@ -6,7 +6,7 @@ the reference implementations use (OWL, AlphaPruning `block_wise`, ECoFLaP `bloc
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -23,6 +23,10 @@ class Allocator(Method):
 
     def ratios(self, target: float, block_params: list[int], scores: dict) -> np.ndarray:
         raise NotImplementedError
+
+    def esd_options(self):
+        """How the ESD scores this allocator reads are computed (None: the defaults)."""
+        return None
 
 
 ALLOCATORS: Registry[type[Allocator]] = Registry("allocator", "--allocation", "allocation")
@@ -67,6 +71,18 @@ class AlphaPruning(Allocator):
 
     class Config(MethodConfig):
         epsilon: float = Field(0.2, ge=0, lt=1, description="sparsity scale spread [1-eps, 1+eps]")
+        xmin: Literal["peak", "mid", "search"] = Field("peak", description="power-law tail start rule")
+        reference_exact: bool = Field(False, description="the reference repositories' exact fit (their "
+                                                         "tail-start comparison, no zero-eigenvalue filter)")
+        farms_rows: int | None = Field(None, ge=2, description="FARMS window rows m (default: smallest dim)")
+        farms_windows: int = Field(8, ge=1, description="FARMS windows per dimension K")
+
+    def esd_options(self):
+        from ..scores.analyze import ESDOptions
+
+        c = self.config
+        return ESDOptions(xmin=c.xmin, reference_exact=c.reference_exact, farms_rows=c.farms_rows,
+                          farms_windows=c.farms_windows)
 
     def ratios(self, target, block_params, scores):
         raw = linear_map(scores[self.scores[0]], self.config.epsilon)

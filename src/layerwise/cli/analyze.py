@@ -24,6 +24,9 @@ def analyze_cmd(
     farms_rows: Optional[int] = typer.Option(None, help="FARMS window rows m (default: smallest matrix dim)."),
     farms_windows: int = typer.Option(8, help="FARMS windows per dimension K."),
     xmin: str = typer.Option("peak", help="Power-law tail start: peak | mid | search."),
+    reference_exact: bool = typer.Option(False, "--reference-exact",
+                                         help="ESD α as the AlphaPruning/FARMS repositories compute it (their "
+                                              "tail-start comparison, no zero-eigenvalue filter)."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer if the model has none."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
@@ -35,7 +38,7 @@ def analyze_cmd(
 
     an = analyze(model, scores=scores, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, out=out,
                  overwrite=overwrite, farms_rows=farms_rows, farms_windows=farms_windows, xmin=xmin,
-                 tokenizer=tokenizer)
+                 tokenizer=tokenizer, reference_exact=reference_exact)
     if as_json:
         print_json(an.to_dict())
         return

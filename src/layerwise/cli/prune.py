@@ -30,6 +30,11 @@ def prune_cmd(
     owl_lambda: float = typer.Option(0.08, help="OWL: sparsities spread over target ± lambda."),
     epsilon: float = typer.Option(0.2, help="AlphaPruning/FARMS: sparsity scale spread [1-eps, 1+eps]."),
     p_max: Optional[float] = typer.Option(None, help="ECoFLaP: maximum block sparsity (default target + 0.1)."),
+    xmin: str = typer.Option("peak", help="AlphaPruning/FARMS: power-law tail start: peak | mid | search."),
+    reference_exact: bool = typer.Option(False, "--reference-exact",
+                                         help="AlphaPruning/FARMS: the reference repositories' exact ESD fit."),
+    farms_rows: Optional[int] = typer.Option(None, help="FARMS window rows m (default: smallest matrix dim)."),
+    farms_windows: int = typer.Option(8, help="FARMS windows per dimension K."),
     propagate: str = typer.Option("pruned", help="Feed the next block the pruned (default) or dense outputs."),
     batch_size: int = typer.Option(8, help="Calibration sequences per block forward."),
     in_memory: bool = typer.Option(False, "--in-memory", help="Load the whole model instead of streaming blocks."),
@@ -51,7 +56,10 @@ def prune_cmd(
                 seed=seed, targets=targets, ignore=ignore, plan=plan, allocation=allocation, out=out,
                 overwrite=overwrite, overwrite_source=overwrite_source, resume=resume, propagate=propagate, batch_size=batch_size,
                 stream=False if in_memory else None, tokenizer=tokenizer, evaluate=evaluate,
-                max_sparsity=max_sparsity, allocation_params=_alloc_params(allocation, owl_lambda, epsilon, p_max))
+                max_sparsity=max_sparsity,
+                allocation_params=_alloc_params(allocation, {"owl_lambda": owl_lambda, "epsilon": epsilon, "p_max": p_max,
+                                                             "xmin": xmin, "reference_exact": reference_exact,
+                                                             "farms_rows": farms_rows, "farms_windows": farms_windows}))
     console.print(res.plan.table(f"plan: {method}", max_rows=40))
     t = res.timings
     console.print(f"time: {t['total_s']:.1f} s (capture {t['capture_s']:.1f}, forward {t['forward_s']:.1f}, "
@@ -62,9 +70,9 @@ def prune_cmd(
         console.print(f"wrote {res.out} (plan.json, manifest.json, report.md)")
 
 
-def _alloc_params(allocation: str, owl_lambda: float, epsilon: float, p_max) -> dict:
+def _alloc_params(allocation: str, options: dict) -> dict:
     from ..allocate import ALLOCATORS, allocator_options
 
     if allocation not in ALLOCATORS:
         return {}   # prune() reports the unknown name with the choices
-    return allocator_options(allocation, {"owl_lambda": owl_lambda, "epsilon": epsilon, "p_max": p_max})
+    return allocator_options(allocation, options)

@@ -20,7 +20,7 @@ from .source import resolve
 def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsamples: int = 32,
             seqlen: int = 256, seed: int = 0, out: str | Path | None = None, overwrite: bool = False,
             farms_rows: int | None = None, farms_windows: int = 8, xmin: str = "peak", tokenizer=None,
-            batch_size: int = 8, zo_samples: int = 32) -> Analysis:
+            batch_size: int = 8, zo_samples: int = 32, reference_exact: bool = False) -> Analysis:
     quiet()
     t0 = time.perf_counter()
     names = parse_scores(scores)
@@ -42,7 +42,8 @@ def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsampl
         store = InMemoryStore(src.loaded.model) if src.loaded is not None else LazyStore(src.path, None)
         samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
         an = analyze_store(store, samples, names, batch_size=batch_size,
-                           esd_opts=ESDOptions(xmin=xmin, farms_rows=farms_rows, farms_windows=farms_windows),
+                           esd_opts=ESDOptions(xmin=xmin, farms_rows=farms_rows, farms_windows=farms_windows,
+                                                      reference_exact=reference_exact),
                            zo_samples=zo_samples, seed=seed, model_name=src.spec)
         an.timings["total_s"] = time.perf_counter() - t0
         if out is not None:

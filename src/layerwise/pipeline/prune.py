@@ -92,8 +92,10 @@ def allocate_on(store, plan: Plan, samples, allocation: str, allocation_params: 
 
     names = {r.name for r in plan.rows}
     store.writing = False
-    an = analyze_store(store, samples, list(get_allocator(allocation).scores), select=lambda n: n in names,
-                       batch_size=batch_size, seed=seed, model_name=model_name, keep_eigs=False)
+    alloc = get_allocator(allocation)
+    an = analyze_store(store, samples, list(alloc.scores), select=lambda n: n in names, batch_size=batch_size,
+                       seed=seed, model_name=model_name, keep_eigs=False,
+                       esd_opts=alloc(allocation_params or {}).esd_options())
     store.writing = True
     allocate(allocation, plan, an.block_scores, sparsity, max_sparsity, **(allocation_params or {}))
 

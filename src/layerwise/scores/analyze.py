@@ -28,6 +28,9 @@ class ESDOptions:
     farms_rows: int | None = None     # window rows m; default: the smallest matrix dimension (≤ 2000)
     farms_ratio: float = 1.0          # aspect ratio Q: window columns = m·Q
     farms_windows: int = 8            # windows per dimension K
+    # The AlphaPruning/FARMS repositories' exact fit: their tail-start comparison against
+    # log10(0.95·peak) and no filter of (near-)zero eigenvalues. Off: the corrected rule.
+    reference_exact: bool = False
 
 
 @dataclass
@@ -104,7 +107,9 @@ def analyze_store(store, samples: torch.Tensor, scores: list[str], *, select=lam
             for r in work.linears:
                 eigs = esd(r.weight) if kind == "alpha" else farms_esd(
                     r.weight, m_rows, esd_opts.farms_ratio, esd_opts.farms_windows)
-                fit = fit_power_law(eigs, xmin=esd_opts.xmin, bins=esd_opts.bins)
+                fit = fit_power_law(eigs, xmin=esd_opts.xmin, bins=esd_opts.bins,
+                                    filter_zeros=not esd_opts.reference_exact,
+                                    reference_peak=esd_opts.reference_exact)
                 lin_vals[kind][r.name] = fit.alpha
                 rec = fit.to_dict()
                 if keep_eigs:
