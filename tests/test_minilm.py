@@ -38,3 +38,15 @@ def test_minilm_eval_and_prune(tmp_path):
     assert r.plan.measured_sparsity() == pytest.approx(0.5, abs=1e-6)
     rep = evaluate(str(tmp_path / "m"), reference=dense, max_texts=32)
     assert rep.kind == "encoder" and 0.5 < rep.embedding.cosine_mean < 1.0
+
+
+def test_minilm_width_pruning_reloads_and_reports_cosine(tmp_path):
+    from layerwise import zoo
+    from layerwise.eval import evaluate
+    from layerwise.pipeline.width import width
+
+    dense = zoo.load("minilm")
+    r = width(zoo.load("minilm"), params=0.8, criterion="wanda", adaptive=True, nsamples=8, out=tmp_path / "w")
+    assert 0.79 < r.params_after / r.params_before < 0.81
+    rep = evaluate(str(tmp_path / "w"), reference=dense, max_texts=32)
+    assert rep.kind == "encoder" and 0.5 < rep.embedding.cosine_mean < 1.0

@@ -127,6 +127,45 @@ def test_cli_bad_input(args, needle, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_non_llama_is_refused(tiny_dirs, capsys, tmp_path):
-    code = main(["width", str(tiny_dirs["gpt2"]), "--out", str(tmp_path / "o")])
-    assert code == 2 and "Llama-like" in capsys.readouterr().err
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt2", "bert"])
+def test_width_surgery_on_every_adapter(arch, tmp_path):
+    """Masked == physically removed, and the saved result reloads to the same outputs, on every
+    architecture whose adapter declares its unit groups (fused GPT-2 c_attn, BERT post-norm)."""
+    from conftest import tiny_model
+
+    from layerwise.models.loader import output_tensor
+
+    m = tiny_model(arch)
+    lays = layouts(m)
+    cuts = [LayerCut(0, [1], [0, 5, 9]), LayerCut(1, [lays[1].kv_heads - 1], list(range(20)))]
+    masked = apply_mask(copy.deepcopy(m), cuts)
+    small = shrink(copy.deepcopy(m), cuts)
+    x = ids()
+    with torch.no_grad():
+        a, b = output_tensor(masked(input_ids=x)), output_tensor(small(input_ids=x))
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    after = layouts(small)
+    assert [l.kv_heads for l in after] == [lays[0].kv_heads - 1, lays[1].kv_heads - 1]
+    assert [l.intermediate for l in after] == [lays[0].intermediate - 3, lays[1].intermediate - 20]
+    save_model(small, None, tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(output_tensor(load_model(str(tmp_path / "m")).model(input_ids=x)), b)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral", "gpt2", "bert"])
+def test_cli_width_on_other_architectures(arch, tiny_dirs, capsys, tmp_path):
+    crit = "wanda" if arch == "bert" else "taylor"
+    code = main(["width", str(tiny_dirs[arch]), "--params", "0.7", "--adaptive", "--criterion", crit,
+                 "--nsamples", "4", "--out", str(tmp_path / "o")])
+    assert code == 0, capsys.readouterr().err
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert "identical" in man["checks"]["reload"]
+
+
+def test_taylor_on_an_encoder_is_one_line(tiny_dirs, capsys, tmp_path):
+    code = main(["width", str(tiny_dirs["bert"]), "--criterion", "taylor", "--nsamples", "4",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "language-model loss" in err[-1]
+
+

@@ -20,36 +20,38 @@ MARKER = "layerwise_model.json"
 
 
 def is_width_pruned(model: nn.Module) -> bool:
-    """A Llama-like model whose blocks no longer have the widths its config states."""
+    """A model whose blocks no longer have the widths its config states."""
     from ..models.adapters import get_adapter
-
-    if get_adapter(model).name != "llama":
-        return False
     from ..models.adapters.layout import layouts
 
-    c = model.config
-    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    return any(lay.kv_heads * lay.rep != c.num_attention_heads or lay.kv_heads != kv
-               or lay.intermediate != c.intermediate_size for lay in layouts(model))
+    adapter = get_adapter(model)
+    if not hasattr(adapter, "config_widths"):
+        return False
+    groups, channels = adapter.config_widths()
+    return any(lay.kv_heads != groups or lay.intermediate != channels for lay in layouts(model))
 
 
 def write_structure(model: nn.Module, directory: Path) -> str:
-    """Rewrite the config (uniform widths) or write the per-layer marker for weights saved separately
-    (e.g. streamed shards); call before the config is saved. Returns how the result loads."""
+    """Rewrite the config (uniform widths of a Llama-like model) or write the per-layer marker, for
+    weights saved separately; call before the config is saved. Returns how the result loads."""
+    from ..models.adapters import get_adapter
     from ..models.adapters.layout import layouts, uniform_widths, widths
 
     cfg = model.config
-    uni = uniform_widths(model)
     head_dim = layouts(model)[0].head_dim
+    uni = uniform_widths(model) if get_adapter(model).name == "llama" else None
+    # transformers validates hidden_size % num_attention_heads even with an explicit head_dim
     if uni is not None and cfg.hidden_size % uni["num_attention_heads"]:
         uni = None
-    cfg.head_dim = head_dim
     if uni is not None:
+        cfg.head_dim = head_dim
         cfg.intermediate_size = uni["intermediate_size"]
         cfg.num_attention_heads = uni["num_attention_heads"]
         cfg.num_key_value_heads = uni["num_key_value_heads"]
         (Path(directory) / MARKER).unlink(missing_ok=True)
         return "stock from_pretrained (uniform widths)"
+    if get_adapter(model).name == "llama":
+        cfg.head_dim = head_dim
     (Path(directory) / MARKER).write_text(json.dumps({"kind": "width", "head_dim": head_dim,
                                                       "layers": widths(model)}, indent=1) + "\n")
     return "layerwise.load (per-layer widths)"
@@ -67,35 +69,33 @@ def save_model(model: nn.Module, tokenizer, directory: Path) -> str:
 
 
 def load_structured(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The stock architecture of the config, each block cut to its saved widths, then the weights."""
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from ..models.adapters.layout import layouts
+    from ..models.adapters.surgery import LayerCut, shrink
+    from ..models.loader import causal_config
 
     path = Path(path)
     meta = json.loads((path / MARKER).read_text())
     if meta.get("kind") != "width":
         raise ModelLoadError(f"{path / MARKER}: unknown kind {meta.get('kind')!r}")
     config = AutoConfig.from_pretrained(path)
+    cls = AutoModelForCausalLM if causal_config(config) else AutoModel
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    from ..models.adapters import get_adapter
-
-    blocks = get_adapter(model).block_list()
-    hd = int(meta["head_dim"])
-    for spec in meta["layers"]:
-        b = blocks[spec["block"]]
-        a, m = b.self_attn, b.mlp
-        h = a.q_proj.in_features
-        nh, nkv, inter = spec["num_attention_heads"], spec["num_key_value_heads"], spec["intermediate_size"]
-        with init_empty_weights(include_buffers=False):
-            a.q_proj = nn.Linear(h, nh * hd, bias=a.q_proj.bias is not None)
-            a.k_proj = nn.Linear(h, nkv * hd, bias=a.k_proj.bias is not None)
-            a.v_proj = nn.Linear(h, nkv * hd, bias=a.v_proj.bias is not None)
-            a.o_proj = nn.Linear(nh * hd, h, bias=a.o_proj.bias is not None)
-            m.gate_proj = nn.Linear(h, inter, bias=m.gate_proj.bias is not None)
-            m.up_proj = nn.Linear(h, inter, bias=m.up_proj.bias is not None)
-            m.down_proj = nn.Linear(inter, h, bias=m.down_proj.bias is not None)
+        model = cls.from_config(config, dtype=dtype)
+        lays = layouts(model)
+        cuts = []
+        for spec in meta["layers"]:
+            lay = lays[spec["block"]]
+            g, c = spec["num_key_value_heads"], spec["intermediate_size"]
+            if not (1 <= g <= lay.kv_heads and 1 <= c <= lay.intermediate):
+                raise ModelLoadError(f"{path / MARKER}: block {spec['block']} widths {g}/{c} do not fit the config")
+            cuts.append(LayerCut(spec["block"], list(range(g, lay.kv_heads)), list(range(c, lay.intermediate))))
+        shrink(model, cuts)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{path} has no safetensors weights")

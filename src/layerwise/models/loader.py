@@ -41,6 +41,12 @@ class LoadedModel:
         return self.source
 
 
+def output_tensor(out) -> torch.Tensor:
+    """What a model computes, whatever its head: logits of an LM, last hidden states of an encoder."""
+    t = getattr(out, "logits", None)
+    return out.last_hidden_state if t is None else t
+
+
 def is_causal_lm(model: torch.nn.Module) -> bool:
     archs = getattr(getattr(model, "config", None), "architectures", None) or []
     name = type(model).__name__

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models.loader import output_tensor
 from ..plan import Plan, UnitRow
 from ..console import info
 from ..data.tokens import calibration_samples, eval_windows
@@ -26,10 +27,6 @@ from ..models.files import check_model_dir
 from ..utils.hf import quiet
 from .output import guard_output
 from .source import resolve
-
-NAMES = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",
-         "mlp.gate_proj": "g", "mlp.up_proj": "u", "mlp.down_proj": "d"}
-
 
 @dataclass
 class WidthResult:
@@ -49,12 +46,13 @@ def block_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def _activation_stats(model, samples, batch_size):
-    """Per block: input statistics of q,k,v,o,gate,up,down, and −cos(h_in, h_out) (importance)."""
+    """Per block: input statistics of each linear (by its path in the block), and −cos(h_in, h_out)
+    (the block's importance)."""
     stats: dict[int, dict] = {}
     imp: dict[int, float] = {}
 
     def action(work):
-        stats[work.index] = {NAMES[r.local]: work.stats[r.name] for r in work.linears if r.local in NAMES}
+        stats[work.index] = {r.local: work.stats[r.name] for r in work.linears}
         return []
 
     def observe(i, inputs, outputs):
@@ -66,6 +64,11 @@ def _activation_stats(model, samples, batch_size):
 
 
 def _taylor_grads(model, samples, batch_size) -> dict:
+    from ..models.loader import is_causal_lm
+
+    if not is_causal_lm(model):
+        raise ConfigError(f"the taylor criterion needs a language-model loss, which {type(model).__name__} has "
+                          "not; use --criterion magnitude, wanda or flap")
     was = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(True)
@@ -267,7 +270,7 @@ def _write(art, res: WidthResult, src, options: dict) -> Path:
     how = save_model(res.model, src.tokenizer, tmp)
     back = load_model(str(tmp)).model
     with torch.no_grad():
-        if not torch.equal(back(input_ids=sample).logits, res.model(input_ids=sample).logits):
+        if not torch.equal(output_tensor(back(input_ids=sample)), output_tensor(res.model(input_ids=sample))):
             raise LayerwiseError("the saved width-pruned model does not reproduce the in-memory logits")
     width_plan(res, options["criterion"], options).save(tmp / "plan.json")
     if res.curve:

@@ -1,13 +1,12 @@
-"""Structured width pruning of Llama-like blocks: whole KV-head groups and MLP channels.
+"""Structured width pruning: whole attention groups (KV groups, or heads) and MLP channels.
 
-A KV group g is k/v rows [g·hd, (g+1)·hd), the rows of its query heads g·rep … g·rep+rep−1 in q_proj
-(repeat_kv's head-major layout) and the matching o_proj columns. An MLP channel j is row j of gate
-and up and column j of down. Removing a group keeps every layer's q-heads-per-KV-head ratio, so the
-attention code runs unchanged with per-layer head counts.
+What a unit owns comes from the adapter (`models.adapters.layout`): for a Llama-like block a KV
+group is its k/v rows, the rows of its query heads and the matching o_proj columns; for GPT-2 a head
+is its rows in each q/k/v section of the fused c_attn and its c_proj columns; for BERT its
+query/key/value rows and output.dense columns. Removing whole groups keeps the heads-per-KV ratio,
+so the stock attention code runs with per-layer head counts.
 """
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -16,24 +15,10 @@ from torch import nn
 from ..registry import Method, Registry
 from ..errors import ConfigError
 from ..models.adapters import get_adapter
-from ..models.adapters.layout import LayerLayout, _mods, layouts, uniform_widths, widths  # noqa: F401
+from ..models.adapters.surgery import LayerCut, cut_index, shrink  # noqa: F401
+from ..models.adapters.layout import (LayerLayout, Member, layouts, module_at, uniform_widths,  # noqa: F401
+                                     weight_out_in, widths)
 
-
-
-@dataclass
-class LayerCut:
-    block: int
-    remove_groups: list[int] = field(default_factory=list)
-    remove_channels: list[int] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _group_rows(lay: LayerLayout, g: int) -> tuple[slice, slice]:
-    """(q rows / o columns, k/v rows) of KV group g."""
-    hd, rep = lay.head_dim, lay.rep
-    return slice(g * rep * hd, (g + 1) * rep * hd), slice(g * hd, (g + 1) * hd)
 
 
 # --- importance of groups and channels ---------------------------------------------------------
@@ -94,8 +79,33 @@ class TaylorWidth(WidthCriterion):
         return {n: (W[n] * grads[n]).abs() for n in W}
 
 
-_LOCAL = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-          "mlp.up_proj", "mlp.down_proj")
+def _section(lay, m: Member, n_units: int, t: torch.Tensor) -> torch.Tensor:
+    """The rows (axis 0) or columns (axis 1) of `t` that belong to member m's units."""
+    span = slice(m.offset, m.offset + n_units * m.per_unit)
+    return t[span] if m.axis == 0 else t[:, span]
+
+
+def _per_unit(S: torch.Tensor, m: Member, n_units: int) -> torch.Tensor:
+    """Sum of an element-score section per unit."""
+    if m.axis == 0:
+        return S.reshape(n_units, m.per_unit, -1).sum((1, 2))
+    return S.reshape(S.shape[0], n_units, m.per_unit).sum((0, 2))
+
+
+def _block_inputs(adapter, lay, block, stats, grads):
+    """Weights, statistics and gradients of a block by scoring key (sections of fused matrices)."""
+    W, St, G = {}, {}, {}
+    for kind, n in (("groups", lay.kv_heads), ("channels", lay.intermediate)):
+        for m in getattr(lay, kind):
+            mod = module_at(block, m.path)
+            W[m.key] = _section(lay, m, n, weight_out_in(mod).detach().double())
+            if stats is not None:
+                St[m.key] = stats[lay.block][m.path]
+            if grads is not None:
+                g = grads[f"{adapter.block_prefix(lay.block)}.{m.path}"]
+                g = g.t() if weight_out_in(mod) is not mod.weight else g
+                G[m.key] = _section(lay, m, n, g.double())
+    return W, (St if stats is not None else None), (G if grads is not None else None)
 
 
 def unit_scores(model: nn.Module, criterion: str, stats: dict | None = None, grads: dict | None = None
@@ -105,17 +115,11 @@ def unit_scores(model: nn.Module, criterion: str, stats: dict | None = None, gra
     adapter = get_adapter(model)
     out = []
     for lay, block in zip(layouts(model), adapter.block_list()):
-        q, k, v, o, g, u, d = _mods(block)
-        W = {n: m.weight.detach().double() for n, m in zip("qkvogud", (q, k, v, o, g, u, d))}
-        G = None if grads is None else {n: grads[f"{adapter.block_prefix(lay.block)}.{p}"].double()
-                                        for n, p in zip("qkvogud", _LOCAL)}
-        S = crit.element_scores(W, None if stats is None else stats[lay.block], G)
-        groups = []
-        for gi in range(lay.kv_heads):
-            qs, ks = _group_rows(lay, gi)
-            groups.append(float(S["q"][qs].sum() + S["k"][ks].sum() + S["v"][ks].sum() + S["o"][:, qs].sum()))
-        channels = (S["g"].sum(1) + S["u"].sum(1) + S["d"].sum(0)).tolist()
-        out.append({"groups": groups, "channels": channels})
+        W, St, G = _block_inputs(adapter, lay, block, stats, grads)
+        S = crit.element_scores(W, St, G)
+        groups = sum(_per_unit(S[m.key], m, lay.kv_heads) for m in lay.groups)
+        channels = sum(_per_unit(S[m.key], m, lay.intermediate) for m in lay.channels)
+        out.append({"groups": [float(x) for x in groups], "channels": [float(x) for x in channels]})
     return out
 
 
@@ -170,69 +174,23 @@ def removed_params(model: nn.Module, cuts: list[LayerCut]) -> int:
 
 # --- masking and physical removal ---------------------------------------------------------------
 
-def _keep(n: int, drop: list[int]) -> torch.Tensor:
-    m = torch.ones(n, dtype=torch.bool)
-    if drop:
-        m[torch.tensor(drop)] = False
-    return m
-
-
 @torch.no_grad()
 def apply_mask(model: nn.Module, cuts: list[LayerCut]) -> nn.Module:
-    """Zero the removed groups and channels (weights and biases) in place: the reference for `shrink`."""
+    """Zero the removed groups and channels (weights and output biases) in place: the reference for
+    `shrink`."""
     adapter = get_adapter(model)
     lays = layouts(model)
     for cut in cuts:
-        lay = lays[cut.block]
-        q, k, v, o, g, u, d = _mods(adapter.block_list()[cut.block])
-        for gi in cut.remove_groups:
-            qs, ks = _group_rows(lay, gi)
-            for lin, rows in ((q, qs), (k, ks), (v, ks)):
-                lin.weight[rows] = 0
-                if lin.bias is not None:
-                    lin.bias[rows] = 0
-            o.weight[:, qs] = 0
-        for j in cut.remove_channels:
-            for lin in (g, u):
-                lin.weight[j] = 0
-                if lin.bias is not None:
-                    lin.bias[j] = 0
-            d.weight[:, j] = 0
-    return model
-
-
-def _linear(w: torch.Tensor, b: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
-    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=like.weight.dtype, device=like.weight.device)
-    new.weight.data.copy_(w)
-    if b is not None:
-        new.bias.data.copy_(b)
-    new.weight.requires_grad_(like.weight.requires_grad)
-    return new
-
-
-@torch.no_grad()
-def shrink(model: nn.Module, cuts: list[LayerCut]) -> nn.Module:
-    """Physically remove the groups and channels: the saved matrices are smaller."""
-    adapter = get_adapter(model)
-    lays = layouts(model)
-    for cut in cuts:
-        lay = lays[cut.block]
         block = adapter.block_list()[cut.block]
-        attn, mlp = block.self_attn, block.mlp
-        q, k, v, o, g, u, d = _mods(block)
-        gk = _keep(lay.kv_heads, cut.remove_groups)
-        qmask = gk.repeat_interleave(lay.rep * lay.head_dim)
-        kmask = gk.repeat_interleave(lay.head_dim)
-        attn.q_proj = _linear(q.weight[qmask], q.bias[qmask] if q.bias is not None else None, q)
-        attn.k_proj = _linear(k.weight[kmask], k.bias[kmask] if k.bias is not None else None, k)
-        attn.v_proj = _linear(v.weight[kmask], v.bias[kmask] if v.bias is not None else None, v)
-        attn.o_proj = _linear(o.weight[:, qmask], o.bias, o)
-        cm = _keep(lay.intermediate, cut.remove_channels)
-        mlp.gate_proj = _linear(g.weight[cm], g.bias[cm] if g.bias is not None else None, g)
-        mlp.up_proj = _linear(u.weight[cm], u.bias[cm] if u.bias is not None else None, u)
-        mlp.down_proj = _linear(d.weight[:, cm], d.bias, d)
-        if hasattr(mlp, "intermediate_size"):
-            mlp.intermediate_size = int(cm.sum())
+        for (path, axis), idx in cut_index(block, lays[cut.block], cut).items():
+            if not idx:
+                continue
+            mod = module_at(block, path)
+            w = weight_out_in(mod)
+            if axis == 0:
+                w[idx] = 0
+                if mod.bias is not None:
+                    mod.bias[idx] = 0
+            else:
+                w[:, idx] = 0
     return model
-
-

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .base import Adapter, register
+from .layout import Member
 
 
 @register
@@ -21,6 +22,27 @@ class LlamaLikeAdapter(Adapter):
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
         return {"heads": heads, "kv_heads": kv, "head_dim": head_dim}
 
+    # A KV group is its k/v rows, the rows of its query heads in q_proj (repeat_kv's head-major
+    # layout) and the matching o_proj columns; keeping whole groups keeps the heads-per-KV ratio.
+    def width_units(self, block) -> dict:
+        lay = self.attention_layout()
+        hd, rep = lay["head_dim"], lay["heads"] // lay["kv_heads"]
+        a, m = block.self_attn, block.mlp
+        return {"hidden": a.q_proj.in_features, "head_dim": hd, "rep": rep,
+                "groups_n": a.k_proj.out_features // hd, "channels_n": m.gate_proj.out_features,
+                "groups": [Member("q", "self_attn.q_proj", 0, rep * hd), Member("k", "self_attn.k_proj", 0, hd),
+                           Member("v", "self_attn.v_proj", 0, hd), Member("o", "self_attn.o_proj", 1, rep * hd)],
+                "channels": [Member("g", "mlp.gate_proj", 0, 1), Member("u", "mlp.up_proj", 0, 1),
+                             Member("d", "mlp.down_proj", 1, 1)]}
+
+    def set_widths(self, block, groups: int, channels: int) -> None:
+        if hasattr(block.mlp, "intermediate_size"):
+            block.mlp.intermediate_size = channels
+
+    def config_widths(self) -> tuple[int, int]:
+        c = self.model.config
+        return self.attention_layout()["kv_heads"], c.intermediate_size
+
 
 @register
 class GPT2Adapter(Adapter):
@@ -34,6 +56,25 @@ class GPT2Adapter(Adapter):
 
     def config_num_blocks_key(self) -> str:
         return "n_layer"
+
+    # Heads live in the fused c_attn (q, k and v sections of split_size rows each) and in the
+    # columns of attn.c_proj; MLP channels are c_fc outputs and mlp.c_proj inputs.
+    def width_units(self, block) -> dict:
+        a, m = block.attn, block.mlp
+        hd, split = a.head_dim, a.split_size
+        return {"hidden": self.model.config.n_embd, "head_dim": hd, "rep": 1, "groups_n": split // hd,
+                "channels_n": m.c_fc.nf,
+                "groups": [Member("q", "attn.c_attn", 0, hd, 0), Member("k", "attn.c_attn", 0, hd, split),
+                           Member("v", "attn.c_attn", 0, hd, 2 * split), Member("o", "attn.c_proj", 1, hd)],
+                "channels": [Member("u", "mlp.c_fc", 0, 1), Member("d", "mlp.c_proj", 1, 1)]}
+
+    def set_widths(self, block, groups: int, channels: int) -> None:
+        block.attn.num_heads = groups
+        block.attn.split_size = groups * block.attn.head_dim
+
+    def config_widths(self) -> tuple[int, int]:
+        c = self.model.config
+        return c.n_head, c.n_inner or 4 * c.n_embd
 
 
 @register
@@ -53,3 +94,23 @@ class BertAdapter(Adapter):
         super().__init__(model)
         self.blocks_path = "encoder.layer" if self._resolve(model, "encoder.layer") is not None \
             else "bert.encoder.layer"
+
+    # Heads: query/key/value rows and attention.output.dense columns; MLP channels: intermediate
+    # outputs and output.dense inputs (post-norm blocks: the LayerNorms stay as they are).
+    def width_units(self, block) -> dict:
+        s, hd = block.attention.self, block.attention.self.attention_head_size
+        return {"hidden": self.model.config.hidden_size, "head_dim": hd, "rep": 1,
+                "groups_n": s.query.out_features // hd, "channels_n": block.intermediate.dense.out_features,
+                "groups": [Member("q", "attention.self.query", 0, hd), Member("k", "attention.self.key", 0, hd),
+                           Member("v", "attention.self.value", 0, hd),
+                           Member("o", "attention.output.dense", 1, hd)],
+                "channels": [Member("u", "intermediate.dense", 0, 1), Member("d", "output.dense", 1, 1)]}
+
+    def set_widths(self, block, groups: int, channels: int) -> None:
+        s = block.attention.self
+        s.num_attention_heads = groups
+        s.all_head_size = groups * s.attention_head_size
+
+    def config_widths(self) -> tuple[int, int]:
+        c = self.model.config
+        return c.num_attention_heads, c.intermediate_size
