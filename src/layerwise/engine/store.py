@@ -175,9 +175,9 @@ class LazyStore(BlockStore):
 
     def __init__(self, src: Path, out_dir: Path | None, dtype: torch.dtype = torch.float32):
         from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+        from transformers import AutoConfig
 
-        from ..models.loader import causal_config
+        from ..models.adapters import model_class
 
         self.src = Path(src)
         self.dtype = dtype
@@ -185,7 +185,7 @@ class LazyStore(BlockStore):
             config = AutoConfig.from_pretrained(self.src)
         except (ValueError, OSError, KeyError) as e:
             raise ModelLoadError(f"cannot read {self.src / 'config.json'}: {e}") from e
-        cls = AutoModelForCausalLM if causal_config(config) else AutoModel
+        cls = model_class(config)
         with init_empty_weights(include_buffers=False):
             model = cls.from_config(config, dtype=dtype)
         model.eval()

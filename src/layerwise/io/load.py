@@ -15,7 +15,8 @@ import torch
 
 from ..errors import ModelLoadError
 from ..models.files import check_model_dir
-from ..models.loader import (WEIGHT_FILES, LoadedModel, causal_config, check_against_config, load_from_hub,
+from ..models.adapters import model_class
+from ..models.loader import (WEIGHT_FILES, LoadedModel, check_against_config, load_from_hub,
                              load_tokenizer)
 from ..models.shipped import path as shipped_path
 from ..utils.hf import quiet
@@ -33,7 +34,7 @@ def _looks_like_path(spec: str) -> bool:
 
 def load_dir(path: Path, dtype: torch.dtype = torch.float32, tokenizer: str | None = None):
     """(model, tokenizer) of a model directory, whatever format it was saved in."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     path = Path(path)
     if not path.is_dir():
@@ -50,7 +51,7 @@ def load_dir(path: Path, dtype: torch.dtype = torch.float32, tokenizer: str | No
     fmt = detect(path)
     if fmt is not None:
         return load_with(fmt, path, dtype), load_tokenizer(path, tokenizer)
-    cls = AutoModelForCausalLM if causal_config(config) else AutoModel
+    cls = model_class(config)
     check_against_config(cls, config, tensors, path)
     try:
         model = cls.from_pretrained(path, dtype=dtype)

@@ -44,10 +44,10 @@ def load_gptq(path: Path, dtype: torch.dtype = torch.float32):
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from ..models.adapters.base import CONV1D
-    from ..models.loader import causal_config
+    from ..models.adapters import model_class
 
     path = Path(path)
     qc = gptq_config(path)
@@ -57,7 +57,7 @@ def load_gptq(path: Path, dtype: torch.dtype = torch.float32):
     config = copy.deepcopy(config)
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    cls = AutoModelForCausalLM if causal_config(config) else AutoModel
+    cls = model_class(config)
     with init_empty_weights(include_buffers=False):
         model = cls.from_config(config, dtype=dtype)
     files = sorted(path.glob("*.safetensors"))

@@ -73,18 +73,18 @@ def load_structured(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from ..models.adapters.layout import layouts
     from ..models.adapters.surgery import LayerCut, shrink
-    from ..models.loader import causal_config
+    from ..models.adapters import model_class
 
     path = Path(path)
     meta = json.loads((path / MARKER).read_text())
     if meta.get("kind") != "width":
         raise ModelLoadError(f"{path / MARKER}: unknown kind {meta.get('kind')!r}")
     config = AutoConfig.from_pretrained(path)
-    cls = AutoModelForCausalLM if causal_config(config) else AutoModel
+    cls = model_class(config)
     with init_empty_weights(include_buffers=False):
         model = cls.from_config(config, dtype=dtype)
         lays = layouts(model)

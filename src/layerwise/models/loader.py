@@ -1,7 +1,7 @@
 """Model-side loading pieces: the loaded-model record, model classes, tokenizers, the hub.
 
 The loader that dispatches on checkpoint formats is `layerwise.io.load` (the artifact layer); this
-module knows no formats. Causal LMs load through `AutoModelForCausalLM`, everything else through
+module knows no formats. The model class comes from the adapters (`model_class`): causal LMs with their head, everything else
 `AutoModel`.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
+from .adapters.base import causal_config, model_class  # noqa: F401  (re-exported)
 from ..utils.hub import hub_reachable
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -54,11 +55,6 @@ def is_causal_lm(model: torch.nn.Module) -> bool:
         a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs if a == name)
 
 
-def causal_config(config) -> bool:
-    archs = getattr(config, "architectures", None) or []
-    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
-
-
 def check_against_config(cls, config, tensors: dict, path: Path) -> None:
     """Shapes in the checkpoint must be those the config implies (checked on an empty skeleton)."""
     from accelerate import init_empty_weights
@@ -97,7 +93,7 @@ def load_tokenizer(path: Path | str | None, override: str | None):
 
 
 def load_from_hub(repo: str, dtype: torch.dtype, tokenizer: str | None) -> LoadedModel:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     online = hub_reachable()
     try:
@@ -110,7 +106,7 @@ def load_from_hub(repo: str, dtype: torch.dtype, tokenizer: str | None) -> Loade
             raise ModelLoadError(f"unknown model '{repo}': no such directory, and the hub is unreachable "
                                  f"and it is not in the local cache{hint}") from e
         raise ModelLoadError(f"unknown model '{repo}': {type(e).__name__}: {e}{hint}") from e
-    cls = AutoModelForCausalLM if causal_config(config) else AutoModel
+    cls = model_class(config)
     try:
         model = cls.from_pretrained(repo, dtype=dtype, local_files_only=not online)
     except Exception as e:

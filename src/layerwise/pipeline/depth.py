@@ -304,9 +304,9 @@ def _write(art, res: DepthResult, src, select, heal_kind, k, seed, timings) -> P
         m.save_pretrained(d)
         src.tokenizer.save_pretrained(d)
         write_json(d / "intervals.json", active)
-    from transformers import AutoModelForCausalLM
+    from ..models.adapters import model_class
 
-    back = AutoModelForCausalLM.from_pretrained(tmp).eval()
+    back = model_class(res.model.config).from_pretrained(tmp).eval()
     with torch.no_grad():
         same = torch.equal(back(input_ids=sample).logits, res.model(input_ids=sample).logits)
     if not same:

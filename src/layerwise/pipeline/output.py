@@ -152,16 +152,15 @@ class OutputDir:
         engine's.
         """
         if store.fully_in_memory:
-            from transformers import AutoModel, AutoModelForCausalLM
-
+            
             from ..io.load import load_model
-            from ..models.loader import causal_config
+            from ..models.adapters import model_class
 
             dtype = next(store.model.parameters()).dtype
             if (self.partial / STRUCTURE_MARKER).exists():
                 reloaded = load_model(str(self.partial), dtype=dtype).model
             else:
-                cls = AutoModelForCausalLM if causal_config(store.model.config) else AutoModel
+                cls = model_class(store.model.config)
                 reloaded = cls.from_pretrained(self.partial, dtype=dtype).eval()
             a = store.model(input_ids=sample_ids, use_cache=False)
             b = reloaded(input_ids=sample_ids, use_cache=False)

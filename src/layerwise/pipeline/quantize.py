@@ -358,14 +358,13 @@ def _verify_quantized(store, res, partial: Path, sample_ids: torch.Tensor) -> st
             if not (torch.equal(W, w) or torch.equal(W.t(), w)):
                 raise LayerwiseError(f"packed weights of {base} do not unpack to the dequantized copy")
     if store.fully_in_memory:
-        from transformers import AutoModel, AutoModelForCausalLM
-
-        from ..models.loader import causal_config
+        
+        from ..models.adapters import model_class
 
         ref = store.model(input_ids=sample_ids, use_cache=False)
         ref = ref.logits if hasattr(ref, "logits") else ref.last_hidden_state
         a = load_gptq(partial)(input_ids=sample_ids, use_cache=False)
-        cls = AutoModelForCausalLM if causal_config(store.model.config) else AutoModel
+        cls = model_class(store.model.config)
         b = cls.from_pretrained(deq).eval()(input_ids=sample_ids, use_cache=False)
         for name, o in (("packed", a), ("dequantized", b)):
             o = o.logits if hasattr(o, "logits") else o.last_hidden_state

@@ -1,6 +1,7 @@
 """Architecture adapters, one registry keyed by `config.model_type`."""
 from . import decoders  # noqa: F401  (registers the built-in adapters)
-from .base import ADAPTERS, Adapter, LinearRef, StopForward, compile_patterns, get_adapter, name_matches, register
+from .base import (ADAPTERS, Adapter, LinearRef, StopForward, causal_config, compile_patterns, get_adapter,
+                   model_class, name_matches, register)
 
-__all__ = ["ADAPTERS", "Adapter", "LinearRef", "StopForward", "compile_patterns", "get_adapter",
-           "name_matches", "register"]
+__all__ = ["ADAPTERS", "Adapter", "LinearRef", "StopForward", "causal_config", "compile_patterns", "get_adapter",
+           "model_class", "name_matches", "register"]

@@ -157,6 +157,19 @@ class Adapter:
         return f"{self.name} adapter: {self.num_blocks} blocks at {self.blocks_path}"
 
 
+def causal_config(config) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def model_class(config):
+    """The transformers auto class that builds a model of this config: causal LMs with their head,
+    everything else (encoders) bare."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModelForCausalLM if causal_config(config) else AutoModel
+
+
 ADAPTERS: list[type[Adapter]] = []
 
 
