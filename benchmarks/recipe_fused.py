@@ -90,7 +90,8 @@ def main() -> None:
                      [["`layerwise prune` then `layerwise quantize`", s, ", ".join(f"{x:.1f}" for x in seq_t), "1.00"],
                       ["`layerwise run` fused recipe", f, ", ".join(f"{x:.1f}" for x in fus_t), f"{f / s:.2f}"]])
     body = (f"Model {a.model}; SparseGPT 50% then GPTQ 4-bit (group 128, symmetric) on {a.nsamples} x "
-            f"{a.seqlen} calibration tokens; {a.repeats} interleaved repetitions, medians. Packed weights "
+            f"{a.seqlen} calibration tokens, streamed from and written to disk as the CLI does (Python API "
+            f"calls: process start-up not counted); {a.repeats} interleaved repetitions, medians. Packed weights "
             f"identical to the two commands in {sum(identical)}/{len(identical)} runs; {zeros:.2%} of the block "
             f"linears' weights are zero after quantization (GPTQ keeps the pruning mask).\n\n{table}\n\n"
             f"The fused pass computes the same statistics (two activation streams: pruned-only for SparseGPT, "

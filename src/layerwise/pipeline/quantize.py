@@ -238,7 +238,8 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
         if output is not None:
             plan.save(output.partial / "plan_in_progress.json")
         _warn_incompatible(plan)
-        qinst = {m: get_quantizer(m, act_order=act_order) if m == "gptq" else get_quantizer(m)
+        qinst = {m: get_quantizer(m, **({"act_order": act_order}
+                                        if "act_order" in QUANTIZERS.get(m).Config.model_fields else {}))
                  for m in {r.method for r in plan.rows}}
         packing = GPTQPacking(plan, adapter, qinst, sym, write=output is not None)
         if output is not None:
