@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,4 +64,24 @@ def tiny_dirs(tmp_path_factory, zoo_tokenizer):
         tiny_model(arch).save_pretrained(d)
         zoo_tokenizer.save_pretrained(d)
         out[arch] = d
+    return out
+
+
+def tree_hash(path) -> str:
+    """Every file's name and bytes below `path`: equal hashes = nothing was touched."""
+    h = hashlib.sha256()
+    for p in sorted(Path(path).rglob("*")):
+        h.update(str(p.relative_to(path)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def load_weights(d) -> dict:
+    """All tensors of a directory's safetensors files."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(d).glob("*.safetensors")):
+        out.update(load_file(str(f)))
     return out

@@ -8,7 +8,6 @@ training steps) are kept small; everything else is drawn from hostile values.
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from layerwise.cli import app, main
+from conftest import tree_hash
 
 NUMBERS = ["-1", "0", "1", "2", "0.5", "0.99", "1.5", "1e9", "nan", "inf", "-inf", "abc", "", "1e-300", "3:4"]
 # Amounts of work: only small valid values, or invalid ones (a valid huge value is a long run, not a bug).
@@ -30,14 +30,6 @@ STRINGS = ["", "xyz", "lim", "lim,zd", "all", "zoo:nope", "re:(", "2:4", "3:2", 
            "text:/no/such/file", "hf:", "bogus:x", "pruned", "dense"]
 SKIP = {("zoo", "train"), ("demo",)}          # minutes of training by design; covered by their own tests
 
-
-def tree_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(Path(path).rglob("*")):
-        h.update(str(p.relative_to(path)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def commands():

@@ -9,18 +9,11 @@ import torch
 
 from layerwise.cli import main
 from layerwise.plan import Plan
+from conftest import load_weights as weights
 
 DEPTH = ["--remove", "1", "--select", "bi", "--nsamples", "8", "--protect", "1"]
 WIDTH = ["--params", "0.7", "--adaptive", "--criterion", "taylor", "--nsamples", "8"]
 
-
-def weights(d: Path) -> dict:
-    from safetensors.torch import load_file
-
-    out = {}
-    for f in sorted(Path(d).glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
 
 
 def same(a: Path, b: Path) -> bool:

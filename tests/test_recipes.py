@@ -8,19 +8,12 @@ import torch
 import yaml
 
 from layerwise.cli import main
+from conftest import load_weights as weights
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 SMALL = {"corpus": "stdlib", "nsamples": 8, "seqlen": 64, "seed": 0, "batch_size": 4}
 
-
-def weights(d: Path) -> dict:
-    from safetensors.torch import load_file
-
-    out = {}
-    for f in sorted(Path(d).glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
 
 
 def run(args, capsys):

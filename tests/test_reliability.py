@@ -7,7 +7,6 @@ signals (SIGKILL/SIGTERM/SIGINT) at deterministic points of the computation, the
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import resource
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 from layerwise.cli import main
+from conftest import tree_hash, load_weights as weights
 
 FAST = {
     "prune": ["--nsamples", "4", "--seqlen", "32"],
@@ -31,14 +31,6 @@ FAST = {
 WRITERS = tuple(FAST)
 MODEL_WRITERS = ("prune", "quantize", "depth", "width")
 
-
-def tree_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(Path(path).rglob("*")):
-        h.update(str(p.relative_to(path)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def leftovers(parent: Path) -> list[str]:
@@ -302,14 +294,6 @@ def test_two_real_runs_on_one_output(src, tmp_path):
 
 
 # --- signals and resume ---------------------------------------------------------------------------
-
-def weights(d: Path) -> dict:
-    from safetensors.torch import load_file
-
-    out = {}
-    for f in sorted(Path(d).glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
 
 
 def same_weights(a: Path, b: Path) -> None:

@@ -63,19 +63,11 @@ class SparseGPT(Pruner):
         blocksize: int = Field(128, ge=1, description="columns per OBS block")
         percdamp: float = Field(0.01, gt=0, lt=1, description="damping, a fraction of mean diag(H)")
 
-    @property
-    def blocksize(self) -> int:
-        return self.config.blocksize
-
-    @property
-    def percdamp(self) -> float:
-        return self.config.percdamp
-
     def prune(self, weight, stats: InputStats, budget):
         W = weight.float().clone()
         r, c = W.shape
-        U, damp = damped_inverse_cholesky(stats.hessian, self.percdamp)
-        B = self.blocksize
+        U, damp = damped_inverse_cholesky(stats.hessian, self.config.percdamp)
+        B = self.config.blocksize
         starts = list(range(0, c, B))
         if budget.nm is None:
             k_total = budget.planned_zeros((r, c))

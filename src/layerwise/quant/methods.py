@@ -54,33 +54,21 @@ class GPTQ(Quantizer):
         preserve_zeros: bool = Field(True, description="weights that are exactly zero (a pruning mask) stay "
                                                        "zero: error feedback never revives them")
 
-    @property
-    def blocksize(self) -> int:
-        return self.config.blocksize
-
-    @property
-    def percdamp(self) -> float:
-        return self.config.percdamp
-
-    @property
-    def act_order(self) -> bool:
-        return self.config.act_order
-
     def quantize(self, weight, stats, spec: QuantSpec) -> QuantResult:
         W = weight.float().clone()
         r, c = W.shape
         H = stats.hessian.clone()
-        perm = torch.argsort(torch.diag(H), descending=True, stable=True) if self.act_order else torch.arange(c)
+        perm = torch.argsort(torch.diag(H), descending=True, stable=True) if self.config.act_order else torch.arange(c)
         W = W[:, perm]
         H = H[perm][:, perm]
         M = (W == 0) if self.config.preserve_zeros and bool((W == 0).any()) else None
-        U, damp = damped_inverse_cholesky(H, self.percdamp)
+        U, damp = damped_inverse_cholesky(H, self.config.percdamp)
         g = spec.group(c)
         ng = spec.groups(c)
         scales = torch.empty(r, ng)
         zeros = torch.empty(r, ng)
         Q = torch.empty(r, c)
-        B = self.blocksize
+        B = self.config.blocksize
         s = z = None
         for i1 in range(0, c, B):
             i2 = min(i1 + B, c)
@@ -112,4 +100,4 @@ class GPTQ(Quantizer):
         inv = torch.argsort(perm)
         g_idx = (torch.arange(c, dtype=torch.int32) // g)[inv]
         return QuantResult(Q[:, inv].to(torch.uint8), scales, zeros, g_idx, spec,
-                           {"damping": damp, "act_order": self.act_order})
+                           {"damping": damp, "act_order": self.config.act_order})
