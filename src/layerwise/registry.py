@@ -93,6 +93,9 @@ class Registry(Generic[M]):
     def unregister(self, name: str) -> None:
         self._items.pop(name, None)
 
+    def __getitem__(self, name: str) -> M:
+        return self.get(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
@@ -104,6 +107,9 @@ class Registry(Generic[M]):
 
     def names(self) -> list[str]:
         return list(self._items)
+
+    def items(self):
+        return self._items.items()
 
     def get(self, name: str) -> M:
         if name not in self._items:

@@ -13,7 +13,11 @@ import numpy as np
 from ..errors import ConfigError
 from ..quant.base import MAX_BITS, MIN_BITS
 
-ORDERS = ("lim", "zd", "bi", "alpha", "farms", "owl", "zeroth_order", "random", "reverse")
+def orders() -> tuple[str, ...]:
+    """Importance orders for bit allocation: every registered score, random, reverse (of LIM)."""
+    from ..scores.base import SCORES
+
+    return tuple(SCORES) + ("random", "reverse")
 
 
 def check_bit_request(target: float, high: int, low: int) -> None:
@@ -30,12 +34,12 @@ def check_bit_request(target: float, high: int, low: int) -> None:
 
 def parse_order(order: str, num_blocks: int) -> list[int] | None:
     """A user list `3,0,1,2` (most important first) → block indices; a name → None."""
-    if order in ORDERS:
+    if order in orders():
         return None
     try:
         blocks = [int(x) for x in order.split(",") if x.strip()]
     except ValueError as e:
-        raise ConfigError(f"--order must be one of {', '.join(ORDERS)} or a comma-separated list of "
+        raise ConfigError(f"--order must be one of {', '.join(orders())} or a comma-separated list of "
                           f"block indices, most important first (got {order!r})") from e
     if sorted(blocks) != list(range(num_blocks)):
         raise ConfigError(f"--order list must name every block 0..{num_blocks - 1} exactly once")

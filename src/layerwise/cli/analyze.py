@@ -7,14 +7,15 @@ from rich.table import Table
 
 from ..console import console
 from .app import app
-from .common import print_json
+from ..scores.base import SCORES
+from .common import print_json, registry_option
 
 
 @app.command("analyze")
 def analyze_cmd(
     model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id."),
-    scores: str = typer.Option("lim,zd,bi,alpha,farms", "--scores",
-                               help="Comma-separated: lim, bi, zd, alpha, farms, owl, zeroth_order, or all."),
+    scores: str = registry_option("lim,zd,bi,alpha,farms", "--scores", registry=SCORES,
+                                  prefix="Comma-separated: ", suffix=", or all."),
     calib: str = typer.Option("stdlib", "--calib", help="Calibration corpus."),
     nsamples: int = typer.Option(32, help="Calibration sequences."),
     seqlen: int = typer.Option(256, help="Tokens per calibration sequence."),

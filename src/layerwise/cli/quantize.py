@@ -6,6 +6,7 @@ import typer
 
 from ..console import console
 from ..quant import QUANTIZERS
+from ..scores.base import SCORES
 from .app import app
 from .common import registry_option
 
@@ -16,8 +17,8 @@ def quantize_cmd(
     bits: float = typer.Option(4.0, "--bits", "-b", help="Target parameter-weighted average bits (fractional)."),
     high: int = typer.Option(4, help="Bits of the most important blocks."),
     low: int = typer.Option(2, help="Bits of the least important blocks."),
-    order: str = typer.Option("lim", help="Importance order: lim | zd | bi | alpha | farms | owl | zeroth_order | "
-                                          "random | reverse, or block indices most important first (3,0,1,...)."),
+    order: str = registry_option("lim", "--order", registry=SCORES, prefix="Importance order: ",
+                                 suffix=" | random | reverse, or block indices most important first (3,0,1,...)."),
     quantizer: str = registry_option("rtn", "--quantizer", "-q", registry=QUANTIZERS),
     group_size: int = typer.Option(128, help="Columns per scale group (-1 = per output channel)."),
     asym: bool = typer.Option(False, "--asym", help="Asymmetric grid with zero points (default symmetric)."),

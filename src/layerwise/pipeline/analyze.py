@@ -35,7 +35,7 @@ def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsampl
     count("zo_samples", zo_samples)
     art = guard_output(out, model, tokenizer, calib, overwrite=overwrite)
     with art.run() if art is not None else nullcontext():
-        need_memory = any(SCORES[n].needs == "loss" for n in names)
+        need_memory = any(SCORES[n].source == "loss" for n in names)
         src = resolve(model, tokenizer, load=need_memory)
         if src.tokenizer is None:
             raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")

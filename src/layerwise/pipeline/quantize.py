@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..allocate.bits import ORDERS, allocate_bits, check_bit_request, parse_order, ranking_from_scores
+from ..allocate.bits import orders, allocate_bits, check_bit_request, parse_order, ranking_from_scores
 from ..console import warn
 from ..data.tokens import calibration_samples
 from ..engine import Checkpointer, InMemoryStore, LazyStore, ShardWriter, fingerprint, run_sequential
@@ -107,8 +107,8 @@ def _check_options(bits, high: int, low: int, quantizer: str, group_size: int, o
     QUANTIZERS.get(quantizer)
     if group_size == 0 or group_size < -1:
         raise ConfigError(f"--group-size must be a positive number of columns or -1 for per channel (got {group_size})")
-    if "," not in order and order not in ORDERS:
-        raise ConfigError(f"--order must be one of {', '.join(ORDERS)} or a list of block indices (got {order!r})")
+    if "," not in order and order not in orders():
+        raise ConfigError(f"--order must be one of {', '.join(orders())} or a list of block indices (got {order!r})")
     if nsamples < 1 or seqlen < 2 or batch_size < 1:
         raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
     return bits

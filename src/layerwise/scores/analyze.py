@@ -87,7 +87,7 @@ def analyze_store(store, samples: torch.Tensor, scores: list[str], *, select=lam
         "seed": seed, "calibration": list(samples.shape)})
     m_rows = esd_opts.farms_rows or min(2000, min(min(x["shape"]) for x in linears))
     an.options["esd"]["farms_rows"] = m_rows
-    need_pass = any(SCORES[s].needs in ("data", "weights") for s in scores)
+    need_pass = any(SCORES[s].source in ("data", "weights") for s in scores)
     lin_vals: dict[str, dict[str, float]] = {s: {} for s in scores if SCORES[s].level == "linear"}
     blk_vals: dict[str, list[float]] = {s: [float("nan")] * adapter.num_blocks for s in scores
                                         if SCORES[s].level == "block"}

@@ -10,18 +10,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..registry import Registry
+
 
 @dataclass(frozen=True)
 class ScoreSpec:
     name: str
     level: str                 # "block" or "linear" (linear scores are also averaged per block)
     higher_is_important: bool
-    needs: str                 # "data" (calibration forward), "weights" (none), "loss" (forward with labels)
+    source: str                # "data" (calibration forward), "weights" (none), "loss" (forward with labels)
     description: str
     block_agg: str = "mean"    # how a linear-level score becomes a block score
 
+    @property
+    def needs(self) -> frozenset[str]:
+        """In the registry's vocabulary (registry.NEEDS)."""
+        return {"data": frozenset({"calibration"}), "weights": frozenset(),
+                "loss": frozenset({"loss", "whole_model"})}[self.source]
 
-SCORES: dict[str, ScoreSpec] = {s.name: s for s in [
+
+SCORES: Registry[ScoreSpec] = Registry("score", "--scores", "score")
+_BUILT_IN = [
     ScoreSpec("lim", "block", True, "data",
               "Layer Input Modification: -E[cos(h_in, h_out)] over tokens (position 0 skipped)"),
     ScoreSpec("bi", "block", True, "data",
@@ -37,15 +46,14 @@ SCORES: dict[str, ScoreSpec] = {s.name: s for s in [
     ScoreSpec("zeroth_order", "linear", True, "loss",
               "ECoFLaP forward-only gradient-norm estimate Σ|L(θ+εz) - L(θ-εz)|/2ε per weight tensor",
               block_agg="sum"),
-]}
+]
+for _spec in _BUILT_IN:
+    SCORES.register(_spec)
+
 
 
 def get_score(name: str) -> ScoreSpec:
-    from ..errors import ConfigError
-
-    if name not in SCORES:
-        raise ConfigError(f"unknown score '{name}'; choose from {', '.join(SCORES)}")
-    return SCORES[name]
+    return SCORES.get(name)
 
 
 def parse_scores(spec: str | list[str]) -> list[str]:
