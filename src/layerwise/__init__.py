@@ -25,10 +25,17 @@ def compress(model=None, recipe=None, **kwargs):
     return _compress(model, recipe, **kwargs)
 
 
+def adapt(model, blocks: str, call=None):
+    """Describe a plain PyTorch module (its block list) so that layerwise can compress it."""
+    from .models.adapters.plain import adapt as _adapt
+
+    return _adapt(model, blocks, call)
+
+
 def evaluate(model, **kwargs):
     from .eval import evaluate as _evaluate
 
     return _evaluate(model, **kwargs)
 
 
-__all__ = ["__version__", "load", "compress", "evaluate", "LayerwiseError", "ConfigError", "DataError", "ModelLoadError"]
+__all__ = ["__version__", "adapt", "load", "compress", "evaluate", "LayerwiseError", "ConfigError", "DataError", "ModelLoadError"]

@@ -60,7 +60,7 @@ def capture_block_inputs(model: nn.Module, adapter: Adapter, samples: torch.Tens
         for i in range(0, samples.shape[0], batch_size):
             ids = samples[i:i + batch_size].to(device)
             try:
-                model(**adapter.model_inputs(ids), use_cache=False)
+                adapter.run_model(model, ids)
             except StopForward:
                 pass
             else:  # pragma: no cover - a model that never calls block 0

@@ -7,18 +7,17 @@ from pathlib import Path
 
 from torch import nn
 
-from ..data.tokens import calibration_samples
 from ..engine import Checkpointer, InMemoryStore, LazyStore, Pass, fingerprint, run_sequential
 from ..engine.sequential import BlockWork
 from ..engine.stats import relative_recon_error
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..models.adapters import compile_patterns, name_matches
 from ..plan import Plan, PlanRow
 from ..prune import PRUNERS, Budget, check_sparsity, get_pruner, nm_str, parse_nm
 from ..utils.hf import quiet
 from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perplexity_of
 from ..io.artifacts import input_paths
-from .source import model_dir, resolve
+from .source import calib_name, calibration_inputs, model_dir, resolve
 
 
 # Methods without a Hessian estimate the plan's reconstruction error from this many calibration tokens
@@ -145,8 +144,6 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         plan = Plan.load(plan)
     needs_memory = "zeroth_order" in alloc.scores and plan is None
     src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or needs_memory)
-    if src.tokenizer is None:
-        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
     use_stream = src.loaded is None
     with guarded(output):
         partial = output.begin() if output is not None else None
@@ -159,8 +156,8 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
             plan = uniform_plan(chosen, method, sparsity, nm_t)
         else:
             plan.validate(shapes, set(PRUNERS))
-        _check_positions(store.model.config, seqlen)
-        samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
+        _check_positions(getattr(store.model, "config", None), seqlen)
+        samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed, src.spec)
         t_alloc = 0.0
         if not replay and allocation != "uniform" and not (resume and output and output.partial_has_state()):
             t0 = time.perf_counter()
@@ -175,7 +172,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
         metrics: dict = {"perplexity_dense": perplexity_of(src, None, eval_windows)} if evaluate else {}
         options = {"model": src.spec, "method": method, "sparsity": sparsity, "nm": nm_str(nm_t),
                    "allocation": plan.meta.get("allocation", allocation),
-                   "allocation_params": allocation_params or {}, "calib": calib, "nsamples": nsamples,
+                   "allocation_params": allocation_params or {}, "calib": calib_name(calib), "nsamples": nsamples,
                    "seqlen": seqlen, "seed": seed, "propagate": propagate, "batch_size": batch_size,
                    "targets": targets, "ignore": ignore, "streamed": use_stream}
         ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [

@@ -19,19 +19,18 @@ from torch import nn
 
 from ..allocate.bits import orders, allocate_bits, check_bit_request, parse_order, ranking_from_scores
 from ..console import warn
-from ..data.tokens import calibration_samples
 from ..engine import Checkpointer, InMemoryStore, LazyStore, ShardWriter, fingerprint, run_sequential
 from ..engine.sequential import BlockWork
 from ..engine.stats import relative_recon_error
 from ..engine.store import tied_names
-from ..errors import ConfigError, DataError, LayerwiseError
+from ..errors import ConfigError, LayerwiseError
 from ..plan import Plan, PlanRow
 from ..quant import QUANTIZERS, QuantSpec, from_gptq, get_quantizer, gptq_compatible, packed_bits, to_gptq
 from ..utils.hf import quiet
 from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perplexity_of
 from .prune import RECON_TOKENS, fused_prune_plan, prune_pass, select_linears
 from ..io.artifacts import input_paths
-from .source import model_dir, resolve
+from .source import calib_name, calibration_inputs, model_dir, resolve
 
 
 @dataclass
@@ -208,14 +207,12 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
         plan = Plan.load(plan)
     need_memory = order == "zeroth_order" and plan is None
     src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or need_memory)
-    if src.tokenizer is None:
-        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
     use_stream = src.loaded is None
     with guarded(output):
         partial = output.begin() if output is not None else None
         store = LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial)
         adapter = store.adapter
-        samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
+        samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed, src.spec)
         before_plans = [fused_prune_plan(store, samples, src.spec, batch_size=batch_size, seed=seed, **opts)
                         for opts in before or []]
         if before_plans and plan is None and not ranking_free(bits, high, low, order):
@@ -246,7 +243,7 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
             packing.attach(store, partial)
         options = {"model": src.spec, "bits": bits, "high": high, "low": low, "order": order,
                    "order_seed": order_seed, "quantizer": quantizer, "group_size": group_size, "sym": sym,
-                   "act_order": act_order, "calib": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
+                   "act_order": act_order, "calib": calib_name(calib), "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
                    "targets": targets, "ignore": ignore, "streamed": use_stream, "before": before or []}
         ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [
             (r.name, r.bits, r.method, r.group_size) for r in plan.rows]})) if partial else None

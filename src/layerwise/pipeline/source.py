@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import DataError, ModelLoadError
 from ..io.load import load_model
 from ..models.loader import LoadedModel, load_tokenizer
 
@@ -61,6 +62,24 @@ def resolve(model, tokenizer=None, load: bool = True) -> Source:
     lm = load_model(model, tokenizer=tokenizer if isinstance(tokenizer, str) else None)
     tok = tokenizer if (tokenizer is not None and not isinstance(tokenizer, str)) else lm.tokenizer
     return Source(model, lm.path, lm, tok)
+
+
+def calibration_inputs(calib, tokenizer, nsamples: int, seqlen: int, seed: int, spec: str) -> torch.Tensor:
+    """Calibration batches: sampled from a corpus by name (needs the tokenizer), or given as a tensor
+    whose first dimension is the sample (any model input: token ids, pixels, features)."""
+    if isinstance(calib, torch.Tensor):
+        if calib.dim() < 1 or calib.shape[0] < 1:
+            raise DataError(f"calibration tensor of shape {tuple(calib.shape)} has no samples")
+        return calib
+    if tokenizer is None:
+        raise DataError(f"model {spec} has no tokenizer; pass --tokenizer (or calibration inputs as a tensor)")
+    from ..data.tokens import calibration_samples
+
+    return calibration_samples(calib, tokenizer, nsamples, seqlen, seed)
+
+
+def calib_name(calib) -> str:
+    return calib if isinstance(calib, str) else f"tensor{tuple(calib.shape)}"
 
 
 def model_dir(model) -> Path | None:

@@ -149,6 +149,10 @@ class Adapter:
     def model_inputs(self, ids: torch.Tensor) -> dict:
         return {"input_ids": ids}
 
+    def run_model(self, model: nn.Module, inputs: torch.Tensor) -> None:
+        """One forward of the whole model on a batch of calibration inputs (to reach block 0)."""
+        model(**self.model_inputs(inputs), use_cache=False)
+
     # --- config bookkeeping ---------------------------------------------------------------------
     def config_num_blocks_key(self) -> str:
         return "num_hidden_layers"
@@ -179,6 +183,10 @@ def register(cls: type[Adapter]) -> type[Adapter]:
 
 
 def get_adapter(model: nn.Module) -> Adapter:
+    if getattr(model, "_layerwise_spec", None) is not None:   # described by layerwise.adapt()
+        from .plain import PlainAdapter
+
+        return PlainAdapter(model)
     for cls in ADAPTERS:
         if cls.matches(model):
             return cls(model)
