@@ -78,13 +78,13 @@ def perplexity_of(src, model, windows: int) -> float:
     return perplexity(model, w, batch_size=16).perplexity
 
 
-def evaluate_saved(src, out_path: Path, metrics: dict, manifest: dict, windows: int) -> None:
-    """Perplexity of a streamed result, read back from its output directory, into the manifest."""
+def evaluate_saved(src, directory: Path, metrics: dict, manifest: dict, windows: int) -> None:
+    """Perplexity of a streamed result, read back from its (partial) output directory, into the
+    manifest before it is written: the committed directory is never rewritten."""
     from ..io.load import load_model
 
-    metrics["perplexity"] = perplexity_of(src, load_model(str(out_path)).model, windows)
+    metrics["perplexity"] = perplexity_of(src, load_model(str(directory)).model, windows)
     manifest["metrics"] = metrics
-    write_json(out_path / "manifest.json", manifest)
 
 
 class OutputDir:
@@ -110,7 +110,7 @@ class OutputDir:
         self.art.abort()
 
     def finish(self, store, src, plan: Plan, manifest: dict, res, sample_ids: torch.Tensor, title: str,
-               config_updates: dict | None = None, verify=True, after_config=None) -> Path:
+               config_updates: dict | None = None, verify=True, after_config=None, before_manifest=None) -> Path:
         try:
             store.write_rest()
             cfg = store.model.config
@@ -133,6 +133,8 @@ class OutputDir:
                 manifest.setdefault("checks", {})["reload"] = verify()
             elif verify:
                 manifest.setdefault("checks", {})["reload"] = self._verify(store, res, sample_ids)
+            if before_manifest is not None:   # measurements of the written output (size, perplexity)
+                before_manifest(self.partial)
             write_json(self.partial / "manifest.json", manifest)
             write_report(self.partial, plan, manifest, title)
             (self.partial / "engine_state.pt").unlink(missing_ok=True)

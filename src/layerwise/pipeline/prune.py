@@ -233,7 +233,8 @@ def _result(store, src, output, plan, res, samples, metrics, timings, options, t
         metrics["perplexity"] = perplexity_of(src, result_model, eval_windows)
     timings["total_s"] = time.perf_counter() - t_start
     manifest = build_manifest("prune", options, seed, timings, metrics, plan_summary, command)
-    out_path = output.finish(store, src, plan, manifest, res, samples[:2], title=title) if output else None
-    if evaluate and result_model is None and out_path is not None:
-        evaluate_saved(src, out_path, metrics, manifest, eval_windows)
+    measure = (lambda d: evaluate_saved(src, d, metrics, manifest, eval_windows)) \
+        if evaluate and result_model is None else None
+    out_path = output.finish(store, src, plan, manifest, res, samples[:2], title=title,
+                             before_manifest=measure) if output else None
     return PruneResult(plan, out_path, result_model, timings, metrics, manifest)

@@ -275,7 +275,7 @@ def _warn_incompatible(plan: Plan) -> None:
 def _result(store, src, output, plan, res, samples, metrics, timings, options, t_start, *, high, group_size, sym,
             act_order, evaluate, eval_windows, command, seed, title) -> QuantizeResult:
     """Evaluate, write (GPTQ format + dequantized copy, verified) and report one quantization run."""
-    from ..io import build_manifest, write_json
+    from ..io import build_manifest
 
     result_model = store.model if store.fully_in_memory else None
     if evaluate and result_model is not None:
@@ -286,17 +286,20 @@ def _result(store, src, output, plan, res, samples, metrics, timings, options, t
     manifest = build_manifest("quantize", options, seed, timings, metrics,
                               {"linears": len(plan), "parameters": plan.total_params, **bits_rep}, command)
     out_path = None
+
+    def measure(directory: Path) -> None:   # on the written output, before its manifest is written
+        bits_rep.update(bits_report(plan, store.model, directory))
+        manifest["plan"].update(bits_rep)
+        if evaluate and result_model is None:
+            evaluate_saved(src, directory, metrics, manifest, eval_windows)
+
     if output is not None:
         qc = gptq_quantization_config(plan, store.adapter, high, group_size, sym, act_order)
         out_path = output.finish(store, src, plan, manifest, res, samples[:2], title=title,
                                  config_updates={"quantization_config": qc},
                                  verify=lambda: _verify_quantized(store, res, output.partial, samples[:2]),
-                                 after_config=lambda: _write_dequantized_meta(store, src, output.partial))
-        bits_rep = bits_report(plan, store.model, out_path)
-        manifest["plan"].update(bits_rep)
-        write_json(out_path / "manifest.json", manifest)
-    if evaluate and result_model is None and out_path is not None:
-        evaluate_saved(src, out_path, metrics, manifest, eval_windows)
+                                 after_config=lambda: _write_dequantized_meta(store, src, output.partial),
+                                 before_manifest=measure)
     return QuantizeResult(plan, out_path, result_model, timings, bits_rep, metrics, manifest)
 
 
