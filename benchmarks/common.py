@@ -71,6 +71,16 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def add_model_options(ap, repeats: int | None = 3) -> None:
+    """--model, --nsamples, --seqlen (and --repeats), --no-write: shared by the timing benchmarks."""
+    ap.add_argument("--model", default="zoo:llama-12l")
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=256)
+    if repeats is not None:
+        ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--no-write", action="store_true")
+
+
 def add_speed_options(ap) -> None:
     ap.add_argument("--speed-repeats", type=int, default=9)
     ap.add_argument("--speed-batch", type=int, default=8)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import md_table, update_section  # noqa: E402
+from common import add_model_options, md_table, update_section  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -32,11 +32,7 @@ def forward_time(model, samples, batch_size=8) -> float:
 def main() -> None:
     quiet()
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="zoo:llama-12l")
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true")
+    add_model_options(ap)
     a = ap.parse_args()
     lm = load_model(a.model)
     samples = calibration_samples("stdlib", lm.tokenizer, a.nsamples, a.seqlen, 0)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, md_table, update_section  # noqa: E402
+from common import ROOT, add_model_options, md_table, update_section  # noqa: E402
 
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
@@ -60,11 +60,7 @@ def fused(model, cal, work: Path) -> float:
 def main() -> None:
     quiet()
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="zoo:llama-12l")
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true")
+    add_model_options(ap)
     a = ap.parse_args()
     cal = {"nsamples": a.nsamples, "seqlen": a.seqlen, "seed": 0, "batch_size": 8}
     seq_t, fus_t, identical = [], [], []
