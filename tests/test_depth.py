@@ -171,7 +171,7 @@ def test_two_process_accelerate_matches_one_process(tmp_path, zoo_tokenizer):
 def test_depth_pipeline_family_and_reload(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    r = depth("zoo:llama-tiny", remove=1, select="ppcl", protect=1, max_len=1, heal_kind="distill", steps=3,
+    r = depth("zoo:llama-tiny", remove=1, select="ppcl", protect=1, max_len=1, heal="distill", steps=3,
               global_batch=4, train_seqlen=32, nsamples=8, seqlen=64, probe_tokens=300, family=True,
               out=tmp_path / "d")
     assert len(r.removed) == 1 and (tmp_path / "d" / "plan.json").exists()

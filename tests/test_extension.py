@@ -11,6 +11,7 @@ from pydantic import Field
 
 from layerwise.allocate import ALLOCATORS, Allocator
 from layerwise.cli import main
+from layerwise.distill.objectives import HEALERS, Heal
 from layerwise.prune import PRUNERS, PruneOutput, Pruner
 from layerwise.prune.masks import lowest_in_matrix
 from layerwise.registry import MethodConfig
@@ -99,3 +100,64 @@ def test_config_errors_name_the_option(registered):
 def test_unregistered_after_the_test():
     assert "test-colnorm" not in PRUNERS and "test-ramp" not in ALLOCATORS
     assert torch is not None and yaml is not None
+
+
+class HiddenMatch(Heal):
+    """Heal a width-pruned student by matching the teacher's last hidden state (MSE), a new objective."""
+
+    name = "test-hidden"
+    description = "test healing objective"
+
+    def module(self, teacher, student, intervals):
+        for p in student.parameters():
+            p.requires_grad_(True)
+        return _HiddenMSE(student, teacher)
+
+    def healed(self, module, teacher, intervals):
+        return module.student.eval()
+
+
+class _HiddenMSE(torch.nn.Module):
+    def __init__(self, student, teacher):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+
+    def forward(self, ids):
+        with torch.no_grad():
+            t = self.teacher(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        s = self.student(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        return torch.nn.functional.mse_loss(s, t)
+
+
+def test_new_healing_objective_runs_from_cli_and_recipe(tmp_path, capsys):
+    from layerwise.cli.common import refresh_choices
+
+    HEALERS.register(HiddenMatch)
+    try:
+        refresh_choices()
+        args = ["width", "zoo:llama-tiny", "--params", "0.8", "--nsamples", "4", "--tokens", "1024",
+                "--global-batch", "2", "--heal", "test-hidden", "--out", str(tmp_path / "cli")]
+        assert main(args) == 0, capsys.readouterr().err
+        curve = json.loads((tmp_path / "cli" / "training_curve.json").read_text())
+        assert len(curve) >= 1 and all(np.isfinite(r["loss"]) for r in curve)
+        meta = json.loads((tmp_path / "cli" / "plan.json").read_text())["meta"]
+        assert meta["heal"]["name"] == "test-hidden"
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(yaml.safe_dump({"stages": [{"width": {"params": 0.8, "tokens": 1024, "global_batch": 2,
+                                                                "heal": "test-hidden"}}],
+                                          "calibration": {"nsamples": 4}}))
+        assert main(["run", str(recipe), "zoo:llama-tiny", "--out", str(tmp_path / "rec")]) == 0, \
+            capsys.readouterr().err
+    finally:
+        HEALERS.unregister(HiddenMatch.name)
+
+
+def test_bad_healing_options_name_the_field(tmp_path, capsys):
+    code = main(["depth", "zoo:llama-tiny", "--nsamples", "4", "--heal", "kd", "--heal-option", "temperature=-1",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "temperature" in err and len(err.strip().splitlines()) == 1, err
+    code = main(["width", "zoo:llama-tiny", "--tokens", "100", "--heal", "distill", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "width pruning heals with one of" in err, err
+    assert not (tmp_path / "o").exists()

@@ -97,7 +97,7 @@ def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: 
                                   q.timings["total_s"], q.out)
 
     console.rule(f"4. depth: remove 2 blocks by Block Influence, fine-tune {heal_steps} steps")
-    d = depth(load_model(model), remove=2, select="bi", heal_kind="finetune", steps=heal_steps, global_batch=8,
+    d = depth(load_model(model), remove=2, select="bi", heal="finetune", steps=heal_steps, global_batch=8,
               out=outdir / "depth-2", overwrite=True)
     variants["depth -2 blocks"] = (d.model, f"blocks {d.removed} removed", d.timings.get("total_s", 0.0), d.out)
 

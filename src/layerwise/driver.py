@@ -67,9 +67,7 @@ def _run_step(step: list[Stage], model, cal, out, common: dict):
     if s.kind == "depth":
         from .pipeline.depth import depth
 
-        o = s.options.model_dump()
-        o["heal_kind"] = o.pop("heal")
-        return depth(model, **o, **calib, nsamples=min(cal.nsamples, 64), out=out, **common)
+        return depth(model, **s.options.model_dump(), **calib, nsamples=min(cal.nsamples, 64), out=out, **common)
     from .pipeline.width import width
 
     return width(model, **s.options.model_dump(), **calib, nsamples=min(cal.nsamples, 32), out=out, **common)

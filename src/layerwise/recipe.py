@@ -15,7 +15,7 @@ field (`stages[1].quantize.bits`) and the allowed values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -84,7 +84,8 @@ class QuantizeStage(_Strict):
 class DepthStage(_Strict):
     remove: Union[int, str] = "25%"
     select: str = "ppcl"
-    heal: Literal["none", "distill", "finetune"] = "none"
+    heal: str = "none"
+    heal_options: dict = Field(default_factory=dict)
     steps: int = Field(200, ge=1)
     lr: float = Field(2e-4, gt=0)
     global_batch: int = Field(16, ge=1)
@@ -92,6 +93,7 @@ class DepthStage(_Strict):
     protect: int = Field(2, ge=0)
 
     _s = field_validator("select")(lambda v: _registered("layerwise.prune.depth:DEPTH_SELECTORS", v))
+    _h = field_validator("heal")(lambda v: _registered("layerwise.distill.objectives:HEALERS", v))
 
 
 class WidthStage(_Strict):
@@ -101,10 +103,13 @@ class WidthStage(_Strict):
     incremental: bool = False
     step: float = Field(0.05, gt=0, lt=1)
     tokens: int = Field(0, ge=0)
+    heal: str = "kd"
+    heal_options: dict = Field(default_factory=dict)
     lr: float = Field(2e-4, gt=0)
     global_batch: int = Field(16, ge=1)
 
     _c = field_validator("criterion")(lambda v: _registered("layerwise.prune.width:WIDTH_CRITERIA", v))
+    _h = field_validator("heal")(lambda v: _registered("layerwise.distill.objectives:HEALERS", v))
 
 
 STAGES: dict[str, type[_Strict]] = {"prune": PruneStage, "quantize": QuantizeStage, "depth": DepthStage,

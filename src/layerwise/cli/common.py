@@ -26,3 +26,20 @@ def refresh_choices() -> None:
 
 def print_json(obj) -> None:
     console.print_json(json.dumps(obj, default=str))
+
+
+def parse_options(items: list[str] | None, flag: str) -> dict:
+    """`KEY=VALUE` pairs of a repeatable option; values are read as JSON when they parse (numbers,
+    booleans, lists), as text otherwise. The method's config validates them."""
+    from ..errors import ConfigError
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} takes KEY=VALUE (got {item!r})")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out

@@ -7,7 +7,8 @@ import typer
 from ..console import console
 from ..prune.depth import DEPTH_SELECTORS
 from .app import app
-from .common import registry_option
+from ..distill.objectives import HEALERS
+from .common import parse_options, registry_option
 
 
 @app.command("depth")
@@ -15,9 +16,12 @@ def depth_cmd(
     model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id."),
     remove: str = typer.Option("25%", "--remove", help="Blocks to remove: a count (3) or a share (25%)."),
     select: str = registry_option("ppcl", "--select", registry=DEPTH_SELECTORS),
-    distill: bool = typer.Option(False, "--distill", help="Heal by contiguous layer distillation (students)."),
-    finetune: bool = typer.Option(False, "--finetune", help="Heal by LM fine-tuning of the whole pruned model."),
-    steps: int = typer.Option(200, help="Training steps for --distill / --finetune."),
+    heal: str = registry_option("none", "--heal", registry=HEALERS, prefix="Healing after removal: "),
+    heal_option: Optional[list[str]] = typer.Option(None, "--heal-option", help="KEY=VALUE option of the healing "
+                                                    "objective (repeatable; `layerwise methods` lists them)."),
+    distill: bool = typer.Option(False, "--distill", hidden=True, help="Same as --heal distill."),
+    finetune: bool = typer.Option(False, "--finetune", hidden=True, help="Same as --heal finetune."),
+    steps: int = typer.Option(200, help="Training steps of the healing."),
     lr: float = typer.Option(2e-4, help="Peak learning rate (cosine schedule)."),
     global_batch: int = typer.Option(16, help="Sequences per step across all processes."),
     processes: int = typer.Option(1, help="Train with `accelerate launch --num_processes N --cpu`."),
@@ -41,15 +45,16 @@ def depth_cmd(
 ):
     """Remove whole blocks (contiguous intervals for ppcl), optionally heal, save a loadable model.
 
-    Example: layerwise depth zoo:llama-12l --remove 3 --select ppcl --distill --steps 200 --out runs/depth3
+    Example: layerwise depth zoo:llama-12l --remove 3 --select ppcl --heal distill --steps 200 --out runs/depth3
     """
     from ..errors import ConfigError
     from ..pipeline.depth import depth
 
-    if distill and finetune:
-        raise ConfigError("choose one of --distill and --finetune")
-    res = depth(model, remove=remove, select=select, seed=seed, heal_kind="distill" if distill else
-                "finetune" if finetune else "none", steps=steps, lr=lr, global_batch=global_batch,
+    if distill + finetune + (heal != "none") > 1:
+        raise ConfigError("choose one healing: --heal NAME (--distill and --finetune are its old spellings)")
+    heal = "distill" if distill else "finetune" if finetune else heal
+    res = depth(model, remove=remove, select=select, seed=seed, heal=heal,
+                heal_options=parse_options(heal_option, "--heal-option"), steps=steps, lr=lr, global_batch=global_batch,
                 processes=processes, family=family, calib=calib, nsamples=nsamples, max_len=max_len,
                 protect=protect, out=out, overwrite=overwrite, overwrite_source=overwrite_source, work_dir=work_dir, tokenizer=tokenizer,
                 evaluate=evaluate, plan=plan)

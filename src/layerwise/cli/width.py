@@ -7,7 +7,8 @@ import typer
 from ..console import console
 from ..prune.width import WIDTH_CRITERIA
 from .app import app
-from .common import registry_option
+from ..distill.objectives import HEALERS
+from .common import parse_options, registry_option
 
 
 @app.command("width")
@@ -19,7 +20,10 @@ def width_cmd(
     criterion: str = registry_option("taylor", "--criterion", registry=WIDTH_CRITERIA, prefix="Group importance: "),
     incremental: bool = typer.Option(False, "--incremental", help="Prune in steps, healing after each."),
     step: float = typer.Option(0.05, help="Share of the original block parameters removed per stage."),
-    tokens: int = typer.Option(0, help="Training tokens for healing by logit distillation (0 = none)."),
+    tokens: int = typer.Option(0, help="Training tokens of the healing (0 = no healing)."),
+    heal: str = registry_option("kd", "--heal", registry=HEALERS, prefix="Healing objective when --tokens > 0: "),
+    heal_option: Optional[list[str]] = typer.Option(None, "--heal-option", help="KEY=VALUE option of the healing "
+                                                    "objective (repeatable), e.g. temperature=2."),
     lr: float = typer.Option(2e-4, help="Peak learning rate of the global schedule."),
     global_batch: int = typer.Option(16, help="Sequences per training step."),
     seed: int = typer.Option(0, help="Seed of calibration and training data."),
@@ -43,7 +47,7 @@ def width_cmd(
     from ..pipeline.width import width
 
     res = width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental, step=step,
-                tokens=tokens, lr=lr, global_batch=global_batch, seed=seed, calib=calib, nsamples=nsamples,
+                tokens=tokens, heal=heal, heal_options=parse_options(heal_option, "--heal-option"), lr=lr, global_batch=global_batch, seed=seed, calib=calib, nsamples=nsamples,
                 out=out, plan=plan, overwrite=overwrite, overwrite_source=overwrite_source, work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate)
     from rich.table import Table
 

@@ -3,10 +3,10 @@
     accelerate launch --num_processes 1 --cpu -m layerwise.distill.run JOB.json
     accelerate launch --num_processes 2 --multi_gpu -m layerwise.distill.run JOB.json   # 2 CPU processes
 
-Kinds:
-  intervals — contiguous layer distillation: {"teacher", "intervals": [[s, e], ...], "init", "mse_weight"}
-  finetune  — LM fine-tuning of a whole model: {"model"}
-  kd        — logit distillation: {"model", "teacher", "temperature", "alpha"}
+Kinds are the healing objectives of `distill.objectives.HEALERS` (`layerwise methods` lists them):
+  distill  — contiguous layer distillation: {"teacher", "intervals": [{start, end, keep}, ...], "options"}
+  finetune — LM fine-tuning of a whole model: {"model"}
+  kd       — logit distillation: {"model", "teacher", "options": {"temperature", "alpha"}}
 Common: {"train": TrainConfig fields, "work_dir"}. Results go to work_dir: students.safetensors or
 model/ (save_pretrained), curve.json, train_state.pt.
 """
@@ -18,9 +18,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .driver import TrainConfig, train
-from .modules import IntervalStudents, LMFinetune, LogitKD
-
-KINDS = ("intervals", "finetune", "kd")
+from .objectives import HEALERS, resolve_kind
 
 
 def load_job(path: str | Path) -> dict:
@@ -31,8 +29,11 @@ def load_job(path: str | Path) -> dict:
         job = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"job file {path} is not valid JSON: {e}") from e
-    if job.get("kind") not in KINDS:
-        raise ConfigError(f"job {path}: 'kind' must be one of {', '.join(KINDS)}")
+    kind = resolve_kind(str(job.get("kind")))
+    if kind not in HEALERS or not HEALERS[kind].trains:
+        raise ConfigError(f"job {path}: 'kind' must be one of "
+                          f"{', '.join(n for n, c in HEALERS.items() if c.trains)}")
+    job["kind"] = kind
     try:
         job["train"] = TrainConfig(**job.get("train", {}))
     except TypeError as e:
@@ -55,40 +56,14 @@ def run_job(job: dict | str | Path):
         job = {**job, "train": TrainConfig(**job.get("train", {}))}
     acc = Accelerator(cpu=True) if job.get("cpu", True) else Accelerator()
     work = Path(job["work_dir"])
-    kind = job["kind"]
-    if kind == "intervals":
-        teacher = load_model(job["teacher"])
-        module = IntervalStudents(teacher.model, job["intervals"], job.get("init", "middle"),
-                                  job.get("mse_weight", 0.0))
-        tok = teacher.tokenizer
-    elif kind == "finetune":
-        lm = load_model(job["model"])
-        module, tok = LMFinetune(lm.model), lm.tokenizer
-    else:
-        lm, teacher = load_model(job["model"]), load_model(job["teacher"])
-        module = LogitKD(lm.model, teacher.model, job.get("temperature", 2.0), job.get("alpha", 1.0))
-        tok = lm.tokenizer
-    curve = train(module, job["train"], tok, work, description=job.get("description", kind), accelerator=acc)
+    cls = HEALERS[resolve_kind(job["kind"])]
+    # older job files kept the objective's options at the top level
+    options = job.get("options") or {k: job[k] for k in cls.Config.model_fields if k in job}
+    healer = cls(options)
+    module, tok = healer.from_job(job, load_model)
+    curve = train(module, job["train"], tok, work, description=job.get("description", healer.name), accelerator=acc)
     if acc.is_main_process:
-        inner = acc.unwrap_model(module) if hasattr(acc, "unwrap_model") else module
-        if kind == "intervals":
-            from safetensors.torch import save_file
-
-            tensors = {f"{k}.{n}": t.detach().contiguous() for k, st in inner.students.items()
-                       for n, t in st.state_dict().items()}
-            save_file(tensors, str(work / "students.safetensors"))
-        else:
-            model = inner.model if kind == "finetune" else inner.student
-            from ..prune.width import uniform_widths
-            from ..models.adapters import get_adapter
-
-            if get_adapter(model).name == "llama" and uniform_widths(model) is None:
-                from ..io.structured import save_model
-
-                save_model(model, tok, work / "model")
-            else:
-                model.save_pretrained(work / "model")
-                tok.save_pretrained(work / "model")
+        healer.save(acc.unwrap_model(module), tok, work)
     acc.wait_for_everyone()
     return curve
 

@@ -2,8 +2,9 @@
 
 Selectors: `ppcl` (contiguous intervals from span probes and the CKA trend, each replaced by one
 block), `bi` (ShortGPT: the k blocks of lowest Block Influence), `random` (seeded), `last`.
-Healing (same budget for every selector): `distill` trains one student per interval, teacher-forced
-(contiguous layer distillation); `finetune` trains the whole pruned model on LM loss.
+Healing (same budget for every selector) is any objective of `distill.objectives.HEALERS`: `distill`
+trains one student per interval, teacher-forced (contiguous layer distillation); `finetune` trains the
+whole pruned model on LM loss; `kd` distils the pruned model from the dense model's logits.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from torch import nn
 from ..console import info
 from ..data.tokens import calibration_samples, eval_windows
 from ..distill.driver import TrainConfig
+from ..distill.objectives import HEALERS
 from ..engine import InMemoryStore, run_sequential
 from ..errors import ConfigError, DataError, LayerwiseError
 from ..utils.checks import count, positive
@@ -34,7 +36,6 @@ from ..utils.hf import quiet
 from .output import guard_output
 from .source import resolve
 
-HEALS = ("none", "distill", "finetune")
 
 
 @dataclass
@@ -75,57 +76,40 @@ def collect_states(model: nn.Module, samples: torch.Tensor, probe_tokens: int = 
     return [states[i] for i in range(len(states))], [bi[i] for i in range(len(bi))]
 
 
-def heal(kind: str, teacher_spec, teacher_model: nn.Module, pruned: nn.Module, intervals: list[dict],
-         cfg: TrainConfig, tokenizer, work: Path, processes: int = 1, mse_weight: float = 0.0):
-    """Train students (distill) or the whole pruned model (finetune). Returns (students | model, curve)."""
+def train_healing(healer, teacher_spec, teacher_model: nn.Module, pruned: nn.Module | None, intervals: list[dict],
+         cfg: TrainConfig, tokenizer, work: Path, processes: int = 1) -> nn.Module:
+    """Train by the healing objective `healer` (in this process, or in `processes` launched ones) and
+    return the trained module (see distill.objectives: `healer.healed(module, ...)` is the model)."""
     from ..distill.driver import train
-    from ..distill.modules import IntervalStudents, LMFinetune
 
     work.mkdir(parents=True, exist_ok=True)
-    if processes > 1:
-        if not isinstance(teacher_spec, str):
-            raise ConfigError("--processes > 1 needs the model as a path or zoo:NAME")
-        job = {"cpu": True, "work_dir": str(work), "train": cfg.to_dict(), "description": kind}
-        if kind == "distill":
-            job.update(kind="intervals", teacher=teacher_spec, intervals=intervals, mse_weight=mse_weight)
-        else:
-            pre = work / "pruned"
-            pruned.save_pretrained(pre)
-            tokenizer.save_pretrained(pre)
-            job.update(kind="finetune", model=str(pre))
-        (work / "job.json").write_text(json.dumps(job, indent=1))
-        from ..distill.run import launch_command
+    if processes == 1:
+        module = healer.module(teacher_model, pruned, intervals)
+        module.curve = train(module, cfg, tokenizer, work, description=f"heal ({healer.name})")
+        return module.eval()
+    if not isinstance(teacher_spec, str):
+        raise ConfigError("--processes > 1 needs the model as a path or zoo:NAME")
+    student_dir = None
+    if healer.needs_student:
+        from ..io.structured import save_model
 
-        cmd = launch_command(work / "job.json", processes)
-        info("running: " + " ".join(cmd[2:]))
-        r = subprocess.run(cmd, env={**os.environ, "LAYERWISE_NO_PROGRESS": "1"})
-        if r.returncode != 0:
-            raise LayerwiseError(f"the {processes}-process training run failed (exit code {r.returncode})")
-        curve = json.loads((work / "curve.json").read_text())["curve"]
-        if kind == "distill":
-            from safetensors.torch import load_file
+        save_model(pruned, tokenizer, work / "pruned")
+        student_dir = str(work / "pruned")
+    job = {"cpu": True, "work_dir": str(work), "train": cfg.to_dict(), "description": f"heal ({healer.name})",
+           "kind": healer.name, "options": healer.config.model_dump(), "intervals": intervals,
+           **healer.job(teacher_spec, student_dir)}
+    (work / "job.json").write_text(json.dumps(job, indent=1))
+    from ..distill.run import launch_command
+    from ..io.load import load_model
 
-            flat = load_file(str(work / "students.safetensors"))
-            students = {}
-            tmp = IntervalStudents(teacher_model, intervals)
-            for k, st in tmp.students.items():
-                st.load_state_dict({n[len(k) + 1:]: v for n, v in flat.items() if n.startswith(k + ".")})
-                students[k] = st
-            return students, curve
-        from ..io.load import load_model
-
-        return load_model(str(work / "model")).model, curve
-    if kind == "distill":
-        module = IntervalStudents(teacher_model, intervals, mse_weight=mse_weight)
-        curve = train(module, cfg, tokenizer, work, description="distill students")
-        students = dict(module.students.items())
-        for st in students.values():
-            st.eval()
-        return students, curve
-    module = LMFinetune(pruned)
-    curve = train(module, cfg, tokenizer, work, description="fine-tune")
-    pruned.eval()
-    return pruned, curve
+    cmd = launch_command(work / "job.json", processes)
+    info("running: " + " ".join(cmd[2:]))
+    r = subprocess.run(cmd, env={**os.environ, "LAYERWISE_NO_PROGRESS": "1"})
+    if r.returncode != 0:
+        raise LayerwiseError(f"the {processes}-process training run failed (exit code {r.returncode})")
+    module = healer.trained(work, teacher_model, intervals, load_model)
+    module.curve = json.loads((work / "curve.json").read_text())["curve"]
+    return module.eval()
 
 
 def _freeze(m: nn.Module) -> nn.Module:
@@ -134,34 +118,33 @@ def _freeze(m: nn.Module) -> nn.Module:
     return m.eval()
 
 
-def depth(model, *, remove="25%", select: str = "ppcl", seed: int = 0, heal_kind: str = "none",
+def depth(model, *, remove="25%", select: str = "ppcl", seed: int = 0, heal: str = "none", heal_options: dict | None = None,
           steps: int = 200, lr: float = 2e-4, global_batch: int = 16, train_seqlen: int = 256,
           processes: int = 1, family: bool = False, calib: str = "stdlib", nsamples: int = 64,
           seqlen: int = 256, probe_tokens: int = 4096, max_len: int = 3, protect: int = 2,
-          mse_weight: float = 0.0, out: str | Path | None = None, overwrite: bool = False,
+          out: str | Path | None = None, overwrite: bool = False,
           work_dir: str | Path | None = None, tokenizer=None, evaluate: bool = False,
           eval_windows_n: int = 200, overwrite_source: bool = False, plan=None) -> DepthResult:
     """Remove `remove` blocks chosen by `select` (or those a depth `plan` marks), optionally heal, and
     save to `out`."""
     art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, overwrite_source, plan=plan)
     with art.run() if art is not None else nullcontext():
-        return _depth(model, remove=remove, select=select, seed=seed, heal_kind=heal_kind, steps=steps, lr=lr,
+        return _depth(model, remove=remove, select=select, seed=seed, heal=heal, heal_options=heal_options, steps=steps, lr=lr,
                       global_batch=global_batch, train_seqlen=train_seqlen, processes=processes, family=family,
                       calib=calib, nsamples=nsamples, seqlen=seqlen, probe_tokens=probe_tokens, max_len=max_len,
-                      protect=protect, mse_weight=mse_weight, art=art, work_dir=work_dir, tokenizer=tokenizer,
+                      protect=protect, art=art, work_dir=work_dir, tokenizer=tokenizer,
                       evaluate=evaluate, eval_windows_n=eval_windows_n, plan=plan)
 
 
-def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, train_seqlen, processes, family,
-           calib, nsamples, seqlen, probe_tokens, max_len, protect, mse_weight, art, work_dir, tokenizer,
+def _depth(model, *, remove, select, seed, heal, heal_options, steps, lr, global_batch, train_seqlen, processes, family,
+           calib, nsamples, seqlen, probe_tokens, max_len, protect, art, work_dir, tokenizer,
            evaluate, eval_windows_n, plan) -> DepthResult:
     out = art.out if art is not None else None
     quiet()
     t_start = time.perf_counter()
     selector = DEPTH_SELECTORS.create(select)
-    if heal_kind not in HEALS:
-        raise ConfigError(f"unknown healing '{heal_kind}'; choose one of {', '.join(HEALS)}")
-    if heal_kind != "none" and steps < 1:
+    healer = HEALERS.create(heal, heal_options or {})
+    if healer.trains and steps < 1:
         raise ConfigError(f"--steps must be at least 1 (got {steps})")
     if processes < 1:
         raise ConfigError(f"--processes must be at least 1 (got {processes})")
@@ -196,7 +179,7 @@ def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, t
     removed, intervals = selector.choose(k, dmap, seed) if plan is None else replay(plan, L)
     res = DepthResult(model=None, removed=removed, intervals=intervals, dmap=dmap)
     t0 = time.perf_counter()
-    pruned, students, res.curve = _heal(heal_kind, src, teacher, intervals, out, work_dir, processes, mse_weight,
+    pruned, students, res.curve = _heal(healer, src, teacher, intervals, out, work_dir, processes,
                                         TrainConfig(steps=steps, global_batch=global_batch, seqlen=train_seqlen,
                                                     lr=lr, seed=seed, corpus=calib,
                                                     checkpoint_every=max(1, min(50, steps))))
@@ -219,24 +202,19 @@ def _depth(model, *, remove, select, seed, heal_kind, steps, lr, global_batch, t
     timings["total_s"] = time.perf_counter() - t_start
     res.timings = timings
     if out is not None:
-        res.out = _write(art, res, src, select, heal_kind, k, seed, timings)
+        res.out = _write(art, res, src, select, healer, k, seed, timings)
     return res
 
 
-def _heal(heal_kind, src, teacher, intervals, out, work_dir, processes, mse_weight, cfg):
-    """(pruned model, students, loss curve) after the chosen healing."""
-    if heal_kind == "none":
+def _heal(healer, src, teacher, intervals, out, work_dir, processes, cfg):
+    """(pruned model, students of interval distillation or None, loss curve) after healing."""
+    if not healer.trains:
         return assemble(copy.deepcopy(teacher), intervals), None, []
     work = Path(work_dir) if work_dir else (Path(str(out) + ".work") if out else Path(f"runs/.depth-work-{os.getpid()}"))
-    if heal_kind == "distill":
-        students, curve = heal("distill", src.spec, teacher, None, intervals, cfg, src.tokenizer, work, processes,
-                               mse_weight)
-        return assemble(copy.deepcopy(teacher), intervals, students), students, curve
-    pruned = assemble(copy.deepcopy(teacher), intervals)
-    for p in pruned.parameters():
-        p.requires_grad_(True)
-    pruned, curve = heal("finetune", src.spec, teacher, pruned, intervals, cfg, src.tokenizer, work, processes)
-    return pruned, None, curve
+    pruned = assemble(copy.deepcopy(teacher), intervals) if healer.needs_student else None
+    module = train_healing(healer, src.spec, teacher, pruned, intervals, cfg, src.tokenizer, work, processes)
+    students = healer.students(module) if hasattr(healer, "students") else None
+    return healer.healed(module, teacher, intervals), students, module.curve
 
 
 def replay(plan: Plan, num_blocks: int) -> tuple[list[int], list[dict]]:
@@ -249,14 +227,14 @@ def replay(plan: Plan, num_blocks: int) -> tuple[list[int], list[dict]]:
     return removed, sorted(intervals, key=lambda iv: iv["start"])
 
 
-def depth_plan(res: DepthResult, select: str, heal_kind: str, L: int) -> Plan:
+def depth_plan(res: DepthResult, select: str, healer, L: int) -> Plan:
     dm = res.dmap
     where = {i: iv for iv in res.intervals for i in range(iv["start"], iv["end"] + 1)}
     blocks = [BlockRow(i, "remove" if i in res.removed else "keep",
                        [where[i]["start"], where[i]["end"], keep_index(where[i])] if i in where else None, select,
                        {"bi": dm.bi[i], "probe": dm.probe[i], "cka": dm.cka[i],
                         "dcka": dm.dcka[i] if i < len(dm.dcka) else None}) for i in range(L)]
-    return Plan(blocks=blocks, meta={"kind": "depth", "selector": select, "heal": heal_kind, "num_blocks": L,
+    return Plan(blocks=blocks, meta={"kind": "depth", "selector": select, "heal": healer.config_dict(), "num_blocks": L,
                                      "removed": res.removed, "intervals": res.intervals,
                                      "candidate_intervals": dm.intervals[:30]})
 
@@ -288,7 +266,7 @@ def plot_depth(res: DepthResult, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _write(art, res: DepthResult, src, select, heal_kind, k, seed, timings) -> Path:
+def _write(art, res: DepthResult, src, select, healer, k, seed, timings) -> Path:
     from ..io import build_manifest, write_json
 
     L = res.dmap.num_blocks
@@ -296,7 +274,7 @@ def _write(art, res: DepthResult, src, select, heal_kind, k, seed, timings) -> P
     tmp = art.begin()
     res.model.save_pretrained(tmp)
     src.tokenizer.save_pretrained(tmp)
-    depth_plan(res, select, heal_kind, L).save(tmp / "plan.json")
+    depth_plan(res, select, healer, L).save(tmp / "plan.json")
     if res.curve:
         write_json(tmp / "training_curve.json", res.curve)
     for r, (m, active) in sorted(res.variants.items()):
@@ -311,14 +289,14 @@ def _write(art, res: DepthResult, src, select, heal_kind, k, seed, timings) -> P
         same = torch.equal(back(input_ids=sample).logits, res.model(input_ids=sample).logits)
     if not same:
         raise LayerwiseError("the saved depth-pruned model does not reproduce the in-memory logits")
-    manifest = build_manifest("depth", {"model": src.spec, "remove": k, "select": select, "heal": heal_kind,
+    manifest = build_manifest("depth", {"model": src.spec, "remove": k, "select": select, "heal": healer.config_dict(),
                                         "seed": seed}, seed, timings, res.metrics,
                               {"removed": res.removed, "intervals": len(res.intervals),
                                "blocks_after": L - len(res.removed)})
     manifest["checks"] = {"reload": "stock from_pretrained: logits identical to the in-memory model"}
     write_json(tmp / "manifest.json", manifest)
     plot_depth(res, tmp / "report_depth.png", f"{src.spec}: {select}, remove {k} of {L}")
-    lines = [f"# Depth pruning: {src.spec}", "", f"Selector `{select}`, healing `{heal_kind}`, removed blocks "
+    lines = [f"# Depth pruning: {src.spec}", "", f"Selector `{select}`, healing `{healer.name}`, removed blocks "
              f"{res.removed} ({L} → {L - len(res.removed)}).", "", "![depth map](report_depth.png)", "",
              "| interval | keeps block | removes | predicted cost (1 − CKA of span probe) |", "|---|---|---|---|"]
     for iv in res.intervals:

@@ -17,6 +17,7 @@ from ..plan import Plan, UnitRow
 from ..console import info
 from ..data.tokens import calibration_samples, eval_windows
 from ..distill.driver import TrainConfig
+from ..distill.objectives import HEALERS
 from ..engine import InMemoryStore, run_sequential
 from ..errors import ConfigError, DataError, LayerwiseError
 from ..utils.checks import count, positive
@@ -103,7 +104,8 @@ def stage_tokens(total_steps: int, stages: int) -> list[int]:
 
 def width(model, *, params: float = 0.6, adaptive: bool = False, criterion: str = "taylor",
           incremental: bool = False, step: float = 0.05, tokens: int = 0, lr: float = 2e-4,
-          global_batch: int = 16, train_seqlen: int = 256, temperature: float = 2.0, calib: str = "stdlib",
+          global_batch: int = 16, train_seqlen: int = 256, heal: str = "kd",
+          heal_options: dict | None = None, calib: str = "stdlib",
           nsamples: int = 32, seqlen: int = 256, seed: int = 0, out: str | Path | None = None,
           overwrite: bool = False, work_dir: str | Path | None = None, tokenizer=None, evaluate: bool = False,
           eval_windows_n: int = 200, amplitude: float = 1.0, mask_only: bool = False,
@@ -113,22 +115,19 @@ def width(model, *, params: float = 0.6, adaptive: bool = False, criterion: str 
     with art.run() if art is not None else nullcontext():
         return _width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental,
                       step=step, tokens=tokens, lr=lr, global_batch=global_batch, train_seqlen=train_seqlen,
-                      temperature=temperature, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, art=art,
+                      heal=heal, heal_options=heal_options, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, art=art,
                       work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate, eval_windows_n=eval_windows_n,
                       amplitude=amplitude, mask_only=mask_only, plan=plan)
 
 
-def _distill_stage(student, teacher, cfg: TrainConfig, temperature: float, tokenizer, work: Path, k: int,
-                   n_stages: int) -> list[dict]:
-    """Heal the student of stage k by logit distillation from the dense teacher; its loss curve."""
+def _heal_stage(healer, student, teacher, cfg: TrainConfig, tokenizer, work: Path, k: int,
+                n_stages: int) -> list[dict]:
+    """Heal the student of stage k in place by the healing objective; its loss curve."""
     from ..distill.driver import train
-    from ..distill.modules import LogitKD
 
-    for p in student.parameters():
-        p.requires_grad_(True)
-    module = LogitKD(student, teacher, temperature=temperature, alpha=1.0)
-    curve = train(module, cfg, tokenizer, work / f"stage-{k}", description=f"stage {k}/{n_stages} KD")
-    student.eval()
+    module = healer.module(teacher, student, [])
+    curve = train(module, cfg, tokenizer, work / f"stage-{k}", description=f"stage {k}/{n_stages} {healer.name}")
+    healer.healed(module, teacher, [])
     for p in student.parameters():
         p.requires_grad_(False)
     return [{**r, "stage": k, "global_step": r["step"] + cfg.offset} for r in curve]
@@ -155,7 +154,7 @@ def width_plan(res: "WidthResult", criterion: str, options: dict) -> Plan:
 
 
 def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr, global_batch, train_seqlen,
-           temperature, calib, nsamples, seqlen, seed, art, work_dir, tokenizer, evaluate, eval_windows_n,
+           heal, heal_options, calib, nsamples, seqlen, seed, art, work_dir, tokenizer, evaluate, eval_windows_n,
            amplitude, mask_only, plan) -> WidthResult:
     out = art.out if art is not None else None
     quiet()
@@ -171,7 +170,10 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
     count("--nsamples", nsamples)
     count("--seqlen", seqlen, 2)
     positive("--lr", lr)
-    positive("temperature", temperature)
+    healer = HEALERS.create(heal, heal_options or {})
+    if healer.trains and not healer.needs_student:
+        raise ConfigError(f"healing '{heal}' trains stand-ins for removed blocks; width pruning heals with one of "
+                          f"{', '.join(n for n, c in HEALERS.items() if c.trains and c.needs_student)}")
     src = resolve(model, tokenizer, load=True)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
@@ -215,7 +217,7 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
                               seed=seed, corpus=calib, offset=offset, total_steps=steps_total,
                               warmup=max(1, steps_total // 20), checkpoint_every=max(1, min(50, per_stage[k - 1])))
             work = work or Path(f"runs/.width-work-{id(student)}")
-            res.curve += _distill_stage(student, teacher, cfg, temperature, src.tokenizer, work, k, n_stages)
+            res.curve += _heal_stage(healer, student, teacher, cfg, src.tokenizer, work, k, n_stages)
             offset += per_stage[k - 1]
         res.stages.append(stage)
         info(f"stage {k}/{n_stages}: block parameters {cur:,} → {block_params(student):,} (goal {goal:,})")
@@ -231,6 +233,7 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
     if out is not None:
         res.out = _write(art, res, src, dict(params=params, adaptive=adaptive, criterion=criterion,
                                                           incremental=incremental, step=step, tokens=tokens,
+                                                          heal=healer.config_dict() if steps_total else "none",
                                                           seed=seed, stages=n_stages))
     return res
 
