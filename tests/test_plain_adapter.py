@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import layerwise
+from conftest import tiny_model
 from layerwise.errors import ConfigError
 from layerwise.pipeline.prune import prune
 from layerwise.pipeline.quantize import quantize
@@ -72,3 +73,13 @@ def test_bad_descriptions_are_one_line():
         layerwise.adapt(Tower(), blocks="layers")
     with pytest.raises(ConfigError, match="needs an nn.Module"):
         layerwise.adapt("not a model", blocks="x")
+
+
+def test_plain_adapter_names_its_attention_modules():
+    from layerwise.errors import ConfigError
+    from layerwise.models.adapters import get_adapter
+
+    m = layerwise.adapt(tiny_model("llama").model, blocks="layers", attention="self_attn")
+    assert get_adapter(m).attention(1) is m.layers[1].self_attn
+    with pytest.raises(ConfigError, match="no module at 'attn'"):
+        layerwise.adapt(tiny_model("llama").model, blocks="layers", attention="attn")

@@ -25,11 +25,11 @@ def compress(model=None, recipe=None, **kwargs):
     return _compress(model, recipe, **kwargs)
 
 
-def adapt(model, blocks: str, call=None):
+def adapt(model, blocks: str, call=None, attention: str | None = None):
     """Describe a plain PyTorch module (its block list) so that layerwise can compress it."""
     from .models.adapters.plain import adapt as _adapt
 
-    return _adapt(model, blocks, call)
+    return _adapt(model, blocks, call, attention)
 
 
 def evaluate(model, **kwargs):

@@ -16,7 +16,7 @@ from ..console import info
 from ..errors import ConfigError, LayerwiseError
 from ..io import write_json, write_report
 from ..io.artifacts import Artifact, check_not_overlapping, input_paths, io_reason
-from ..io.structured import MARKER as STRUCTURE_MARKER, is_width_pruned, write_structure
+from ..io.structured import is_width_pruned, write_structure
 from ..models.files import check_model_dir
 from ..plan import Plan
 
@@ -153,40 +153,11 @@ class OutputDir:
         its last-block activations on the first calibration batch are compared bit for bit with the
         engine's.
         """
-        if store.fully_in_memory:
-            
-            from ..io.load import load_model
-            from ..models.adapters import model_class
+        from ..io.verify import check_reload, check_streamed_reload
 
-            dtype = next(store.model.parameters()).dtype
-            if (self.partial / STRUCTURE_MARKER).exists():
-                reloaded = load_model(str(self.partial), dtype=dtype).model
-            else:
-                cls = model_class(store.model.config)
-                reloaded = cls.from_pretrained(self.partial, dtype=dtype).eval()
-            a = store.model(input_ids=sample_ids, use_cache=False)
-            b = reloaded(input_ids=sample_ids, use_cache=False)
-            la = a.logits if hasattr(a, "logits") else a.last_hidden_state
-            lb = b.logits if hasattr(b, "logits") else b.last_hidden_state
-            if not torch.equal(la, lb):
-                raise LayerwiseError(f"the saved model does not reproduce the in-memory logits "
-                                     f"(max diff {float((la - lb).abs().max()):.3g}); nothing was written")
-            how = "layerwise.load" if (self.partial / STRUCTURE_MARKER).exists() else "stock from_pretrained"
-            return f"{how} reload: logits identical to the in-memory model"
+        if store.fully_in_memory:
+            return check_reload(store.model, self.partial, {"input_ids": sample_ids})
         if res.final_hidden is None or res.propagate != "pruned":
             return "not checked (dense propagation)"
-        from ..engine.capture import capture_block_inputs
-        from ..engine.store import LazyStore
-
-        back = LazyStore(self.partial, None, dtype=next(p for p in store.model.parameters() if not p.is_meta).dtype)
-        n = res.final_hidden[0].shape[0]
-        (batch,) = capture_block_inputs(back.model, back.adapter, res.first_ids[:n], batch_size=n)
-        h = batch.hidden
-        for i in range(back.adapter.num_blocks):
-            block = back.load_block(i)
-            h = back.adapter.call_block(block, h, batch.args, batch.kwargs)
-            back._free(i)
-        if not torch.equal(h, res.final_hidden[0]):
-            raise LayerwiseError(f"the saved model does not reproduce the engine's activations (max diff "
-                                 f"{float((h - res.final_hidden[0]).abs().max()):.3g}); nothing was written")
-        return "streamed reload: last-block activations identical to the engine's"
+        dtype = next(p for p in store.model.parameters() if not p.is_meta).dtype
+        return check_streamed_reload(self.partial, res.first_ids, res.final_hidden[0], dtype)

@@ -344,7 +344,7 @@ def _verify_quantized(store, res, partial: Path, sample_ids: torch.Tensor) -> st
     """Packed checkpoint and dequantized copy must both reproduce what the engine computed."""
     from safetensors.torch import load_file
 
-    from ..io.quantized import load_gptq, module_bits
+    from ..io.quantized import module_bits
 
     deq = partial / "dequantized"
     # 1. every packed tensor unpacks to exactly the dequantized copy (block by block, low memory)
@@ -358,29 +358,12 @@ def _verify_quantized(store, res, partial: Path, sample_ids: torch.Tensor) -> st
                           packed[base + ".g_idx"].numel(), packed[base + ".scales"].shape[1])
             if not (torch.equal(W, w) or torch.equal(W.t(), w)):
                 raise LayerwiseError(f"packed weights of {base} do not unpack to the dequantized copy")
+    from ..io.verify import check_reload, check_streamed_reload
+
     if store.fully_in_memory:
-        
-        from ..models.adapters import model_class
-
-        ref = store.model(input_ids=sample_ids, use_cache=False)
-        ref = ref.logits if hasattr(ref, "logits") else ref.last_hidden_state
-        a = load_gptq(partial)(input_ids=sample_ids, use_cache=False)
-        cls = model_class(store.model.config)
-        b = cls.from_pretrained(deq).eval()(input_ids=sample_ids, use_cache=False)
-        for name, o in (("packed", a), ("dequantized", b)):
-            o = o.logits if hasattr(o, "logits") else o.last_hidden_state
-            if not torch.equal(o, ref):
-                raise LayerwiseError(f"the {name} checkpoint does not reproduce the in-memory logits; nothing was written")
+        inputs = {"input_ids": sample_ids}
+        check_reload(store.model, partial, inputs, what="packed checkpoint")
+        check_reload(store.model, deq, inputs, what="dequantized checkpoint")
         return "packed (layerwise.load) and dequantized (stock from_pretrained) logits identical to the in-memory model"
-    from ..engine.capture import capture_block_inputs
-
-    back = LazyStore(deq, None)
-    n = res.final_hidden[0].shape[0]
-    (batch,) = capture_block_inputs(back.model, back.adapter, res.first_ids[:n], batch_size=n)
-    h = batch.hidden
-    for i in range(back.adapter.num_blocks):
-        h = back.adapter.call_block(back.load_block(i), h, batch.args, batch.kwargs)
-        back._free(i)
-    if not torch.equal(h, res.final_hidden[0]):
-        raise LayerwiseError("the saved model does not reproduce the engine's activations; nothing was written")
+    check_streamed_reload(deq, res.first_ids, res.final_hidden[0])
     return "packed tensors unpack exactly to the dequantized copy; its streamed reload reproduces the engine"

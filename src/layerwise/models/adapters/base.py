@@ -60,6 +60,24 @@ class LinearRef:
         return self.module.weight.numel()
 
 
+@dataclass(frozen=True)
+class InputField:
+    """One input of a model's forward, as an adapter describes it.
+
+    kind: "tokens" (integer ids), "pixels" (images), "latents" (noised latents of a generator),
+    "timestep" (diffusion time), "condition" (class labels or text embeddings), "mask".
+    shape: symbolic dimensions ("batch", "seq", "channels", "height", "width") or integers.
+    """
+
+    name: str                     # the forward keyword
+    kind: str
+    shape: tuple
+    dtype: str = "float32"
+
+
+TOKEN_INPUTS = (InputField("input_ids", "tokens", ("batch", "seq"), "int64"),)
+
+
 class StopForward(Exception):
     """Raised by the capture hook to end a forward pass once block 0's inputs are recorded."""
 
@@ -73,6 +91,10 @@ class Adapter:
     # The final norm and the LM head, for losses computed from a block's output (None: no LM head).
     final_norm_path: ClassVar[str | None] = None
     head_path: ClassVar[str | None] = None
+    # The attention module inside a block (the hook point of token selectors and attention scores).
+    attention_path: ClassVar[str | None] = None
+    # What the model's forward takes.
+    inputs: ClassVar[tuple[InputField, ...]] = TOKEN_INPUTS
     # Modules outside the blocks that are never pruned by default.
     default_ignore: ClassVar[tuple[str, ...]] = ("lm_head", "embed", "wte", "wpe", "pooler")
 
@@ -146,8 +168,25 @@ class Adapter:
         h = self._resolve(self.model, self.final_norm_path)(hidden) if self.final_norm_path else hidden
         return self._resolve(self.model, self.head_path)(h)
 
+    def attention(self, i: int) -> nn.Module:
+        """The attention module of block i."""
+        if self.attention_path is None:
+            raise NotImplementedError(f"the {self.name} adapter does not describe its attention modules")
+        return self._resolve(self.block_list()[i], self.attention_path)
+
     def model_inputs(self, ids: torch.Tensor) -> dict:
         return {"input_ids": ids}
+
+    def example_inputs(self, batch: int = 2, length: int = 32, seed: int = 0) -> dict:
+        """Seeded inputs of the kind the model takes (for reload checks, timing, tracing)."""
+        g = torch.Generator().manual_seed(seed)
+        out = {}
+        for f in self.inputs:
+            if f.kind == "tokens":
+                out[f.name] = torch.randint(0, self.model.config.vocab_size, (batch, length), generator=g)
+            else:
+                raise NotImplementedError(f"the {self.name} adapter must build example '{f.kind}' inputs itself")
+        return out
 
     def run_model(self, model: nn.Module, inputs: torch.Tensor) -> None:
         """One forward of the whole model on a batch of calibration inputs (to reach block 0)."""

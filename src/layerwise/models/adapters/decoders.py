@@ -12,6 +12,7 @@ class LlamaLikeAdapter(Adapter):
     name = "llama"
     model_types = ("llama", "qwen2", "mistral", "qwen3", "mixtral_dense")
     blocks_path = "model.layers"
+    attention_path = "self_attn"
     final_norm_path = "model.norm"
     head_path = "lm_head"
 
@@ -51,6 +52,7 @@ class GPT2Adapter(Adapter):
     name = "gpt2"
     model_types = ("gpt2",)
     blocks_path = "transformer.h"
+    attention_path = "attn"
     final_norm_path = "transformer.ln_f"
     head_path = "lm_head"
 
@@ -83,6 +85,7 @@ class BertAdapter(Adapter):
 
     name = "bert"
     model_types = ("bert", "roberta")
+    attention_path = "attention.self"
 
     @classmethod
     def matches(cls, model) -> bool:

@@ -23,6 +23,7 @@ from .base import Adapter
 class PlainSpec:
     blocks: str
     call: Callable | None = None
+    attention: str | None = None
 
 
 class PlainAdapter(Adapter):
@@ -32,6 +33,7 @@ class PlainAdapter(Adapter):
         super().__init__(model)
         self.spec: PlainSpec = model._layerwise_spec
         self.blocks_path = self.spec.blocks
+        self.attention_path = self.spec.attention
 
     def run_model(self, model: nn.Module, inputs) -> None:
         if self.spec.call is not None:
@@ -40,12 +42,15 @@ class PlainAdapter(Adapter):
             model(inputs)
 
 
-def adapt(model: nn.Module, blocks: str, call: Callable | None = None) -> nn.Module:
-    """Describe a plain module to layerwise: `blocks` is the dotted path of its block list."""
+def adapt(model: nn.Module, blocks: str, call: Callable | None = None, attention: str | None = None) -> nn.Module:
+    """Describe a plain module to layerwise: `blocks` is the dotted path of its block list, `attention`
+    (optional) the dotted path of the attention module inside a block."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"adapt() needs an nn.Module (got {type(model).__name__})")
     found = Adapter._resolve(model, blocks)
     if not isinstance(found, (nn.ModuleList, nn.Sequential)) or len(found) == 0:
         raise ConfigError(f"{type(model).__name__} has no non-empty block list at '{blocks}'")
-    object.__setattr__(model, "_layerwise_spec", PlainSpec(blocks, call))
+    if attention is not None and Adapter._resolve(found[0], attention) is None:
+        raise ConfigError(f"block 0 of {type(model).__name__} has no module at '{attention}'")
+    object.__setattr__(model, "_layerwise_spec", PlainSpec(blocks, call, attention))
     return model
