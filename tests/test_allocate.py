@@ -140,3 +140,15 @@ def test_cli_analyze_report(tmp_path, capsys):
     d = json.loads((out / "analysis.json").read_text())
     assert d["directions"]["alpha"] == "lower = more important"
     assert len(d["block_scores"]["farms"]) == 4
+    # the analysis is also a Plan: every linear and block with its scores, no budgets yet
+    from layerwise.plan import Plan
+
+    plan = Plan.load(out / "plan.json")
+    assert plan.meta["kind"] == "analysis" and len(plan.blocks) == 4
+    assert [b.scores["farms"] for b in plan.blocks] == pytest.approx(d["block_scores"]["farms"])
+    assert all("alpha" in r.scores and "farms" in r.scores and r.sparsity == 0 for r in plan.rows)
+    capsys.readouterr()
+    code = main(["prune", "zoo:llama-tiny", "--plan", str(out / "plan.json"), "--nsamples", "4",
+                 "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is an analysis" in err and not (tmp_path / "p").exists(), err

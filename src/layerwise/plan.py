@@ -239,6 +239,9 @@ class Plan:
                     raise ConfigError(f"{source}: block {u.block}: cannot remove every {u.unit}")
 
     def validate(self, shapes: dict[str, tuple[int, int]] | None = None, methods: set[str] | None = None) -> None:
+        if self.meta.get("kind") == "analysis":
+            raise ConfigError("the plan is an analysis (scores, no budgets): prune or quantize it with "
+                              "--allocation/--order, or set each row's sparsity or bits before replaying it")
         seen = set()
         for r in self.rows:
             if r.name in seen:

@@ -39,7 +39,8 @@ def write_structure(model: nn.Module, directory: Path) -> str:
 
     cfg = model.config
     head_dim = layouts(model)[0].head_dim
-    uni = uniform_widths(model) if get_adapter(model).name == "llama" else None
+    adapter = get_adapter(model)
+    uni = uniform_widths(model) if adapter.config_head_dim else None
     # transformers validates hidden_size % num_attention_heads even with an explicit head_dim
     if uni is not None and cfg.hidden_size % uni["num_attention_heads"]:
         uni = None
@@ -50,7 +51,7 @@ def write_structure(model: nn.Module, directory: Path) -> str:
         cfg.num_key_value_heads = uni["num_key_value_heads"]
         (Path(directory) / MARKER).unlink(missing_ok=True)
         return "stock from_pretrained (uniform widths)"
-    if get_adapter(model).name == "llama":
+    if adapter.config_head_dim:
         cfg.head_dim = head_dim
     (Path(directory) / MARKER).write_text(json.dumps({"kind": "width", "head_dim": head_dim,
                                                       "layers": widths(model)}, indent=1) + "\n")

@@ -53,6 +53,7 @@ def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsampl
 
             tmp = art.begin()
             write_json(tmp / "analysis.json", an.to_dict())
+            an.to_plan().save(tmp / "plan.json")
             write_analysis_report(tmp, an)
             write_json(tmp / "manifest.json", build_manifest(
                 "analyze", {"model": src.spec, "scores": names, "calib": calib, "nsamples": nsamples,

@@ -12,6 +12,7 @@ from ..engine.sequential import BlockWork
 from ..engine.stats import relative_recon_error
 from ..errors import ConfigError
 from ..models.adapters import compile_patterns, name_matches
+from ..scores.base import SCORES
 from ..plan import Plan, PlanRow
 from ..prune import PRUNERS, Budget, check_sparsity, get_pruner, nm_str, parse_nm
 from ..utils.hf import quiet
@@ -142,7 +143,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
                        inputs=input_paths(model_dir(model), tokenizer, plan, calib)) if out is not None else None
     if isinstance(plan, (str, Path)):
         plan = Plan.load(plan)
-    needs_memory = "zeroth_order" in alloc.scores and plan is None
+    needs_memory = plan is None and any("whole_model" in SCORES[s].needs for s in alloc.scores)
     src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or needs_memory)
     use_stream = src.loaded is None
     with guarded(output):

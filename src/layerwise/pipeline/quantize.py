@@ -24,6 +24,7 @@ from ..engine.sequential import BlockWork
 from ..engine.stats import relative_recon_error
 from ..engine.store import tied_names
 from ..errors import ConfigError, LayerwiseError
+from ..scores.base import SCORES
 from ..plan import Plan, PlanRow
 from ..quant import QUANTIZERS, QuantSpec, from_gptq, get_quantizer, gptq_compatible, packed_bits, to_gptq
 from ..utils.hf import quiet
@@ -205,7 +206,7 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
                        inputs=input_paths(model_dir(model), tokenizer, plan, calib)) if out is not None else None
     if isinstance(plan, (str, Path)):
         plan = Plan.load(plan)
-    need_memory = order == "zeroth_order" and plan is None
+    need_memory = plan is None and order in SCORES and "whole_model" in SCORES[order].needs
     src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or need_memory)
     use_stream = src.loaded is None
     with guarded(output):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..engine import run_sequential
+from ..plan import BlockRow, Plan, PlanRow
 from ..engine.sequential import BlockWork
 from .base import SCORES, get_score
 from .esd import esd, farms_esd, fit_power_law
@@ -52,6 +53,18 @@ class Analysis:
                 row[name] = vals[b]
             rows.append(row)
         return rows
+
+    def to_plan(self) -> Plan:
+        """The analysis as a Plan: every linear and every block with its scores, no budgets yet."""
+        rows = [PlanRow(x["name"], x["block"], tuple(x["shape"]), method="",
+                        scores={k: v[x["name"]] for k, v in self.linear_scores.items() if x["name"] in v})
+                for x in self.linears]
+        blocks = [BlockRow(b, "keep", None, "", {k: v[b] for k, v in self.block_scores.items()})
+                  for b in range(self.num_blocks)]
+        directions = {k: "higher = more important" if SCORES[k].higher_is_important else "lower = more important"
+                      for k in self.block_scores}
+        return Plan(rows=rows, blocks=blocks, meta={"kind": "analysis", "model": self.model,
+                                                    "directions": directions, "options": self.options})
 
     def to_dict(self, with_spectra: bool = False) -> dict:
         d = {"model": self.model, "num_blocks": self.num_blocks, "linears": self.linears,

@@ -93,6 +93,9 @@ class Adapter:
     head_path: ClassVar[str | None] = None
     # The attention module inside a block (the hook point of token selectors and attention scores).
     attention_path: ClassVar[str | None] = None
+    # Whether the config states head_dim apart from hidden_size / heads (so a model whose blocks were
+    # all cut to the same widths is described by its config alone and loads with from_pretrained).
+    config_head_dim: ClassVar[bool] = False
     # What the model's forward takes.
     inputs: ClassVar[tuple[InputField, ...]] = TOKEN_INPUTS
     # Modules outside the blocks that are never pruned by default.

@@ -13,6 +13,7 @@ class LlamaLikeAdapter(Adapter):
     model_types = ("llama", "qwen2", "mistral", "qwen3", "mixtral_dense")
     blocks_path = "model.layers"
     attention_path = "self_attn"
+    config_head_dim = True
     final_norm_path = "model.norm"
     head_path = "lm_head"
 
