@@ -83,6 +83,32 @@ def test_unfused_recipe_gives_the_same_weights(tmp_path):
     assert all(torch.equal(wf[k], wu[k]) for k in wf)
 
 
+def test_three_blockwise_stages_share_one_sweep(tmp_path):
+    """Magnitude 30% (OWL-allocated), then SparseGPT 2:4 on what is left, then 4-bit RTN: one sweep with
+    three activation streams, the same weights as three sweeps one after the other."""
+    from layerwise import compress
+
+    rec = {"calibration": SMALL, "stages": [
+        {"prune": {"method": "magnitude", "sparsity": 0.3, "allocation": "owl"}},
+        {"prune": {"method": "sparsegpt", "nm": "2:4"}},
+        {"quantize": {"quantizer": "rtn", "bits": 4, "high": 4, "low": 4, "group_size": 64}}]}
+    f = compress("zoo:llama-tiny", rec, out=tmp_path / "f")
+    u = compress("zoo:llama-tiny", rec, out=tmp_path / "u", fuse=False)
+    assert [s["stages"] for s in f.steps] == [["prune", "prune", "quantize"]]
+    assert len(u.steps) == 3
+    wf, wu = weights(tmp_path / "f"), weights(tmp_path / "u")
+    assert wf.keys() == wu.keys() and all(torch.equal(wf[k], wu[k]) for k in wf)
+
+
+def test_allocation_after_a_fused_stage_is_not_fused(tmp_path):
+    from layerwise.driver import schedule
+    from layerwise.recipe import load_recipe
+
+    r = load_recipe({"stages": [{"prune": {"sparsity": 0.3}}, {"prune": {"sparsity": 0.5, "allocation": "owl"}},
+                                {"quantize": {"bits": 3.5, "order": "lim"}}]})
+    assert [[s.kind for s in step] for step in schedule(r)] == [["prune"], ["prune"], ["quantize"]]
+
+
 @pytest.mark.parametrize("body, needle", [
     ({"stages": [{"prune": {"method": "obs"}}]}, "stages[0].prune.method: unknown pruning method 'obs'"),
     ({"stages": [{"prune": {"sparsity": 1.5}}]}, "stages[0].prune.sparsity"),

@@ -1,8 +1,9 @@
 """The driver: runs a recipe's stages in order on one model.
 
-Stages that can share one block-by-block sweep are fused: a prune stage followed by a quantize stage
-whose bit allocation needs no analysis of the pruned model runs as one pass with two activation
-streams (`engine.Pass`), and gives the same weights as the two stages run one after the other. Every
+Block-by-block stages that can share one sweep are fused: a run of them (prune, quantize, ...) in
+which every stage after the first plans without analysing the model before it (uniform sparsity,
+ranking-free bits) runs as one pass with one activation stream per stage (`engine.Pass`), and gives
+the same weights as the stages run one after the other. Every
 other stage runs on the previous stage's model in memory; only the last stage writes `out`.
 """
 from __future__ import annotations
@@ -25,44 +26,46 @@ class CompressResult:
     timings: dict = field(default_factory=dict)
 
 
-def fusable(a: Stage, b: Stage) -> bool:
-    from .pipeline.quantize import ranking_free
+def blockwise_stage(s: Stage):
+    """The block-by-block stage object of a recipe stage (None for stages that are not)."""
+    if s.kind == "prune":
+        from .pipeline.prune import PruneStage
 
-    q = b.options
-    return a.kind == "prune" and b.kind == "quantize" and ranking_free(q.bits, q.high, q.low, q.order)
+        return PruneStage(**s.options.api_options())
+    if s.kind == "quantize":
+        from .pipeline.quantize import QuantizeStage
+
+        return QuantizeStage(**s.options.model_dump())
+    return None
+
+
+def fusable(a: Stage, b: Stage) -> bool:
+    """b can join a's sweep: both are block-by-block stages and b's plan needs no analysis of the
+    model a produces (its budgets do not depend on data)."""
+    sa, sb = blockwise_stage(a), blockwise_stage(b)
+    return sa is not None and sb is not None and sb.plans_without_data()
 
 
 def schedule(recipe: Recipe, fuse: bool = True) -> list[list[Stage]]:
-    """The stages grouped into steps: fused pairs where possible, else one stage per step."""
-    steps, i, st = [], 0, recipe.stages
-    while i < len(st):
-        if fuse and i + 1 < len(st) and fusable(st[i], st[i + 1]):
-            steps.append([st[i], st[i + 1]])
-            i += 2
+    """The stages grouped into steps: runs of fusable block-by-block stages share one sweep."""
+    steps: list[list[Stage]] = []
+    for st in recipe.stages:
+        if fuse and steps and fusable(steps[-1][-1], st):
+            steps[-1].append(st)
         else:
-            steps.append([st[i]])
-            i += 1
+            steps.append([st])
     return steps
 
 
 def _run_step(step: list[Stage], model, cal, out, common: dict):
     calib = dict(calib=cal.corpus, seed=cal.seed)
-    blockwise = dict(calib, nsamples=cal.nsamples, seqlen=cal.seqlen, batch_size=cal.batch_size)
-    kind = "+".join(s.kind for s in step)
-    if kind == "prune+quantize":
-        from .pipeline.quantize import quantize
+    stages = [blockwise_stage(s) for s in step]
+    if stages[0] is not None:
+        from .pipeline.blockwise import run_stage
 
-        return quantize(model, **step[1].options.model_dump(), **blockwise, out=out,
-                        before=[step[0].options.api_options()], **common)
+        return run_stage(stages[-1], model, **calib, nsamples=cal.nsamples, seqlen=cal.seqlen,
+                         batch_size=cal.batch_size, out=out, before=stages[:-1], **common)
     s = step[0]
-    if s.kind == "prune":
-        from .pipeline.prune import prune
-
-        return prune(model, **s.options.api_options(), **blockwise, out=out, **common)
-    if s.kind == "quantize":
-        from .pipeline.quantize import quantize
-
-        return quantize(model, **s.options.model_dump(), **blockwise, out=out, **common)
     common = {k: v for k, v in common.items() if k != "stream"}
     if s.kind == "depth":
         from .pipeline.depth import depth

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..engine import Checkpointer, InMemoryStore, LazyStore, Pass, fingerprint, run_sequential
+from ..engine import Pass
 from ..engine.sequential import BlockWork
 from ..engine.stats import relative_recon_error
 from ..errors import ConfigError
@@ -15,10 +15,8 @@ from ..models.adapters import compile_patterns, name_matches
 from ..scores.base import SCORES
 from ..plan import Plan, PlanRow
 from ..prune import PRUNERS, Budget, check_sparsity, get_pruner, nm_str, parse_nm
-from ..utils.hf import quiet
-from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perplexity_of
-from ..io.artifacts import input_paths
-from .source import calib_name, calibration_inputs, model_dir, resolve
+from .blockwise import BlockwiseStage, Run, run_stage
+from .output import evaluate_saved, perplexity_of
 
 
 # Methods without a Hessian estimate the plan's reconstruction error from this many calibration tokens
@@ -111,18 +109,83 @@ def prune_pass(plan: Plan) -> Pass:
                 gram_limit=None if hessian else RECON_TOKENS, first_moment=False)
 
 
-def fused_prune_plan(store, samples, spec: str, *, method: str = "wanda", sparsity: float = 0.5, nm=None,
-                     targets=None, ignore=None, allocation: str = "uniform", allocation_params: dict | None = None,
-                     max_sparsity: float = 0.99, batch_size: int = 8, seed: int = 0) -> Plan:
+class PruneStage(BlockwiseStage):
+    """Sparsify the selected linears by a plan of per-layer budgets (uniform or allocated)."""
+
+    kind = "prune"
+    planning_time = "allocation_s"
+
+    def __init__(self, method: str = "wanda", sparsity: float = 0.5, nm=None, targets=None, ignore=None,
+                 allocation: str = "uniform", allocation_params: dict | None = None, max_sparsity: float = 0.99,
+                 propagate: str = "pruned"):
+        self.method, self.sparsity, self.nm, self.targets, self.ignore = method, sparsity, nm, targets, ignore
+        self.allocation, self.allocation_params = allocation, allocation_params or {}
+        self.max_sparsity, self.propagate = max_sparsity, propagate
+
+    def check(self) -> None:
+        from ..allocate import get_allocator
+
+        PRUNERS.get(self.method)
+        self.nm_t = parse_nm(self.nm)
+        self.sparsity = check_sparsity(self.sparsity)
+        if self.propagate not in ("pruned", "dense"):
+            raise ConfigError(f"--propagate must be pruned or dense (got {self.propagate!r})")
+        self.alloc = get_allocator(self.allocation)
+        if self.allocation != "uniform" and self.nm_t is not None:
+            raise ConfigError(f"allocation '{self.allocation}' works with unstructured sparsity, not --nm")
+        if not 0 < self.max_sparsity < 1:
+            raise ConfigError(f"--max-sparsity must be in (0, 1) (got {self.max_sparsity:g})")
+        if self.sparsity > self.max_sparsity:
+            raise ConfigError(f"target sparsity {self.sparsity:g} exceeds --max-sparsity {self.max_sparsity:g}")
+        self.alloc(self.allocation_params)   # validates the allocator's options
+
+    def whole_model(self) -> bool:
+        return any("whole_model" in SCORES[s].needs for s in self.alloc.scores)
+
+    def plans_without_data(self) -> bool:
+        return self.allocation == "uniform"
+
+    def validate(self, plan: Plan, shapes: dict) -> None:
+        plan.validate(shapes, set(PRUNERS))
+
+    def new_plan(self, store, samples, spec, *, batch_size, seed, fused):
+        if fused and not self.plans_without_data():
+            raise ConfigError(f"a prune stage fused after another cannot allocate by '{self.allocation}' (the "
+                              "scores would need the earlier stage's output): use uniform allocation")
+        plan = uniform_plan(select_linears(store.adapter, self.targets, self.ignore), self.method, self.sparsity,
+                            self.nm_t)
+        if self.allocation != "uniform":
+            allocate_on(store, plan, samples, self.allocation, self.allocation_params, self.sparsity,
+                        self.max_sparsity, batch_size, seed, spec)
+        return plan
+
+    def make_pass(self, plan, store, partial):
+        return prune_pass(plan)
+
+    def options(self) -> dict:
+        return {"method": self.method, "sparsity": self.sparsity, "nm": nm_str(self.nm_t),
+                "allocation": self.allocation, "allocation_params": self.allocation_params,
+                "propagate": self.propagate, "targets": self.targets, "ignore": self.ignore}
+
+    def row_key(self, row) -> tuple:
+        return row.name, row.sparsity, row.pattern, row.method
+
+    def label(self) -> str:
+        return f"{self.method} {nm_str(self.nm_t) if self.nm_t else f'{self.sparsity:.0%}'}"
+
+    def description(self) -> str:
+        return self.label()
+
+    def finish(self, run: Run) -> "PruneResult":
+        run.options["allocation"] = run.plan.meta.get("allocation", self.allocation)
+        return _result(run, title=f"{self.label()} on {run.src.spec}")
+
+
+def fused_prune_plan(store, samples, spec: str, *, batch_size: int = 8, seed: int = 0, **options) -> Plan:
     """The plan of a prune stage that runs fused before another stage on the same store."""
-    PRUNERS.get(method)
-    nm_t = parse_nm(nm)
-    sparsity = check_sparsity(sparsity)
-    plan = uniform_plan(select_linears(store.adapter, targets, ignore), method, sparsity, nm_t)
-    if allocation != "uniform":
-        allocate_on(store, plan, samples, allocation, allocation_params, sparsity, max_sparsity, batch_size, seed,
-                    spec)
-    return plan
+    stage = PruneStage(**options)
+    stage.check()
+    return stage.new_plan(store, samples, spec, batch_size=batch_size, seed=seed, fused=False)
 
 
 def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib: str = "stdlib",
@@ -131,111 +194,33 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
           out: str | Path | None = None, overwrite: bool = False, resume: bool = False, overwrite_source: bool = False,
           propagate: str = "pruned", batch_size: int = 8, stream: bool | None = None, tokenizer=None,
           evaluate: bool = False, eval_windows: int = 200, command: str | None = None,
-          max_sparsity: float = 0.99, allocation_params: dict | None = None) -> PruneResult:
+          max_sparsity: float = 0.99, allocation_params: dict | None = None,
+          before: list[dict] | None = None) -> PruneResult:
     """Prune `model` layer by layer. Returns the plan (with what was done), and the model when it
-    was processed in memory. With `out`, writes a reloadable checkpoint + plan + manifest + report."""
-    quiet()
-    t_start = time.perf_counter()
-    nm_t, sparsity, alloc = _check_options(method, nm, sparsity, nsamples, seqlen, batch_size, propagate, allocation,
-                                           max_sparsity, allocation_params)
-    output = OutputDir(out, overwrite=overwrite, resume=resume, overwrite_source=overwrite_source,
-                       model_path=model_dir(model),
-                       inputs=input_paths(model_dir(model), tokenizer, plan, calib)) if out is not None else None
-    if isinstance(plan, (str, Path)):
-        plan = Plan.load(plan)
-    needs_memory = plan is None and any("whole_model" in SCORES[s].needs for s in alloc.scores)
-    src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or needs_memory)
-    use_stream = src.loaded is None
-    with guarded(output):
-        partial = output.begin() if output is not None else None
-        store = (LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial))
-        adapter = store.adapter
-        shapes = {r.name: r.shape for r in adapter.all_linears()}
-        replay = plan is not None
-        if plan is None:
-            chosen = select_linears(adapter, targets, ignore)
-            plan = uniform_plan(chosen, method, sparsity, nm_t)
-        else:
-            plan.validate(shapes, set(PRUNERS))
-        _check_positions(getattr(store.model, "config", None), seqlen)
-        samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed, src.spec)
-        t_alloc = 0.0
-        if not replay and allocation != "uniform" and not (resume and output and output.partial_has_state()):
-            t0 = time.perf_counter()
-            allocate_on(store, plan, samples, allocation, allocation_params, sparsity, max_sparsity, batch_size,
-                        seed, src.spec)
-            t_alloc = time.perf_counter() - t0
-        elif resume and output and output.partial_has_state() and allocation != "uniform" and not replay:
-            plan = Plan.load(output.partial / "plan_in_progress.json")
-        if output is not None and not replay:
-            plan.save(output.partial / "plan_in_progress.json")
-        ppass = prune_pass(plan)
-        metrics: dict = {"perplexity_dense": perplexity_of(src, None, eval_windows)} if evaluate else {}
-        options = {"model": src.spec, "method": method, "sparsity": sparsity, "nm": nm_str(nm_t),
-                   "allocation": plan.meta.get("allocation", allocation),
-                   "allocation_params": allocation_params or {}, "calib": calib_name(calib), "nsamples": nsamples,
-                   "seqlen": seqlen, "seed": seed, "propagate": propagate, "batch_size": batch_size,
-                   "targets": targets, "ignore": ignore, "streamed": use_stream}
-        ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [
-            (r.name, r.sparsity, r.pattern, r.method) for r in plan.rows]})) if partial else None
-        res = run_sequential(store, samples, ppass.action, select=ppass.select,
-                             gram=True, gram_limit=ppass.gram_limit, first_moment=False, propagate=propagate,
-                             batch_size=batch_size, checkpointer=ckpt,
-                             description=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'}",
-                             propagate_last=use_stream and output is not None)
-        apply_resumed_rows(plan, res)
-        res.propagate = propagate
-        res.first_ids = samples[:batch_size]
-        timings = {**res.timings.to_dict(), "allocation_s": t_alloc}
-        return _result(store, src, output, plan, res, samples, metrics, timings, options, t_start, seed=seed,
-                       evaluate=evaluate, eval_windows=eval_windows, command=command,
-                       title=f"{method} {nm_str(nm_t) if nm_t else f'{sparsity:.0%}'} on {src.spec}")
+    was processed in memory. With `out`, writes a reloadable checkpoint + plan + manifest + report.
+    `before`: options of prune stages fused into the same sweep."""
+    stage = PruneStage(method, sparsity, nm, targets, ignore, allocation, allocation_params, max_sparsity, propagate)
+    return run_stage(stage, model, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, plan=plan, out=out,
+                     overwrite=overwrite, resume=resume, overwrite_source=overwrite_source, batch_size=batch_size,
+                     stream=stream, tokenizer=tokenizer, evaluate=evaluate, eval_windows=eval_windows,
+                     command=command, before=[PruneStage(**o) for o in before or []])
 
 
-def _check_options(method, nm, sparsity, nsamples, seqlen, batch_size, propagate, allocation, max_sparsity,
-                   allocation_params):
-    """Everything checkable before touching the model or the disk."""
-    from ..allocate import get_allocator
-
-    PRUNERS.get(method)
-    nm_t = parse_nm(nm)
-    sparsity = check_sparsity(sparsity)
-    if nsamples < 1 or seqlen < 2 or batch_size < 1:
-        raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
-    if propagate not in ("pruned", "dense"):
-        raise ConfigError(f"--propagate must be pruned or dense (got {propagate!r})")
-    alloc = get_allocator(allocation)
-    if allocation != "uniform" and nm_t is not None:
-        raise ConfigError(f"allocation '{allocation}' works with unstructured sparsity, not --nm")
-    if not 0 < max_sparsity < 1:
-        raise ConfigError(f"--max-sparsity must be in (0, 1) (got {max_sparsity:g})")
-    if sparsity > max_sparsity:
-        raise ConfigError(f"target sparsity {sparsity:g} exceeds --max-sparsity {max_sparsity:g}")
-    alloc(allocation_params or {})   # validates the allocator's options
-    return nm_t, sparsity, alloc
-
-
-def _check_positions(config, seqlen: int) -> None:
-    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if max_pos and seqlen > max_pos:
-        raise ConfigError(f"--seqlen {seqlen} exceeds the model's {max_pos} positions")
-
-
-def _result(store, src, output, plan, res, samples, metrics, timings, options, t_start, *, seed, evaluate,
-            eval_windows, command, title) -> PruneResult:
+def _result(run: Run, title: str) -> PruneResult:
     """Evaluate, write (verified) and report one pruning run."""
     from ..io import build_manifest
 
+    plan, metrics, timings = run.plan, run.metrics, run.timings
     plan.meta.update({"measured_sparsity": plan.measured_sparsity()})
     plan_summary = {"linears": len(plan), "parameters": plan.total_params,
                     "planned_sparsity": plan.mean_sparsity(), "measured_sparsity": plan.measured_sparsity()}
-    result_model = store.model if store.fully_in_memory else None
-    if evaluate and result_model is not None:
-        metrics["perplexity"] = perplexity_of(src, result_model, eval_windows)
-    timings["total_s"] = time.perf_counter() - t_start
-    manifest = build_manifest("prune", options, seed, timings, metrics, plan_summary, command)
-    measure = (lambda d: evaluate_saved(src, d, metrics, manifest, eval_windows)) \
-        if evaluate and result_model is None else None
-    out_path = output.finish(store, src, plan, manifest, res, samples[:2], title=title,
-                             before_manifest=measure) if output else None
+    result_model = run.store.model if run.store.fully_in_memory else None
+    if run.evaluate and result_model is not None:
+        metrics["perplexity"] = perplexity_of(run.src, result_model, run.eval_windows)
+    timings["total_s"] = time.perf_counter() - run.t_start
+    manifest = build_manifest("prune", run.options, run.seed, timings, metrics, plan_summary, run.command)
+    measure = (lambda d: evaluate_saved(run.src, d, metrics, manifest, run.eval_windows)) \
+        if run.evaluate and result_model is None else None
+    out_path = run.output.finish(run.store, run.src, plan, manifest, run.res, run.samples[:2], title=title,
+                                 before_manifest=measure) if run.output else None
     return PruneResult(plan, out_path, result_model, timings, metrics, manifest)

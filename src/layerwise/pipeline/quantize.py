@@ -19,7 +19,7 @@ from torch import nn
 
 from ..allocate.bits import orders, allocate_bits, check_bit_request, parse_order, ranking_from_scores
 from ..console import warn
-from ..engine import Checkpointer, InMemoryStore, LazyStore, ShardWriter, fingerprint, run_sequential
+from ..engine import Pass, ShardWriter
 from ..engine.sequential import BlockWork
 from ..engine.stats import relative_recon_error
 from ..engine.store import tied_names
@@ -27,11 +27,9 @@ from ..errors import ConfigError, LayerwiseError
 from ..scores.base import SCORES
 from ..plan import Plan, PlanRow
 from ..quant import QUANTIZERS, QuantSpec, from_gptq, get_quantizer, gptq_compatible, packed_bits, to_gptq
-from ..utils.hf import quiet
-from .output import OutputDir, apply_resumed_rows, evaluate_saved, guarded, perplexity_of
-from .prune import RECON_TOKENS, fused_prune_plan, prune_pass, select_linears
-from ..io.artifacts import input_paths
-from .source import calib_name, calibration_inputs, model_dir, resolve
+from .blockwise import BlockwiseStage, Run, run_stage
+from .output import evaluate_saved, perplexity_of
+from .prune import RECON_TOKENS, PruneStage, select_linears
 
 
 @dataclass
@@ -97,24 +95,7 @@ def bits_report(plan: Plan, model: nn.Module, out: Path | None) -> dict:
     return rep
 
 
-def _check_options(bits, high: int, low: int, quantizer: str, group_size: int, order: str, nsamples: int,
-                   seqlen: int, batch_size: int) -> float:
-    try:
-        bits = float(bits)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"--bits must be a number (got {bits!r})") from e
-    check_bit_request(bits, high, low)
-    QUANTIZERS.get(quantizer)
-    if group_size == 0 or group_size < -1:
-        raise ConfigError(f"--group-size must be a positive number of columns or -1 for per channel (got {group_size})")
-    if "," not in order and order not in orders():
-        raise ConfigError(f"--order must be one of {', '.join(orders())} or a list of block indices (got {order!r})")
-    if nsamples < 1 or seqlen < 2 or batch_size < 1:
-        raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
-    return bits
-
-
-def _bit_plan(store, samples, src, *, bits, high, low, order, order_seed, quantizer, group_size, targets, ignore,
+def _bit_plan(store, samples, spec: str, *, bits, high, low, order, order_seed, quantizer, group_size, targets, ignore,
               batch_size, seed, fused: bool) -> Plan:
     """Rows for the selected linears with bits allocated by block importance (`order`)."""
     adapter = store.adapter
@@ -128,7 +109,7 @@ def _bit_plan(store, samples, src, *, bits, high, low, order, order_seed, quanti
         ranking = parse_order(order, adapter.num_blocks) or [
             int(i) for i in np.random.default_rng(order_seed).permutation(adapter.num_blocks)]
     else:
-        ranking, scores_used = block_ranking(store, samples, order, plan, batch_size, seed, order_seed, src.spec)
+        ranking, scores_used = block_ranking(store, samples, order, plan, batch_size, seed, order_seed, spec)
     allocate_bits(plan, ranking, bits, high, low)
     for r in plan.rows:
         for k, v in scores_used.items():
@@ -188,6 +169,83 @@ class GPTQPacking:
         store.transform, store.untransform = self.transform, self.untransform
 
 
+class QuantizeStage(BlockwiseStage):
+    """Quantize the selected linears to the plan's bits (mixed precision allocated by block importance);
+    written as GPTQ-packed tensors plus a dequantized copy."""
+
+    kind = "quantize"
+    planning_time = "ranking_s"
+
+    def __init__(self, bits=4.0, high: int = 4, low: int = 2, order: str = "lim", quantizer: str = "rtn",
+                 group_size: int = 128, sym: bool = True, act_order: bool = False, order_seed: int = 0,
+                 targets=None, ignore=None):
+        self.bits, self.high, self.low, self.order, self.quantizer = bits, high, low, order, quantizer
+        self.group_size, self.sym, self.act_order, self.order_seed = group_size, sym, act_order, order_seed
+        self.targets, self.ignore = targets, ignore
+
+    def check(self) -> None:
+        try:
+            self.bits = float(self.bits)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"--bits must be a number (got {self.bits!r})") from e
+        check_bit_request(self.bits, self.high, self.low)
+        QUANTIZERS.get(self.quantizer)
+        if self.group_size == 0 or self.group_size < -1:
+            raise ConfigError(f"--group-size must be a positive number of columns or -1 for per channel "
+                              f"(got {self.group_size})")
+        if "," not in self.order and self.order not in orders():
+            raise ConfigError(f"--order must be one of {', '.join(orders())} or a list of block indices "
+                              f"(got {self.order!r})")
+
+    def whole_model(self) -> bool:
+        return self.order in SCORES and "whole_model" in SCORES[self.order].needs
+
+    def plans_without_data(self) -> bool:
+        return ranking_free(self.bits, self.high, self.low, self.order)
+
+    def validate(self, plan: Plan, shapes: dict) -> None:
+        plan.validate(shapes, set(QUANTIZERS))
+        if any(r.bits is None for r in plan.rows):
+            raise ConfigError("a quantization plan needs 'bits' on every row")
+
+    def new_plan(self, store, samples, spec, *, batch_size, seed, fused):
+        if fused and not self.plans_without_data():
+            raise ConfigError(f"quantization fused after pruning cannot rank blocks by '{self.order}' (the ranking "
+                              "would need the pruned model): use uniform bits, --order random or a block list")
+        return _bit_plan(store, samples, spec, bits=self.bits, high=self.high, low=self.low, order=self.order,
+                         order_seed=self.order_seed, quantizer=self.quantizer, group_size=self.group_size,
+                         targets=self.targets, ignore=self.ignore, batch_size=batch_size, seed=seed, fused=fused)
+
+    def make_pass(self, plan, store, partial):
+        for r in plan.rows:
+            r.group_size = r.group_size or self.group_size
+        _warn_incompatible(plan)
+        qinst = {m: get_quantizer(m, **({"act_order": self.act_order}
+                                        if "act_order" in QUANTIZERS.get(m).Config.model_fields else {}))
+                 for m in {r.method for r in plan.rows}}
+        self.packing = GPTQPacking(plan, store.adapter, qinst, self.sym, write=partial is not None)
+        if partial is not None:
+            self.packing.attach(store, partial)
+        selected = {r.name for r in plan.rows}
+        hessian = any(q.needs_gram for q in qinst.values())
+        return Pass(self.packing.action, select=lambda n: n in selected, gram=True,
+                    gram_limit=None if hessian else RECON_TOKENS, first_moment=False)
+
+    def options(self) -> dict:
+        return {"bits": self.bits, "high": self.high, "low": self.low, "order": self.order,
+                "order_seed": self.order_seed, "quantizer": self.quantizer, "group_size": self.group_size,
+                "sym": self.sym, "act_order": self.act_order, "targets": self.targets, "ignore": self.ignore}
+
+    def row_key(self, row) -> tuple:
+        return row.name, row.bits, row.method, row.group_size
+
+    def description(self) -> str:
+        return f"{self.quantizer} {self.bits:g} bits"
+
+    def finish(self, run: Run) -> "QuantizeResult":
+        return _result(run, self, title=f"{self.quantizer} {self.bits:g} bits ({self.order} order) on {run.src.spec}")
+
+
 def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: str = "lim",
              quantizer: str = "rtn", group_size: int = 128, sym: bool = True, act_order: bool = False,
              calib: str = "stdlib", nsamples: int = 128, seqlen: int = 256, seed: int = 0, order_seed: int = 0,
@@ -198,72 +256,11 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
              before: list[dict] | None = None) -> QuantizeResult:
     """Quantize `model`. `before`: options of prune stages fused into the same block-by-block pass
     (each on its own activation stream, so the weights equal those of the stages run one by one)."""
-    quiet()
-    t_start = time.perf_counter()
-    bits = _check_options(bits, high, low, quantizer, group_size, order, nsamples, seqlen, batch_size)
-    output = OutputDir(out, overwrite=overwrite, resume=resume, overwrite_source=overwrite_source,
-                       model_path=model_dir(model),
-                       inputs=input_paths(model_dir(model), tokenizer, plan, calib)) if out is not None else None
-    if isinstance(plan, (str, Path)):
-        plan = Plan.load(plan)
-    need_memory = plan is None and order in SCORES and "whole_model" in SCORES[order].needs
-    src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or need_memory)
-    use_stream = src.loaded is None
-    with guarded(output):
-        partial = output.begin() if output is not None else None
-        store = LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial)
-        adapter = store.adapter
-        samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed, src.spec)
-        before_plans = [fused_prune_plan(store, samples, src.spec, batch_size=batch_size, seed=seed, **opts)
-                        for opts in before or []]
-        if before_plans and plan is None and not ranking_free(bits, high, low, order):
-            raise ConfigError(f"quantization fused after pruning cannot rank blocks by '{order}' (the ranking "
-                              "would need the pruned model): use uniform bits, --order random or a block list")
-        t0 = time.perf_counter()
-        if plan is not None:
-            plan.validate({r.name: r.shape for r in adapter.all_linears()}, set(QUANTIZERS))
-            if any(r.bits is None for r in plan.rows):
-                raise ConfigError("a quantization plan needs 'bits' on every row")
-        elif resume and output is not None and output.partial_has_state():
-            plan = Plan.load(output.partial / "plan_in_progress.json")
-        else:
-            plan = _bit_plan(store, samples, src, bits=bits, high=high, low=low, order=order, order_seed=order_seed,
-                             quantizer=quantizer, group_size=group_size, targets=targets, ignore=ignore,
-                             batch_size=batch_size, seed=seed, fused=bool(before_plans))
-        t_alloc = time.perf_counter() - t0
-        for r in plan.rows:
-            r.group_size = r.group_size or group_size
-        if output is not None:
-            plan.save(output.partial / "plan_in_progress.json")
-        _warn_incompatible(plan)
-        qinst = {m: get_quantizer(m, **({"act_order": act_order}
-                                        if "act_order" in QUANTIZERS.get(m).Config.model_fields else {}))
-                 for m in {r.method for r in plan.rows}}
-        packing = GPTQPacking(plan, adapter, qinst, sym, write=output is not None)
-        if output is not None:
-            packing.attach(store, partial)
-        options = {"model": src.spec, "bits": bits, "high": high, "low": low, "order": order,
-                   "order_seed": order_seed, "quantizer": quantizer, "group_size": group_size, "sym": sym,
-                   "act_order": act_order, "calib": calib_name(calib), "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
-                   "targets": targets, "ignore": ignore, "streamed": use_stream, "before": before or []}
-        ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [
-            (r.name, r.bits, r.method, r.group_size) for r in plan.rows]})) if partial else None
-        metrics: dict = {"perplexity_dense": perplexity_of(src, None, eval_windows)} if evaluate else {}
-        selected = {r.name for r in plan.rows}
-        hessian = any(q.needs_gram for q in qinst.values())
-        res = run_sequential(store, samples, packing.action, select=lambda n: n in selected, gram=True,
-                             gram_limit=None if hessian else RECON_TOKENS, propagate="pruned", batch_size=batch_size,
-                             checkpointer=ckpt, description=f"{quantizer} {bits:g} bits",
-                             before=[prune_pass(p) for p in before_plans])
-        if before_plans:
-            plan.meta["before"] = [p.to_dict() for p in before_plans]
-        apply_resumed_rows(plan, res)
-        res.first_ids = samples[:batch_size]
-        timings = {**res.timings.to_dict(), "ranking_s": t_alloc}
-        return _result(store, src, output, plan, res, samples, metrics, timings, options, t_start,
-                       high=high, group_size=group_size, sym=sym, act_order=act_order, evaluate=evaluate,
-                       eval_windows=eval_windows, command=command, seed=seed,
-                       title=f"{quantizer} {bits:g} bits ({order} order) on {src.spec}")
+    stage = QuantizeStage(bits, high, low, order, quantizer, group_size, sym, act_order, order_seed, targets, ignore)
+    return run_stage(stage, model, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, plan=plan, out=out,
+                     overwrite=overwrite, resume=resume, overwrite_source=overwrite_source, batch_size=batch_size,
+                     stream=stream, tokenizer=tokenizer, evaluate=evaluate, eval_windows=eval_windows,
+                     command=command, before=[PruneStage(**o) for o in before or []])
 
 
 def _warn_incompatible(plan: Plan) -> None:
@@ -273,19 +270,20 @@ def _warn_incompatible(plan: Plan) -> None:
              "layerwise.load reads them, inference engines may not")
 
 
-def _result(store, src, output, plan, res, samples, metrics, timings, options, t_start, *, high, group_size, sym,
-            act_order, evaluate, eval_windows, command, seed, title) -> QuantizeResult:
+def _result(run: Run, stage: QuantizeStage, title: str) -> QuantizeResult:
     """Evaluate, write (GPTQ format + dequantized copy, verified) and report one quantization run."""
     from ..io import build_manifest
 
+    store, src, output, plan, res, samples = run.store, run.src, run.output, run.plan, run.res, run.samples
+    metrics, timings, evaluate, eval_windows = run.metrics, run.timings, run.evaluate, run.eval_windows
     result_model = store.model if store.fully_in_memory else None
     if evaluate and result_model is not None:
         metrics["perplexity"] = perplexity_of(src, result_model, eval_windows)
     bits_rep = bits_report(plan, store.model, None)
     plan.meta.update({"nominal_bits": bits_rep["nominal_bits"]})
-    timings["total_s"] = time.perf_counter() - t_start
-    manifest = build_manifest("quantize", options, seed, timings, metrics,
-                              {"linears": len(plan), "parameters": plan.total_params, **bits_rep}, command)
+    timings["total_s"] = time.perf_counter() - run.t_start
+    manifest = build_manifest("quantize", run.options, run.seed, timings, metrics,
+                              {"linears": len(plan), "parameters": plan.total_params, **bits_rep}, run.command)
     out_path = None
 
     def measure(directory: Path) -> None:   # on the written output, before its manifest is written
@@ -295,7 +293,7 @@ def _result(store, src, output, plan, res, samples, metrics, timings, options, t
             evaluate_saved(src, directory, metrics, manifest, eval_windows)
 
     if output is not None:
-        qc = gptq_quantization_config(plan, store.adapter, high, group_size, sym, act_order)
+        qc = gptq_quantization_config(plan, store.adapter, stage.high, stage.group_size, stage.sym, stage.act_order)
         out_path = output.finish(store, src, plan, manifest, res, samples[:2], title=title,
                                  config_updates={"quantization_config": qc},
                                  verify=lambda: _verify_quantized(store, res, output.partial, samples[:2]),
