@@ -61,10 +61,6 @@ def info(message: str) -> None:
     err_console.print(message, soft_wrap=True)
 
 
-def is_ci() -> bool:
-    return bool(os.environ.get("CI")) or not sys.stdin.isatty()
-
-
 def print_kv(title: str, rows: list[tuple[str, str]]) -> None:
     t = Table(title=title, show_header=False, title_justify="left")
     t.add_column(style="bold")

@@ -259,14 +259,6 @@ class Artifact:
             self.commit()
 
 
-@contextmanager
-def atomic_output(out: str | os.PathLike, **kwargs) -> Iterator[Path]:
-    """Shorthand for a directory written in one go: guard, lock, write into a temp dir, commit."""
-    art = Artifact(out, **kwargs)
-    with art.writing() as tmp:
-        yield tmp
-
-
 def input_paths(model_path=None, tokenizer=None, plan=None, calib=None, data=None, extra=()) -> list:
     """The inputs of a command as (label, path) pairs for the overlap guard."""
     pairs = [("the model", model_path)]

@@ -181,13 +181,6 @@ class PruneStage(BlockwiseStage):
         return _result(run, title=f"{self.label()} on {run.src.spec}")
 
 
-def fused_prune_plan(store, samples, spec: str, *, batch_size: int = 8, seed: int = 0, **options) -> Plan:
-    """The plan of a prune stage that runs fused before another stage on the same store."""
-    stage = PruneStage(**options)
-    stage.check()
-    return stage.new_plan(store, samples, spec, batch_size=batch_size, seed=seed, fused=False)
-
-
 def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib: str = "stdlib",
           nsamples: int = 128, seqlen: int = 256, seed: int = 0, targets: list[str] | None = None,
           ignore: list[str] | None = None, plan: str | Plan | None = None, allocation: str = "uniform",
