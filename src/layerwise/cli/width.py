@@ -14,7 +14,8 @@ from .common import parse_options, registry_option
 @app.command("width")
 def width_cmd(
     model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id (Llama-like)."),
-    params: float = typer.Option(0.6, "--params", help="Share of block parameters to keep, e.g. 0.6."),
+    params: float = typer.Option(0.6, "--keep-params", "--params", help="Share of block parameters to KEEP, e.g. 0.6 "
+                                 "(--sparsity and --remove elsewhere name what goes)."),
     adaptive: bool = typer.Option(False, "--adaptive", help="Adapt-Pruner per-layer shares: layers that change "
                                                             "their input most are pruned least."),
     criterion: str = registry_option("taylor", "--criterion", registry=WIDTH_CRITERIA, prefix="Group importance: "),
