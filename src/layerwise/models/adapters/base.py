@@ -125,6 +125,11 @@ class Adapter:
             raise AttributeError(f"{type(self.model).__name__} has no {self.blocks_path}")
         return blocks
 
+    def blocks_owner(self) -> nn.Module:
+        """The module whose forward runs the blocks (where a per-forward hook sees the model's inputs)."""
+        parent = self.blocks_path.rsplit(".", 1)[0] if "." in self.blocks_path else ""
+        return self._resolve(self.model, parent) if parent else self.model
+
     @property
     def num_blocks(self) -> int:
         return len(self.block_list())

@@ -17,6 +17,13 @@ class LlamaLikeAdapter(Adapter):
     final_norm_path = "model.norm"
     head_path = "lm_head"
 
+    @staticmethod
+    def apply_rotary(q, k, cos, sin):
+        """Rotary positions as these models apply them to q/k heads ([B, H, n, hd])."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        return apply_rotary_pos_emb(q, k, cos, sin)
+
     def attention_layout(self) -> dict:
         c = self.model.config
         heads = c.num_attention_heads

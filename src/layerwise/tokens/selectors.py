@@ -1,0 +1,192 @@
+"""Token selectors, keyed by the names users type (`layerwise tokens --method NAME`).
+
+A selector scores the tokens at a site (higher = compute); the routing keeps, per sample, the
+best `1 − drop` share of the real tokens (the first one always). Trainable selectors also give soft
+gates for training. `removes`: tokens dropped at the site stay out of every later block (FastV);
+otherwise a dropped token only skips this block.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..registry import Method, MethodConfig, Registry
+from .routing import Site, keep_from_scores
+
+TOKEN_SELECTORS: Registry[type["TokenSelector"]] = Registry("token selector", "--method", "token selector")
+
+
+class TokenSelector(Method):
+    removes: ClassVar[bool] = False
+    needs_attention: ClassVar[str | None] = None     # "all": attention received; "last": of the last query
+    trainable: ClassVar[bool] = False
+    router: nn.Module | None = None
+
+    def scores(self, site: Site) -> torch.Tensor:
+        raise NotImplementedError
+
+    def keep(self, site: Site) -> torch.Tensor:
+        if getattr(self.config, "decide", "topk") == "threshold" and self.trainable:
+            return (self.gates(site) >= 0.5) & site.real | _first(site)
+        return keep_from_scores(self.scores(site), site)
+
+    def gates(self, site: Site) -> torch.Tensor:
+        raise NotImplementedError(f"token selector '{self.name}' is not trainable")
+
+
+def _first(site: Site) -> torch.Tensor:
+    m = torch.zeros_like(site.real)
+    return m.scatter(1, site.real.float().argmax(dim=1, keepdim=True), True)
+
+
+@TOKEN_SELECTORS.register
+class RandomSelector(TokenSelector):
+    name = "random"
+    description = "Random tokens skip each block (seeded per block; the floor every method must beat)."
+
+    class Config(MethodConfig):
+        seed: int = 0
+
+    def scores(self, site):
+        # one draw per (block, position among the real tokens): padding does not change a sample's choice
+        g = torch.Generator().manual_seed(self.config.seed * 1000 + site.index)
+        draw = torch.rand(site.real.shape[1], generator=g).to(site.real.device)
+        pos = (site.real.long().cumsum(1) - 1).clamp_min(0)
+        return draw[pos]
+
+
+@TOKEN_SELECTORS.register
+class StaticSelector(TokenSelector):
+    name = "static"
+    description = ("FTP's static router: keep the first token, then the most recent ones; the earliest others "
+                   "skip first (position only, the schedule search uses it).")
+
+    def scores(self, site):
+        return site.positions
+
+
+@TOKEN_SELECTORS.register
+class FastVSelector(TokenSelector):
+    name = "fastv"
+    description = ("FastV: at its block, keep the tokens the last query attends to most (hooked q/k of the block "
+                   "before); the others are removed for every later block.")
+    removes = True
+    needs_attention = "last"
+
+    def scores(self, site):
+        if site.att is None:
+            raise RuntimeError("FastV needs the attention of the block before its site")
+        s = site.att.clone()
+        last = site.real.shape[1] - 1
+        s[:, last] = float("inf")      # the query itself
+        return s
+
+
+class FTPRouter(nn.Module):
+    """One router for every block: 4 features (position, attention received, its rank, the block's
+    target sparsity) → 64 → 1."""
+
+    def __init__(self, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        with torch.no_grad():   # start as a static router: later tokens score higher
+            self.net[2].bias.fill_(2.0)
+
+    @staticmethod
+    def features(site: Site) -> torch.Tensor:
+        real = site.real
+        n = real.sum(1, keepdim=True).float()
+        att = site.att if site.att is not None else real.float() / n
+        att = att.masked_fill(~real, 0.0)
+        order = torch.argsort(-att.masked_fill(~real, -1.0), dim=1, stable=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(real.shape[1], device=real.device).expand_as(order).contiguous())
+        rank = rank.float() / (n - 1).clamp_min(1)
+        s = torch.full_like(att, site.drop)
+        return torch.stack([site.positions, att * n, rank, s], dim=-1).float()
+
+    def forward(self, site: Site) -> torch.Tensor:
+        return self.net(self.features(site)).squeeze(-1)
+
+
+class HiddenRouter(nn.Module):
+    """The same MLP on the token's hidden state (and the block's target sparsity): the ablation of the
+    4 designed features, and, per block, a Mixture-of-Depths-style router."""
+
+    def __init__(self, hidden_size: int, hidden: int = 64, blocks: int = 1):
+        super().__init__()
+        self.nets = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden_size + 1), nn.Linear(hidden_size + 1, hidden),
+                                                nn.GELU(), nn.Linear(hidden, 1)) for _ in range(blocks))
+        for net in self.nets:
+            with torch.no_grad():
+                net[3].bias.fill_(2.0)
+
+    def forward(self, site: Site) -> torch.Tensor:
+        net = self.nets[site.index if len(self.nets) > 1 else 0]
+        h = site.hidden.detach().float()
+        s = torch.full((*h.shape[:2], 1), site.drop, device=h.device)
+        return net(torch.cat([h, s], dim=-1)).squeeze(-1)
+
+
+class _Routed(TokenSelector):
+    trainable = True
+
+    def scores(self, site):
+        with torch.no_grad():
+            return self.router(site)
+
+    def gates(self, site):
+        return torch.sigmoid(self.router(site))
+
+    def build(self, model) -> nn.Module:
+        raise NotImplementedError
+
+
+class RoutedConfig(MethodConfig):
+    decide: Literal["topk", "threshold"] = "topk"
+    hidden: int = Field(64, ge=4, le=1024)
+
+
+@TOKEN_SELECTORS.register
+class FTPSelector(_Routed):
+    name = "ftp"
+    description = ("FTP dynamic router: one shared MLP over position, attention received in the previous block, "
+                   "its rank and the block's target sparsity; trained with the model frozen.")
+    needs_attention = "all"
+    needs = frozenset({"training"})
+    Config = RoutedConfig
+
+    def build(self, model):
+        self.router = FTPRouter(self.config.hidden)
+        return self.router
+
+
+@TOKEN_SELECTORS.register
+class HiddenStateSelector(_Routed):
+    name = "ftp-hidden"
+    description = "FTP's router fed the hidden state instead of the 4 designed features (the feature ablation)."
+    needs = frozenset({"training"})
+    Config = RoutedConfig
+
+    def build(self, model):
+        self.router = HiddenRouter(model.config.hidden_size, self.config.hidden, blocks=1)
+        return self.router
+
+
+@TOKEN_SELECTORS.register
+class MoDSelector(_Routed):
+    name = "mod"
+    description = ("Mixture-of-Depths-style learned top-k: one router per block on the token's hidden state, "
+                   "trained as FTP's router is (frozen model).")
+    needs = frozenset({"training"})
+    Config = RoutedConfig
+
+    def build(self, model):
+        from ..models.adapters import get_adapter
+
+        self.router = HiddenRouter(model.config.hidden_size, self.config.hidden,
+                                   blocks=get_adapter(model).num_blocks)
+        return self.router
