@@ -30,6 +30,7 @@ from . import prune as _prune  # noqa: F401
 from . import quantize as _quantize  # noqa: F401
 from . import methods as _methods  # noqa: F401
 from . import run as _run  # noqa: F401
+from . import tokens as _tokens  # noqa: F401
 from . import width as _width  # noqa: F401
 from . import zoo as _zoo  # noqa: F401
 

@@ -28,6 +28,21 @@ class Format:
 
 FORMATS: list[Format] = []
 
+# Formats defined by method packages above this layer; imported by name when a directory is first
+# inspected, so that `io` needs no import of them.
+PLUGINS = ("layerwise.tokens.format",)
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if not _plugins_loaded:
+        import importlib
+
+        _plugins_loaded = True
+        for name in PLUGINS:
+            importlib.import_module(name)
+
 
 def register_format(fmt: Format) -> Format:
     if any(f.name == fmt.name for f in FORMATS):
@@ -37,6 +52,7 @@ def register_format(fmt: Format) -> Format:
 
 
 def detect(path: Path) -> Format | None:
+    _load_plugins()
     for f in FORMATS:
         if f.detect(Path(path)):
             return f

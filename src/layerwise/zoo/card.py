@@ -14,6 +14,9 @@ def plot_curve(card: dict, path: Path) -> None:
     curve = card.get("curve") or []
     if not curve:
         return
+    if "task" in card:
+        _plot_task_curve(card, path, plt)
+        return
     tokens = [c["tokens"] / 1e6 for c in curve]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
     ax[0].plot(tokens, [c["train_loss"] for c in curve], label="train loss (mean since last point)")
@@ -31,7 +34,47 @@ def plot_curve(card: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_task_curve(card: dict, path: Path, plt) -> None:
+    steps = [c["step"] for c in card["curve"]]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot(steps, [c["train_loss"] for c in card["curve"]])
+    ax[0].set_yscale("log")
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("task loss (last batch)")
+    ax[1].plot(steps, [c["val_accuracy"] for c in card["curve"]], color="C1")
+    ax[1].set_xlabel("step")
+    ax[1].set_ylabel("validation answer accuracy")
+    fig.suptitle(f"{card['name']}: {card['parameters'] / 1e6:.2f}M params, task {card['task']['name']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def task_card_markdown(card: dict) -> str:
+    t, e, task = card["training"], card["eval"], card["task"]
+    lines = [
+        f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
+        f"| architecture | `{card['architecture']}` (stock transformers) |",
+        f"| parameters | {card['parameters']:,} |",
+        "| config | " + ", ".join(f"{k}={v}" for k, v in sorted(card["config"].items())) + " |",
+        f"| task | `{task['name']}`: {task['definition']}; length {task['length']}, {task['pairs']} records, "
+        f"{task['queries']} queries, vocabulary {task['vocabulary']}; {task['generated']} |",
+        f"| seed | {t['seed']} |",
+        f"| steps | {t['steps']:,} × {t['batch_size']} sequences × {t['seqlen']} tokens |",
+        f"| optimizer | {t['optimizer']}, lr {t['lr']}, {t['schedule']}, clip {t['grad_clip']} |",
+        f"| wall time | {t['wall_time_s'] / 60:.1f} min on {t['machine']}, {t['threads']} threads, {t['precision']} |",
+        f"| stack | Python {t['python']}, torch {t['torch']}, transformers {t['transformers']} |",
+        f"| validation answer accuracy | **{e['validation_accuracy']:.4f}** ({e['sequences']} sequences) |",
+        f"| test answer accuracy | {e['test_accuracy']:.4f} |",
+        "", f"Retrain: `layerwise zoo train {card['name']} --out DIR` (bit-identical on the same machine type).",
+        "", "![training curve](curve.png)", "",
+    ]
+    return "\n".join(lines)
+
+
 def card_markdown(card: dict) -> str:
+    if "task" in card:
+        return task_card_markdown(card)
     t, e, c = card["training"], card["eval"], card["corpus"]
     cfg = card["config"]
     lines = [

@@ -66,3 +66,16 @@ register(ZooSpec(
                 rope_theta=10000.0, tie_word_embeddings=False, attention_bias=False, mlp_bias=False),
     steps=3000, lr=2e-3, warmup=150, eval_every=150, checkpoint_every=100, seed=0,
 ))
+
+register(ZooSpec(
+    name="filler-lm",
+    description=("4-block Llama (GQA 4/2 heads, hidden 128) trained on the filler-token key-value task: ~80% of "
+                 "the tokens are fillers, so the tokens a pruner may skip are known (token-pruning test bed)"),
+    architecture="llama",
+    config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
+                tie_word_embeddings=False, attention_bias=False, mlp_bias=False),
+    corpus="filler-kv", batch_size=32, steps=2000, lr=2e-3, warmup=100, weight_decay=0.05, eval_every=100,
+    checkpoint_every=100, seed=0, extra={"task": "filler-kv",
+                                         "task_options": {"length": 128, "pairs": 12, "queries": 4}},
+))

@@ -163,6 +163,10 @@ def _train(name: str, art: Artifact, work_dir, steps, threads, stop_after) -> Pa
 
     quiet()
     spec = _spec_for(name, steps)
+    if spec.extra.get("task") == "filler-kv":
+        from .tasks import train_filler
+
+        return train_filler(spec, art, work_dir, threads, stop_after)
     out = art.out
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)

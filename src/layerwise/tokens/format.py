@@ -1,0 +1,70 @@
+"""The token-routed checkpoint: a stock model directory plus `token_routing.json` (selector, its
+config, the per-block schedule, the mode) and, for trained selectors, `token_router.safetensors`.
+`layerwise.load` returns the model with its routing installed; stock `from_pretrained` still loads
+the dense model it was made from.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+from ..io.formats import Format, register_format
+
+MARKER = "token_routing.json"
+ROUTER = "token_router.safetensors"
+VERSION = 1
+
+
+def write(directory: Path, routing) -> None:
+    sel = routing.selector
+    meta = {"version": VERSION, "selector": sel.config_dict(), "drop": routing.drop, "mode": routing.mode,
+            "kv_policy": "decode_dense_last"}
+    (Path(directory) / MARKER).write_text(json.dumps(meta, indent=1) + "\n")
+    if getattr(sel, "router", None) is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in sel.router.state_dict().items()},
+                  str(Path(directory) / ROUTER))
+
+
+def selector_from(meta: dict, model, directory: Path | None = None):
+    from .selectors import TOKEN_SELECTORS
+
+    cfg = dict(meta["selector"])
+    sel = TOKEN_SELECTORS.create(cfg.pop("name"), cfg)
+    if sel.trainable:
+        router = sel.build(model)
+        f = Path(directory) / ROUTER if directory is not None else None
+        if f is None or not f.exists():
+            raise ModelLoadError(f"{directory}: the '{sel.name}' selector needs {ROUTER}")
+        from safetensors.torch import load_file
+
+        state = load_file(str(f))
+        try:
+            router.load_state_dict(state)
+        except RuntimeError as e:
+            raise ModelLoadError(f"{f} is a router for another model or selector: {str(e).splitlines()[0]}") from e
+        router.eval()
+    return sel
+
+
+def load(path: Path, dtype: torch.dtype) -> torch.nn.Module:
+    from ..models.adapters import model_class
+    from transformers import AutoConfig
+
+    from .routing import TokenRouting
+
+    meta = json.loads((path / MARKER).read_text())
+    if meta.get("version") != VERSION:
+        raise ModelLoadError(f"{path / MARKER}: version {meta.get('version')!r} is not supported")
+    config = AutoConfig.from_pretrained(path)
+    model = model_class(config).from_pretrained(path, dtype=dtype).eval()
+    TokenRouting(model, selector_from(meta, model, path), meta["drop"], mode=meta.get("mode", "gather")).install()
+    return model
+
+
+FORMAT = register_format(Format("tokens", MARKER, lambda p: (p / MARKER).exists(), load,
+                                "token routing (selector + schedule + router) over a stock checkpoint"))
