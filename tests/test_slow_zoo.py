@@ -25,3 +25,19 @@ def test_retraining_llama_tiny_reproduces_the_shipped_weights(tmp_path):
     new, old = load_file(out / "model.safetensors"), load_file(zoo.path("llama-tiny") / "model.safetensors")
     assert new.keys() == old.keys()
     assert all(torch.equal(new[k], old[k]) for k in new)
+
+
+def test_retraining_filler_lm_reproduces_the_shipped_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from layerwise import zoo
+    from layerwise.zoo.train import train
+
+    card = zoo.info("filler-lm")
+    if (os.cpu_count() or 1) != 2:
+        pytest.skip("bit-exact reproduction needs the card's thread count (2)")
+    out = train("filler-lm", tmp_path / "m", work_dir=tmp_path / "w", threads=card["training"]["threads"])
+    new, old = load_file(out / "model.safetensors"), load_file(zoo.path("filler-lm") / "model.safetensors")
+    assert new.keys() == old.keys()
+    assert all(torch.equal(new[k], old[k]) for k in new)
+    assert zoo.info("filler-lm")["eval"]["test_accuracy"] > 0.99

@@ -181,3 +181,53 @@ def test_cli_on_a_model_without_rotary_hooks(tiny_dirs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "rotary attention" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_tokens_command_writes_a_model_that_reloads_routed_and_generates(tmp_path, capsys):
+    import json
+
+    from layerwise import load
+    from layerwise.plan import Plan
+
+    out = tmp_path / "ftp"
+    code = main(["tokens", "zoo:filler-lm", "--method", "ftp", "--sparsity", "0.4", "--steps", "4",
+                 "--population", "3", "--generations", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    for f in ("token_routing.json", "token_router.safetensors", "plan.json", "manifest.json", "report.md",
+              "report_tokens.png", "model.safetensors"):
+        assert (out / f).exists(), f
+    plan = Plan.load(out / "plan.json")
+    drop = [1 - t.keep_ratio for t in plan.tokens]
+    assert len(drop) == 4 and drop[0] == 0 and abs(sum(drop) / 4 - 0.4) < 1e-9
+    man = json.loads((out / "manifest.json").read_text())
+    assert "identical" in man["checks"]["reload"]
+    lm = load(str(out))
+    routing = lm.model._layerwise_tokens
+    assert routing.selector.name == "ftp" and routing.drop == pytest.approx(drop, abs=1e-12)
+    x = torch.randint(3, 60, (1, 40))
+    with torch.no_grad():
+        g = lm.model.generate(x, max_new_tokens=4, do_sample=False)
+    assert g.shape == (1, 44)
+    # the plan's token rows replay the schedule
+    code = main(["tokens", "zoo:filler-lm", "--method", "static", "--plan", str(out / "plan.json"),
+                 "--out", str(tmp_path / "replay")])
+    assert code == 0, capsys.readouterr().err
+    again = Plan.load(tmp_path / "replay" / "plan.json")
+    assert [1 - t.keep_ratio for t in again.tokens] == pytest.approx(drop, abs=1e-12)
+
+
+def test_a_router_for_another_model_is_a_load_error(tmp_path, capsys):
+    import shutil
+
+    from layerwise import load
+    from layerwise.errors import ModelLoadError
+
+    out = tmp_path / "mod"
+    assert main(["tokens", "zoo:filler-lm", "--method", "mod", "--sparsity", "0.3", "--schedule", "uniform",
+                 "--steps", "2", "--out", str(out)]) == 0, capsys.readouterr().err
+    other = tmp_path / "other"
+    assert main(["tokens", "zoo:filler-lm", "--method", "ftp", "--sparsity", "0.3", "--schedule", "uniform",
+                 "--steps", "2", "--out", str(other)]) == 0
+    shutil.copy(other / "token_router.safetensors", out / "token_router.safetensors")
+    with pytest.raises(ModelLoadError, match="router for another model"):
+        load(str(out))

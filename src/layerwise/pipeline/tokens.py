@@ -52,6 +52,7 @@ class TaskData:
     calib: torch.Tensor
     eval_ids: torch.Tensor
     filler_eval: object = None
+    positions: torch.Tensor | None = None           # the outputs that count (a task model's answers)
 
 
 def task_data(src, seqlen: int, batch: int, seed: int, eval_sequences: int, calib: str = "stdlib") -> TaskData:
@@ -62,7 +63,7 @@ def task_data(src, seqlen: int, batch: int, seed: int, eval_sequences: int, cali
         opts = {k: card["task"][k] for k in ("length", "pairs", "queries")}
         ev = filler.filler_batch(0, eval_sequences, seed, split="validation", **opts)
         return TaskData("filler", lambda s: filler.filler_batch(s, batch, seed + 1, **opts).ids,
-                        filler.filler_batch(0, 32, seed, split="test", **opts).ids, ev.ids, ev)
+                        filler.filler_batch(0, 32, seed, split="test", **opts).ids, ev.ids, ev, ev.answer_pos)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
     from ..data.tokens import calibration_samples, eval_windows
@@ -126,7 +127,8 @@ def _tokens(model, selector, sparsity, schedule, site, steps, batch, seqlen, pop
         drop = schedule_for(selector.name, sparsity, L, site, s_max)
     else:
         static = TOKEN_SELECTORS.create("static")
-        drop, res.search = ga_schedule(lambda d: -kl_to_dense(lm, static, d, data.calib, dense_logp), L, sparsity,
+        drop, res.search = ga_schedule(lambda d: -kl_to_dense(lm, static, d, data.calib, dense_logp, data.positions),
+                                       L, sparsity,
                                        s_max=s_max, population=population, generations=generations, seed=seed,
                                        description="schedule search (static router)")
     res.timings["schedule_s"] = time.perf_counter() - t0
@@ -134,10 +136,12 @@ def _tokens(model, selector, sparsity, schedule, site, steps, batch, seqlen, pop
         selector.build(lm)
         t1 = time.perf_counter()
         res.curve = train_router(lm, selector, drop, data.batch_at, RouterTrainConfig(steps=steps),
-                                 work_dir=work, description=f"train {selector.name} router")
+                                 work_dir=work, description=f"train {selector.name} router",
+                                 positions=data.positions)
         res.timings["router_s"] = time.perf_counter() - t1
         if schedule == "ga" and retune and plan is None:
-            drop, more = ga_schedule(lambda d: -kl_to_dense(lm, selector, d, data.calib, dense_logp), L, sparsity,
+            drop, more = ga_schedule(lambda d: -kl_to_dense(lm, selector, d, data.calib, dense_logp, data.positions),
+                                     L, sparsity,
                                      s_max=s_max, population=population, generations=max(1, generations // 2),
                                      seed=seed + 1, init=drop, description="schedule re-tuning (trained router)")
             res.search += [{**h, "retune": True} for h in more]
@@ -178,13 +182,14 @@ def evaluate_tokens(model, selector, drop: list[float], data: TaskData) -> dict:
     logits = torch.cat(parts)
     kept = {i: torch.cat(v) for i, v in kept.items()}
     dl, rl = F.log_softmax(dense_logits.float(), -1), F.log_softmax(logits.float(), -1)
-    m = {"kl": float((dl.exp() * (dl - rl)).sum(-1).mean()),
-         "top1_agreement": float((dense_logits.argmax(-1) == logits.argmax(-1)).float().mean()),
-         "mean_token_sparsity": sum(drop) / len(drop),
+    at = data.positions if data.positions is not None else slice(None)
+    m = {"kl": float((dl.exp() * (dl - rl)).sum(-1)[:, at].mean()),
+         "top1_agreement": float((dense_logits.argmax(-1) == logits.argmax(-1))[:, at].float().mean()),
+         "mean_token_sparsity": nominal_sparsity(selector, drop),
          "achieved_token_sparsity": sum(1 - float(kept[i].float().mean()) if i in kept else 0.0
                                         for i in range(len(drop))) / len(drop)}
     counts = [[int(v) for v in kept[i].sum(1)] if i in kept else [N] * B for i in range(len(drop))]
-    rp = sum(p.numel() for p in selector.router.parameters()) if getattr(selector, "router", None) else 0
+    rp = selector.router_params_per_token()
     sites = [i for i, d in enumerate(drop) if d > 0]
     m["flops_ratio"] = forward_flops(model, counts, N, att_feature=selector.needs_attention, router_params=rp,
                                      pruned_sites=sites) / dense_flops(model, B, N)
@@ -208,10 +213,22 @@ def evaluate_tokens(model, selector, drop: list[float], data: TaskData) -> dict:
     return m
 
 
+def nominal_sparsity(selector, drop: list[float]) -> float:
+    """Mean over blocks of the share of tokens a block skips (a removal counts in every later block)."""
+    if not selector.removes:
+        return sum(drop) / len(drop)
+    alive, total = 1.0, 0.0
+    for d in drop:
+        alive *= 1 - d
+        total += 1 - alive
+    return total / len(drop)
+
+
 def token_plan(res: TokensResult) -> Plan:
     cfg = res.selector.config_dict()
     rows = [TokenRow(i, 1 - d, res.selector.name, cfg) for i, d in enumerate(res.drop)]
-    return Plan(tokens=rows, meta={"kind": "tokens", "selector": cfg, "mean_token_sparsity": sum(res.drop) / len(res.drop),
+    return Plan(tokens=rows, meta={"kind": "tokens", "selector": cfg,
+                                   "mean_token_sparsity": nominal_sparsity(res.selector, res.drop),
                                    "metrics": res.metrics, "search": res.search[-1:] if res.search else []})
 
 
@@ -233,7 +250,7 @@ def _write(art, res: TokensResult, src, data) -> Path:
         reload = check_reload(res.model, tmp, {"input_ids": data.calib[:2]}, what="token-routed model")
     manifest = build_manifest("tokens", {"model": src.spec, "selector": res.selector.config_dict(),
                                          "schedule": res.drop}, None, res.timings, res.metrics,
-                              {"sites": len(res.drop), "mean_token_sparsity": sum(res.drop) / len(res.drop)})
+                              {"sites": len(res.drop), "mean_token_sparsity": nominal_sparsity(res.selector, res.drop)})
     manifest["checks"] = {"reload": reload}
     write_json(tmp / "manifest.json", manifest)
     _report(tmp, res, src)
@@ -261,7 +278,7 @@ def _report(tmp: Path, res: TokensResult, src) -> None:
     fig.savefig(tmp / "report_tokens.png", dpi=110)
     plt.close(fig)
     lines = [f"# Token pruning: {src.spec}", "", f"Selector `{res.selector.name}`, mean token sparsity "
-             f"{sum(res.drop) / len(res.drop):.3f}; schedule {[round(d, 3) for d in res.drop]}.", "",
+             f"{nominal_sparsity(res.selector, res.drop):.3f}; schedule {[round(d, 3) for d in res.drop]}.", "",
              "![schedule and router training](report_tokens.png)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in res.metrics.items()]
     (tmp / "report.md").write_text("\n".join(lines) + "\n")

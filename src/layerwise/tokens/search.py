@@ -41,10 +41,13 @@ def uniform_schedule(num_blocks: int, target: float, s_max: float = 0.95) -> lis
 
 
 @torch.no_grad()
-def kl_to_dense(model, selector, drop: list[float], ids: torch.Tensor, dense_logp: torch.Tensor) -> float:
+def kl_to_dense(model, selector, drop: list[float], ids: torch.Tensor, dense_logp: torch.Tensor,
+                positions: torch.Tensor | None = None) -> float:
+    """Mean KL(dense ‖ routed) of the next-token distributions (at `positions`, default all)."""
     with TokenRouting(model, selector, drop):
         logp = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
-    return float((dense_logp.exp() * (dense_logp - logp)).sum(-1).mean())
+    kl = (dense_logp.exp() * (dense_logp - logp)).sum(-1)
+    return float((kl if positions is None else kl[:, positions]).mean())
 
 
 def ga_schedule(fitness: Callable[[list[float]], float], num_blocks: int, target: float, *, s_max: float = 0.9,

@@ -36,6 +36,14 @@ class TokenSelector(Method):
     def gates(self, site: Site) -> torch.Tensor:
         raise NotImplementedError(f"token selector '{self.name}' is not trainable")
 
+    def router_params_per_token(self) -> int:
+        """Router parameters one token goes through at one site (for FLOPs)."""
+        if self.router is None:
+            return 0
+        nets = getattr(self.router, "nets", None)
+        total = sum(p.numel() for p in self.router.parameters())
+        return total // len(nets) if nets is not None else total
+
 
 def _first(site: Site) -> torch.Tensor:
     m = torch.zeros_like(site.real)

@@ -40,13 +40,17 @@ class RouterTrainConfig:
         return asdict(self)
 
 
-def _losses(model, selector, drop, ids, real, cfg: RouterTrainConfig, step: int) -> tuple[torch.Tensor, dict]:
+def _losses(model, selector, drop, ids, real, cfg: RouterTrainConfig, step: int,
+            positions: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
     with torch.no_grad():
         dense = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
     routing = TokenRouting(model, selector, drop, mode="soft")
     with routing:
         routed = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
-    kl = (dense.exp() * (dense - routed)).sum(-1)[real].mean()
+    scored = real.clone()
+    if positions is not None:      # a task model: only the outputs it was trained to produce count
+        scored &= torch.zeros_like(real).index_fill_(1, positions, True)
+    kl = (dense.exp() * (dense - routed)).sum(-1)[scored].mean()
     static = StaticSelector()
     sparse = torch.zeros(())
     guide = torch.zeros(())
@@ -60,16 +64,18 @@ def _losses(model, selector, drop, ids, real, cfg: RouterTrainConfig, step: int)
         site = Site(i, ids, drop[i], real, None, len(drop))
         target = keep_from_scores(static.scores(site), site).float()
         guide = guide + F.binary_cross_entropy(g[body].clamp(1e-6, 1 - 1e-6), target[body])
-        achieved[i] = float(1 - kept)
+        achieved[i] = float(1 - kept.detach())
     w_guide = cfg.guide_weight * max(0.0, 1 - step / max(1, cfg.guide_fraction * cfg.steps))
     loss = kl + cfg.sparse_weight * sparse + w_guide * guide
-    return loss, {"kl": float(kl), "sparse": float(sparse), "guide": float(guide), "achieved": achieved}
+    return loss, {"kl": float(kl.detach()), "sparse": float(sparse.detach()), "guide": float(guide.detach()),
+                  "achieved": achieved}
 
 
 def train_router(model, selector, drop: list[float], batch_at: Callable[[int], torch.Tensor],
                  cfg: RouterTrainConfig, work_dir: str | os.PathLike | None = None,
-                 description: str = "router") -> list[dict]:
-    """Train `selector.router` (the model stays frozen); returns the curve (one row per step)."""
+                 description: str = "router", positions: torch.Tensor | None = None) -> list[dict]:
+    """Train `selector.router` (the model stays frozen); returns the curve (one row per step).
+    `positions`: the output positions the distillation scores (default: all)."""
     router = selector.router
     if router is None:
         raise ConfigError(f"token selector '{selector.name}' has no router to train")
@@ -95,12 +101,12 @@ def train_router(model, selector, drop: list[float], batch_at: Callable[[int], t
                     g["lr"] = cfg.lr * (0.1 + 0.9 * (1 - step / cfg.steps))
                 ids = batch_at(step)
                 real = torch.ones_like(ids, dtype=torch.bool)
-                loss, parts = _losses(model, selector, drop, ids, real, cfg, step)
+                loss, parts = _losses(model, selector, drop, ids, real, cfg, step, positions)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(router.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                curve.append({"step": step + 1, "loss": float(loss), **parts})
+                curve.append({"step": step + 1, "loss": float(loss.detach()), **parts})
                 prog.update(task, advance=1, info=f"kl {parts['kl']:.4f}")
                 if state_file is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
                     state_file.parent.mkdir(parents=True, exist_ok=True)

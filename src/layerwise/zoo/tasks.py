@@ -34,8 +34,7 @@ def _lr(spec: ZooSpec, step: int) -> float:
 def build(spec: ZooSpec):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=filler.VOCAB, bos_token_id=filler.BOS, eos_token_id=filler.BOS,
-                      pad_token_id=filler.PAD, **spec.config)
+    cfg = LlamaConfig(vocab_size=filler.VOCAB, bos_token_id=filler.BOS, eos_token_id=filler.BOS, **spec.config)
     torch.manual_seed(spec.seed)
     return LlamaForCausalLM(cfg)
 
