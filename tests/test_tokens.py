@@ -11,7 +11,7 @@ from layerwise.tokens.flops import forward_flops
 
 SKIP = [0.0, 0.5, 0.3, 0.4]
 FASTV = [0.0, 0.0, 0.5, 0.0]
-METHODS = ["random", "static", "fastv", "ftp", "ftp-hidden", "mod"]
+METHODS = ["random", "static", "fastv", "tome", "ftp", "ftp-hidden", "mod"]
 
 
 def llama(attn="sdpa", seed=0):

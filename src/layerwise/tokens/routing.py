@@ -292,7 +292,7 @@ class TokenRouting:
         out = hidden.clone()
         b, s = valid.nonzero(as_tuple=True)
         out[b, idx[b, s]] = out_s[b, s].to(out.dtype)
-        return out
+        return self._restore(out, hidden, keep, real)
 
     def _masked(self, i, orig, hidden, args, kwargs, keep, real, needs_att):
         N = hidden.shape[1]
@@ -301,7 +301,19 @@ class TokenRouting:
         allowed |= torch.eye(N, dtype=torch.bool, device=hidden.device)[None]
         out = self._run(i, orig, hidden, args, kwargs, self._layer_mask(allowed, hidden.dtype), real, needs_att,
                         idx=torch.arange(N, device=hidden.device).expand(hidden.shape[0], -1), valid=keep)
-        return torch.where(keep[..., None], out, hidden)
+        return self._restore(torch.where(keep[..., None], out, hidden), hidden, keep, real)
+
+    def _restore(self, out, hidden, keep, real):
+        """Tokens a merging selector dropped take the update of the nearest kept token before them
+        (their merge partner): causal, and the sequence keeps its length."""
+        if getattr(self.selector, "restore", "skip") != "copy_prev":
+            return out
+        N = hidden.shape[1]
+        pos = torch.arange(N, device=hidden.device).expand_as(keep)
+        src = torch.where(keep, pos, -1).cummax(dim=1).values.clamp_min(0)
+        delta = (out - hidden).gather(1, src[..., None].expand_as(out))
+        dropped = (~keep & real)[..., None]
+        return torch.where(dropped, hidden + delta, out)
 
     def _soft(self, i, orig, hidden, args, kwargs, real, needs_att):
         st = self.state

@@ -21,6 +21,7 @@ TOKEN_SELECTORS: Registry[type["TokenSelector"]] = Registry("token selector", "-
 
 class TokenSelector(Method):
     removes: ClassVar[bool] = False
+    restore: ClassVar[str] = "skip"                  # "copy_prev": a dropped token takes its partner's update
     needs_attention: ClassVar[str | None] = None     # "all": attention received; "last": of the last query
     trainable: ClassVar[bool] = False
     router: nn.Module | None = None
@@ -90,6 +91,22 @@ class FastVSelector(TokenSelector):
         s = site.att.clone()
         last = site.real.shape[1] - 1
         s[:, last] = float("inf")      # the query itself
+        return s
+
+
+@TOKEN_SELECTORS.register
+class MergeSelector(TokenSelector):
+    name = "tome"
+    description = ("ToMe-style merging, causal-safe: a token most similar (cosine of block inputs) to the token "
+                   "before it is merged into it: not computed, it takes its partner's update. Merges only "
+                   "backwards, never averages into earlier tokens.")
+    restore: ClassVar[str] = "copy_prev"
+
+    def scores(self, site):
+        h = torch.nn.functional.normalize(site.hidden.float(), dim=-1)
+        sim = (h[:, 1:] * h[:, :-1]).sum(-1)
+        prev_real = site.real[:, :-1]
+        s = torch.cat([torch.full_like(sim[:, :1], float("inf")), -sim.masked_fill(~prev_real, -2.0)], dim=1)
         return s
 
 
