@@ -231,3 +231,24 @@ def test_a_router_for_another_model_is_a_load_error(tmp_path, capsys):
     shutil.copy(other / "token_router.safetensors", out / "token_router.safetensors")
     with pytest.raises(ModelLoadError, match="router for another model"):
         load(str(out))
+
+
+def test_ftp_with_the_last_query_feature_is_exact_and_counted():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m, x = llama("eager"), ids(2, 96)
+    sel = TOKEN_SELECTORS.create("ftp", attention="last")
+    sel.build(m)
+    assert sel.needs_attention == "last"
+    with torch.no_grad():
+        with TokenRouting(m, sel, SKIP, mode="mask"):
+            k = m(input_ids=x).logits
+        with TokenRouting(m, sel, SKIP, record=True) as r:
+            fc = FlopCounterMode(display=False)
+            with fc:
+                g = m(input_ids=x, use_cache=False).logits
+            kept = [[int(v) for v in r.state.kept[i].sum(1)] if i in r.state.kept else [96, 96] for i in range(4)]
+    assert (g - k).abs().max() <= 1e-4
+    analytic = forward_flops(m, kept, 96, att_feature="last", router_params=sel.router_params_per_token(),
+                             pruned_sites=[1, 2, 3])
+    assert abs(fc.get_total_flops() / analytic - 1) < 0.03

@@ -175,14 +175,23 @@ class RoutedConfig(MethodConfig):
     hidden: int = Field(64, ge=4, le=1024)
 
 
+class FTPConfig(RoutedConfig):
+    # "all": attention received from every query of the previous block (the paper's feature, O(n²));
+    # "last": from its last query only (FastV's row, O(n))
+    attention: Literal["all", "last"] = "all"
+
+
 @TOKEN_SELECTORS.register
 class FTPSelector(_Routed):
     name = "ftp"
     description = ("FTP dynamic router: one shared MLP over position, attention received in the previous block, "
                    "its rank and the block's target sparsity; trained with the model frozen.")
-    needs_attention = "all"
     needs = frozenset({"training"})
-    Config = RoutedConfig
+    Config = FTPConfig
+
+    @property
+    def needs_attention(self) -> str:
+        return self.config.attention
 
     def build(self, model):
         self.router = FTPRouter(self.config.hidden)
