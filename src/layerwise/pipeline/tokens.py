@@ -147,6 +147,7 @@ def _tokens(model, selector, sparsity, schedule, site, steps, batch, seqlen, pop
             res.search += [{**h, "retune": True} for h in more]
     res.drop = [float(x) for x in drop]
     res.metrics = evaluate_tokens(lm, selector, res.drop, data)
+    res.metrics["prefill_speedup"] = prefill_speedup(lm, selector, res.drop, data.calib)
     res.timings["total_s"] = time.perf_counter() - t0
     if art is not None:
         res.out = _write(art, res, src, data)
@@ -211,6 +212,26 @@ def evaluate_tokens(model, selector, drop: list[float], data: TaskData) -> dict:
         m["perplexity_dense"], m["perplexity"] = float(torch.exp(torch.tensor(nll(dl)))), \
             float(torch.exp(torch.tensor(nll(rl))))
     return m
+
+
+@torch.no_grad()
+def prefill_speedup(model, selector, drop: list[float], ids: torch.Tensor, repeats: int = 3) -> float:
+    """Dense / routed prefill time on `ids`, medians of alternating runs after a warm-up (a ratio measured
+    side by side; the benchmark `tokens_speed.py` measures it at realistic widths)."""
+    import statistics
+
+    routing = TokenRouting(model, selector, drop)
+    times = {"dense": [], "routed": []}
+    for k in range(repeats + 1):
+        for key in times:
+            if key == "routed":
+                routing.install()
+            t0 = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            if k:
+                times[key].append(time.perf_counter() - t0)
+            routing.remove()
+    return statistics.median(times["dense"]) / statistics.median(times["routed"])
 
 
 def nominal_sparsity(selector, drop: list[float]) -> float:
