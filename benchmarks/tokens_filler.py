@@ -1,12 +1,12 @@
 """Token pruning on the filler-token model (zoo:filler-lm), where the informative tokens are known.
 
 At each mean token sparsity and seed: one schedule searched by the GA with FTP's static router, then
-every selector on that schedule (static, random, FTP's trained router, the same router fed hidden
-states, Mixture-of-Depths routers), FTP on a uniform schedule, FTP in full (search, train, re-tune),
+every selector on that schedule (static, random, causal-safe merging, FTP's trained router, the same
+router fed hidden states, Mixture-of-Depths routers), FTP on a uniform schedule, FTP in full (search, train, re-tune),
 and FastV at equal mean sparsity. Answer accuracy, KL to the dense model, recall of informative
 tokens among the computed ones, analytic FLOPs ratio (router overhead included).
 
-    python benchmarks/tokens_filler.py [--seeds 5] [--steps 300] [--no-write]
+    python benchmarks/tokens_filler.py [--seeds 5] [--steps 200] [--no-write]
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from common import FIG, md_table, update_section  # noqa: E402
 VARIANTS = [  # (label, method, schedule source)
     ("random (GA schedule)", "random", "ga"),
     ("static (GA schedule)", "static", "ga"),
+    ("tome: causal-safe merging (GA schedule)", "tome", "ga"),
     ("ftp-hidden: hidden-state router (GA schedule)", "ftp-hidden", "ga"),
     ("mod: per-block hidden-state routers (GA schedule)", "mod", "ga"),
     ("ftp: 4-feature router (uniform schedule)", "ftp", "uniform"),
@@ -113,7 +114,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sparsities", default="0.25,0.4,0.6")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--generations", type=int, default=10)
     ap.add_argument("--population", type=int, default=8)
     ap.add_argument("--no-write", action="store_true")
