@@ -152,12 +152,9 @@ def width_plan(res: "WidthResult", criterion: str, options: dict) -> Plan:
                                    "widths": widths(res.model), "stages": stages})
 
 
-def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr, global_batch, train_seqlen,
-           heal, heal_options, calib, nsamples, seqlen, seed, art, work_dir, tokenizer, evaluate, eval_windows_n,
-           amplitude, mask_only, plan) -> WidthResult:
-    out = art.out if art is not None else None
-    quiet()
-    t_start = time.perf_counter()
+def _check_options(params, criterion, incremental, step, tokens, global_batch, nsamples, seqlen, lr, heal,
+                   heal_options):
+    """Everything checkable before the model is loaded; returns the healing objective."""
     if not 0 < params < 1:
         raise ConfigError(f"--params must be the share of block parameters to keep, in (0, 1) (got {params:g})")
     WIDTH_CRITERIA.get(criterion)
@@ -173,6 +170,17 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
     if healer.trains and not healer.needs_student:
         raise ConfigError(f"healing '{heal}' trains stand-ins for removed blocks; width pruning heals with one of "
                           f"{', '.join(n for n, c in HEALERS.items() if c.trains and c.needs_student)}")
+    return healer
+
+
+def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr, global_batch, train_seqlen,
+           heal, heal_options, calib, nsamples, seqlen, seed, art, work_dir, tokenizer, evaluate, eval_windows_n,
+           amplitude, mask_only, plan) -> WidthResult:
+    out = art.out if art is not None else None
+    quiet()
+    t_start = time.perf_counter()
+    healer = _check_options(params, criterion, incremental, step, tokens, global_batch, nsamples, seqlen, lr, heal,
+                            heal_options)
     src = resolve(model, tokenizer, load=True)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")

@@ -16,8 +16,8 @@ def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 @torch.no_grad()
 def attention_received(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary,
-                       n_heads: int, n_kv: int, allowed: torch.Tensor | None, last_only: bool = False,
-                       chunk: int = 256, last: torch.Tensor | None = None) -> torch.Tensor:
+                       n_heads: int, n_kv: int, allowed: torch.Tensor | None, last: torch.Tensor | None = None,
+                       chunk: int = 256) -> torch.Tensor:
     """Mean attention each key receives, per sample: [B, n].
 
     q, k: q_proj / k_proj outputs [B, n, H·hd] / [B, n, Hkv·hd] of the computed tokens; cos/sin their
@@ -31,7 +31,7 @@ def attention_received(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin:
         kh = kh.repeat_interleave(n_heads // n_kv, dim=1)
     B, H, n, hd = qh.shape
     scale = 1.0 / math.sqrt(hd)
-    if last_only and last is not None:
+    if last is not None:
         b = torch.arange(B, device=q.device)
         qh = qh[b, :, last][:, :, None]                                  # [B, H, 1, hd]
         ok = allowed[b, last][:, None] if allowed is not None else (
@@ -39,11 +39,10 @@ def attention_received(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin:
         s = (qh.float() @ kh.float().transpose(-1, -2)) * scale
         p = torch.softmax(s.masked_fill(~ok[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
         return p.sum(dim=(1, 2)) / H
-    rows = range(n - 1, n) if last_only else range(0, n, chunk)
     total = torch.zeros(B, n, dtype=torch.float32, device=q.device)
     seen = torch.zeros(B, n, dtype=torch.float32, device=q.device)
-    for r0 in rows:
-        r1 = n if last_only else min(n, r0 + chunk)
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
         s = (qh[:, :, r0:r1].float() @ kh.float().transpose(-1, -2)) * scale          # [B, H, c, n]
         if allowed is None:
             qi = torch.arange(r0, r1, device=q.device).view(-1, 1)

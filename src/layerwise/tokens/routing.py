@@ -256,10 +256,11 @@ class TokenRouting:
         # only computed tokens attend and are attended to (so mask and gather modes agree)
         allowed = (pos[:, None, :] <= pos[:, :, None]) & ok[:, None, :] & ok[:, :, None]
         allowed |= torch.eye(n, dtype=torch.bool, device=real.device)[None]
-        last = (ok.long() * torch.arange(1, n + 1, device=ok.device)).argmax(dim=1)   # last computed query
+        last = None
+        if self.selector.needs_attention == "last":   # the last computed query of each sample
+            last = (ok.long() * torch.arange(1, n + 1, device=ok.device)).argmax(dim=1)
         a = attention_received(captured["q"], captured["k"], cos, sin, self.adapter.apply_rotary, lay["heads"],
-                               lay["kv_heads"], allowed, last_only=self.selector.needs_attention == "last",
-                               last=last)
+                               lay["kv_heads"], allowed, last=last)
         full = st.att.clone() if st.att is not None else torch.zeros(real.shape, device=real.device)
         if idx is None:
             full = a

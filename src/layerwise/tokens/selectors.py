@@ -156,8 +156,17 @@ class HiddenRouter(nn.Module):
         return net(torch.cat([h, s], dim=-1)).squeeze(-1)
 
 
+class RoutedConfig(MethodConfig):
+    decide: Literal["topk", "threshold"] = "topk"
+    hidden: int = Field(64, ge=4, le=1024)
+
+
 class _Routed(TokenSelector):
+    """A selector whose scores come from a router trained with the model frozen."""
+
     trainable = True
+    needs = frozenset({"training"})
+    Config = RoutedConfig
 
     def scores(self, site):
         with torch.no_grad():
@@ -168,11 +177,6 @@ class _Routed(TokenSelector):
 
     def build(self, model) -> nn.Module:
         raise NotImplementedError
-
-
-class RoutedConfig(MethodConfig):
-    decide: Literal["topk", "threshold"] = "topk"
-    hidden: int = Field(64, ge=4, le=1024)
 
 
 class FTPConfig(RoutedConfig):
@@ -186,7 +190,6 @@ class FTPSelector(_Routed):
     name = "ftp"
     description = ("FTP dynamic router: one shared MLP over position, attention received in the previous block, "
                    "its rank and the block's target sparsity; trained with the model frozen.")
-    needs = frozenset({"training"})
     Config = FTPConfig
 
     @property
@@ -202,8 +205,6 @@ class FTPSelector(_Routed):
 class HiddenStateSelector(_Routed):
     name = "ftp-hidden"
     description = "FTP's router fed the hidden state instead of the 4 designed features (the feature ablation)."
-    needs = frozenset({"training"})
-    Config = RoutedConfig
 
     def build(self, model):
         self.router = HiddenRouter(model.config.hidden_size, self.config.hidden, blocks=1)
@@ -215,8 +216,6 @@ class MoDSelector(_Routed):
     name = "mod"
     description = ("Mixture-of-Depths-style learned top-k: one router per block on the token's hidden state, "
                    "trained as FTP's router is (frozen model).")
-    needs = frozenset({"training"})
-    Config = RoutedConfig
 
     def build(self, model):
         from ..models.adapters import get_adapter

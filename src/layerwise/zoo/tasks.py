@@ -6,9 +6,7 @@ initialised from the seed, and the optimizer state is checkpointed.
 """
 from __future__ import annotations
 
-import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -24,13 +22,6 @@ CHECKPOINT = "checkpoint.pt"
 EVAL_SEQUENCES = 1024
 
 
-def _lr(spec: ZooSpec, step: int) -> float:
-    if step < spec.warmup:
-        return spec.lr * (step + 1) / spec.warmup
-    t = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-    return spec.lr * (spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
 def build(spec: ZooSpec):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -40,6 +31,8 @@ def build(spec: ZooSpec):
 
 
 def train_filler(spec: ZooSpec, art: Artifact, work_dir, threads, stop_after) -> Path | None:
+    from .train import lr_at
+
     out = art.out
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -63,7 +56,7 @@ def train_filler(spec: ZooSpec, art: Artifact, work_dir, threads, stop_after) ->
         bar = prog.add_task(f"train {spec.name}", total=spec.steps, completed=start, info="")
         for step in range(start, spec.steps):
             for group in opt.param_groups:
-                group["lr"] = _lr(spec, step)
+                group["lr"] = lr_at(spec, step)
             b = filler.filler_batch(step, spec.batch_size, spec.seed, **task)
             loss = filler.task_loss(model(input_ids=b.ids, use_cache=False).logits, b)
             loss.backward()
@@ -102,7 +95,7 @@ def train_filler(spec: ZooSpec, art: Artifact, work_dir, threads, stop_after) ->
 
 
 def _card(spec, model, nparams, nthreads, wall, curve, val, test, task) -> dict:
-    import transformers
+    from .train import training_settings
 
     return {
         "name": spec.name, "description": spec.description, "architecture": type(model).__name__,
@@ -113,13 +106,7 @@ def _card(spec, model, nparams, nthreads, wall, curve, val, test, task) -> dict:
                  "then a query section; the value of each queried key is predicted)", **task,
                  "vocabulary": filler.VOCAB, "generated": "from (seed, split, step); no download"},
         "training": {"seed": spec.seed, "steps": spec.steps, "batch_size": spec.batch_size,
-                     "seqlen": task["length"], "optimizer": f"AdamW betas={list(spec.betas)} wd={spec.weight_decay}",
-                     "lr": spec.lr, "schedule": f"linear warm-up {spec.warmup} steps, cosine to "
-                     f"{spec.min_lr_ratio} x lr", "grad_clip": spec.grad_clip, "precision": "float32",
-                     "threads": nthreads, "wall_time_s": round(wall, 1),
-                     "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                     "python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+                     "seqlen": task["length"], **training_settings(spec, nthreads, wall)},
         "eval": {"metric": "answer accuracy", "sequences": EVAL_SEQUENCES, "validation_accuracy": val,
                  "test_accuracy": test},
         "curve": curve,

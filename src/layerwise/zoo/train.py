@@ -87,9 +87,15 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
     as an interruption would (for resume tests); then nothing is written to `out`.
     The output is checked and locked before training starts, so a bad --out fails in a second.
     """
-    get_spec(name)
+    spec = get_spec(name)
     art = Artifact(out, overwrite=overwrite)
     with art.run():
+        if spec.extra.get("task") == "filler-kv":
+            from ..utils.hf import quiet
+            from .tasks import train_filler
+
+            quiet()
+            return train_filler(_spec_for(name, steps), art, work_dir, threads, stop_after)
         return _train(name, art, work_dir, steps, threads, stop_after)
 
 
@@ -105,10 +111,19 @@ def _tokenizer(tok_dir: Path, corpus, spec):
     return tok
 
 
-def _card(name, spec, model, tok, corpus, train_stream, nthreads, wall, final, test, curve, nparams) -> dict:
-    """The model card: corpus, tokenizer, training settings and machine, final perplexities, curve."""
+def training_settings(spec: ZooSpec, nthreads: int, wall: float) -> dict:
+    """The optimizer, schedule, machine and stack of a card's training section."""
     import transformers
 
+    return {"optimizer": f"AdamW betas={list(spec.betas)} wd={spec.weight_decay}", "lr": spec.lr,
+            "schedule": f"linear warm-up {spec.warmup} steps, cosine to {spec.min_lr_ratio} x lr",
+            "grad_clip": spec.grad_clip, "precision": "float32", "threads": nthreads, "wall_time_s": round(wall, 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _card(name, spec, model, tok, corpus, train_stream, nthreads, wall, final, test, curve, nparams) -> dict:
+    """The model card: corpus, tokenizer, training settings and machine, final perplexities, curve."""
     return {
         "name": name,
         "description": spec.description,
@@ -122,13 +137,7 @@ def _card(name, spec, model, tok, corpus, train_stream, nthreads, wall, final, t
         "training": {"seed": spec.seed, "steps": spec.steps, "batch_size": spec.batch_size,
                      "seqlen": spec.seqlen, "tokens_seen": spec.steps * spec.tokens_per_step,
                      "epochs": spec.steps * spec.tokens_per_step / train_stream.numel(),
-                     "optimizer": f"AdamW betas={list(spec.betas)} wd={spec.weight_decay}",
-                     "lr": spec.lr, "schedule": f"linear warm-up {spec.warmup} steps, cosine to "
-                     f"{spec.min_lr_ratio} x lr", "grad_clip": spec.grad_clip, "precision": "float32",
-                     "threads": nthreads, "wall_time_s": round(wall, 1),
-                     "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                     "python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+                     **training_settings(spec, nthreads, wall)},
         "eval": {"data": spec.corpus, "split": "validation", "seqlen": spec.seqlen,
                  "windows": final.windows, "tokens": final.tokens, "perplexity": final.perplexity,
                  "test_perplexity": test.perplexity,
@@ -163,10 +172,6 @@ def _train(name: str, art: Artifact, work_dir, steps, threads, stop_after) -> Pa
 
     quiet()
     spec = _spec_for(name, steps)
-    if spec.extra.get("task") == "filler-kv":
-        from .tasks import train_filler
-
-        return train_filler(spec, art, work_dir, threads, stop_after)
     out = art.out
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
