@@ -167,6 +167,8 @@ def test_bad_schedules_and_models_are_one_line_errors():
     (["--method", "tome-x"], "unknown token selector"),
     (["--schedule", "best"], "--schedule"),
     (["--method", "fastv", "--site", "0"], "--site"),
+    (["--processes", "3"], "--processes"),
+    (["--processes", "0"], "--processes"),
 ])
 def test_cli_bad_input(args, needle, tmp_path, capsys):
     code = main(["tokens", "zoo:llama-tiny", "--out", str(tmp_path / "o")] + args)
@@ -201,6 +203,7 @@ def test_tokens_command_writes_a_model_that_reloads_routed_and_generates(tmp_pat
     assert len(drop) == 4 and drop[0] == 0 and abs(sum(drop) / 4 - 0.4) < 1e-9
     man = json.loads((out / "manifest.json").read_text())
     assert "identical" in man["checks"]["reload"]
+    assert man["metrics"]["decode_speedup"] > 0 and man["metrics"]["prefill_speedup"] > 0
     lm = load(str(out))
     routing = lm.model._layerwise_tokens
     assert routing.selector.name == "ftp" and routing.drop == pytest.approx(drop, abs=1e-12)
@@ -252,3 +255,90 @@ def test_ftp_with_the_last_query_feature_is_exact_and_counted():
     analytic = forward_flops(m, kept, 96, att_feature="last", router_params=sel.router_params_per_token(),
                              pruned_sites=[1, 2, 3])
     assert abs(fc.get_total_flops() / analytic - 1) < 0.03
+
+
+def test_schedule_search_resumes_to_the_same_result(tmp_path):
+    from layerwise.tokens.search import ga_schedule
+
+    target = torch.linspace(0, 0.6, 6).tolist()
+
+    def fitness(d):
+        return -sum((a - b) ** 2 for a, b in zip(d, target))
+
+    full, hist = ga_schedule(fitness, 6, 0.3, population=5, generations=6, seed=3)
+    calls = {"n": 0}
+
+    def dies(d):
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise KeyboardInterrupt
+        return fitness(d)
+
+    state = tmp_path / "search.json"
+    with pytest.raises(KeyboardInterrupt):
+        ga_schedule(dies, 6, 0.3, population=5, generations=6, seed=3, state_file=state)
+    assert state.exists()
+    again, hist2 = ga_schedule(fitness, 6, 0.3, population=5, generations=6, seed=3, state_file=state)
+    assert again == full and hist2 == hist
+    from layerwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="other settings"):
+        ga_schedule(fitness, 6, 0.3, population=5, generations=7, seed=3, state_file=state)
+
+
+def test_router_training_resumes_to_the_same_router(tmp_path):
+    from layerwise.tokens.train import RouterTrainConfig, train_router
+
+    m = llama()
+    cfg = RouterTrainConfig(steps=4, checkpoint_every=2)
+
+    def batch_at(step):
+        return ids(4, 24, seed=100 + step)
+
+    def fresh():
+        sel = TOKEN_SELECTORS.create("ftp")
+        torch.manual_seed(5)
+        sel.build(m)
+        return sel
+
+    a = fresh()
+    curve = train_router(m, a, SKIP, batch_at, cfg)
+
+    def dies(step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return batch_at(step)
+
+    b = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        train_router(m, b, SKIP, dies, cfg, work_dir=tmp_path)
+    c = fresh()
+    again = train_router(m, c, SKIP, batch_at, cfg, work_dir=tmp_path)
+    assert [r["loss"] for r in again] == [r["loss"] for r in curve]
+    for p, q in zip(a.router.parameters(), c.router.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_two_process_router_training_matches_one_process(tmp_path):
+    """accelerate with 2 CPU processes (half of every batch each, gradients averaged) computes the loss and
+    the router of one process on the whole batch."""
+    import json
+
+    from layerwise import zoo
+    from layerwise.pipeline.tokens_run import launch
+    from layerwise.tokens.train import STATE
+
+    curves, routers = {}, {}
+    for n in (1, 2):
+        work = tmp_path / f"w{n}"
+        job = {"model": str(zoo.path("filler-lm")), "selector": {"name": "ftp"}, "drop": [0.0, 0.4, 0.4, 0.4],
+               "train": {"steps": 3, "checkpoint_every": 3}, "data": {"seqlen": 64, "batch": 4, "seed": 0},
+               "work_dir": str(work)}
+        launch(job, work, n)
+        state = torch.load(work / STATE, weights_only=False)
+        assert state["processes"] == n
+        curves[n], routers[n] = [r["loss"] for r in state["curve"]], state["router"]
+    assert json.loads((tmp_path / "w2" / "router_job.json").read_text())["drop"][1] == 0.4
+    assert curves[1] == pytest.approx(curves[2], rel=1e-4)
+    for k in routers[1]:
+        assert torch.allclose(routers[1][k], routers[2][k], atol=1e-5), k

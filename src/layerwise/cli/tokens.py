@@ -22,6 +22,8 @@ def tokens_cmd(
     seqlen: int = typer.Option(128, "--seqlen", help="Sequence length of text calibration and evaluation."),
     population: int = typer.Option(8, "--population", help="Schedule search: genomes per generation."),
     generations: int = typer.Option(10, "--generations", help="Schedule search: generations."),
+    processes: int = typer.Option(1, "--processes", help="Train the router with `accelerate launch` in N CPU "
+                                  "processes (N divides --batch)."),
     no_retune: bool = typer.Option(False, "--no-retune", help="Do not re-tune the schedule with the trained router."),
     option: Optional[list[str]] = typer.Option(None, "--option", help="KEY=VALUE option of the selector "
                                                "(repeatable; `layerwise methods \"token selector\"`)."),
@@ -42,7 +44,8 @@ def tokens_cmd(
     res = tokens(model, method=method, sparsity=sparsity, schedule=schedule, site=site, steps=steps, batch=batch,
                  seqlen=seqlen, population=population, generations=generations, retune=not no_retune,
                  options=parse_options(option, "--option"), seed=seed, calib=calib, plan=plan, out=out,
-                 overwrite=overwrite, work_dir=work_dir, tokenizer=tokenizer)
+                 overwrite=overwrite, work_dir=work_dir, tokenizer=tokenizer,
+                 processes=processes)
     from rich.table import Table
 
     t = Table(title=f"{method} on {model}: schedule", title_justify="left")

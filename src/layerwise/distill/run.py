@@ -76,8 +76,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(job: str | Path, processes: int) -> list[str]:
-    """`accelerate launch` for `processes` CPU processes.
+def launch_command(job: str | Path, processes: int, module: str = "layerwise.distill.run") -> list[str]:
+    """`accelerate launch` of `python -m module JOB` for `processes` CPU processes.
 
     accelerate 1.15 runs `--cpu --num_processes N` as ONE process (its multi-CPU path needs mpirun), so
     several CPU processes are started through its torchrun launcher; the job itself forces the CPU.
@@ -88,7 +88,7 @@ def launch_command(job: str | Path, processes: int) -> list[str]:
         cmd += ["--multi_gpu", "--main_process_port", str(free_port())]
     else:
         cmd += ["--cpu"]
-    return cmd + ["-m", "layerwise.distill.run", str(job)]
+    return cmd + ["-m", module, str(job)]
 
 
 def main(argv: list[str] | None = None) -> int:

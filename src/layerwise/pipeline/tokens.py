@@ -2,8 +2,11 @@
 
 The per-block schedule (share of tokens each block skips) is uniform or searched (a genetic
 algorithm with FTP's static router); a trainable selector's router is then trained with the model
-frozen and, after a search, the schedule is re-tuned with the trained router. The schedule is the
-Plan's token rows; the result reloads with `layerwise.load` and generates.
+frozen (on `accelerate`, in this process or `processes` launched ones) and, after a search, the
+schedule is re-tuned with the trained router. Search and training checkpoint into the work directory,
+so a rerun of an interrupted command resumes. The schedule is the Plan's token rows; the result
+reloads with `layerwise.load` and generates; prefill and decode speed are measured against the dense
+model side by side.
 """
 from __future__ import annotations
 
@@ -91,7 +94,7 @@ def tokens(model, *, method: str = "ftp", sparsity: float = 0.3, schedule: str =
            steps: int = 300, batch: int = 8, seqlen: int = 128, population: int = 8, generations: int = 10,
            retune: bool = True, s_max: float = 0.9, seed: int = 0, options: dict | None = None, calib="stdlib",
            eval_sequences: int = 256, out=None, overwrite: bool = False, work_dir=None, tokenizer=None,
-           plan=None) -> TokensResult:
+           plan=None, processes: int = 1) -> TokensResult:
     """Token-prune `model` with `method` at mean token sparsity `sparsity`; see the module docstring."""
     quiet()
     if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
@@ -101,16 +104,18 @@ def tokens(model, *, method: str = "ftp", sparsity: float = 0.3, schedule: str =
     selector = TOKEN_SELECTORS.create(method, options or {})
     if steps < 1 or batch < 1 or population < 2 or generations < 1:
         raise ConfigError("--steps, --batch and --generations must be >= 1, --population >= 2")
+    if not isinstance(processes, int) or processes < 1 or batch % processes:
+        raise ConfigError(f"--processes must be >= 1 and divide --batch {batch} (got {processes!r})")
     if isinstance(plan, (str, Path)):
         plan = Plan.load(plan)
     art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, plan=plan)
     with art.run() if art is not None else nullcontext():
         return _tokens(model, selector, sparsity, schedule, site, steps, batch, seqlen, population, generations,
-                       retune, s_max, seed, calib, eval_sequences, art, work_dir, tokenizer, plan)
+                       retune, s_max, seed, calib, eval_sequences, art, work_dir, tokenizer, plan, processes)
 
 
 def _tokens(model, selector, sparsity, schedule, site, steps, batch, seqlen, population, generations, retune,
-            s_max, seed, calib, eval_sequences, art, work_dir, tokenizer, plan) -> TokensResult:
+            s_max, seed, calib, eval_sequences, art, work_dir, tokenizer, plan, processes) -> TokensResult:
     t0 = time.perf_counter()
     src = resolve(model, tokenizer, load=True)
     lm = src.loaded.model.eval()
@@ -130,28 +135,63 @@ def _tokens(model, selector, sparsity, schedule, site, steps, batch, seqlen, pop
         drop, res.search = ga_schedule(lambda d: -kl_to_dense(lm, static, d, data.calib, dense_logp, data.positions),
                                        L, sparsity,
                                        s_max=s_max, population=population, generations=generations, seed=seed,
-                                       description="schedule search (static router)")
+                                       description="schedule search (static router)",
+                                       state_file=work / "search_static.json" if work else None)
     res.timings["schedule_s"] = time.perf_counter() - t0
     if selector.trainable:
-        selector.build(lm)
+        from .tokens_run import build_router
+
+        build_router(selector, lm, seed)
         t1 = time.perf_counter()
-        res.curve = train_router(lm, selector, drop, data.batch_at, RouterTrainConfig(steps=steps),
-                                 work_dir=work, description=f"train {selector.name} router",
+        cfg = RouterTrainConfig(steps=steps)
+        router_work = work
+        if processes > 1:
+            router_work = _launch_router(src, lm, selector, drop, cfg, work,
+                                         dict(seqlen=seqlen, batch=batch, seed=seed, calib=calib), processes)
+        res.curve = train_router(lm, selector, drop, data.batch_at, cfg,
+                                 work_dir=router_work, description=f"train {selector.name} router",
                                  positions=data.positions)
+        if router_work is not None and work is None:       # a temporary directory for the launched processes
+            import shutil
+
+            shutil.rmtree(router_work, ignore_errors=True)
         res.timings["router_s"] = time.perf_counter() - t1
         if schedule == "ga" and retune and plan is None:
             drop, more = ga_schedule(lambda d: -kl_to_dense(lm, selector, d, data.calib, dense_logp, data.positions),
                                      L, sparsity,
                                      s_max=s_max, population=population, generations=max(1, generations // 2),
-                                     seed=seed + 1, init=drop, description="schedule re-tuning (trained router)")
+                                     seed=seed + 1, init=drop, description="schedule re-tuning (trained router)",
+                                     state_file=work / "search_retune.json" if work else None)
             res.search += [{**h, "retune": True} for h in more]
     res.drop = [float(x) for x in drop]
     res.metrics = evaluate_tokens(lm, selector, res.drop, data)
     res.metrics["prefill_speedup"] = prefill_speedup(lm, selector, res.drop, data.calib)
+    res.metrics["decode_speedup"] = decode_speedup(lm, selector, res.drop, data.calib[:1])
     res.timings["total_s"] = time.perf_counter() - t0
     if art is not None:
         res.out = _write(art, res, src, data)
     return res
+
+
+def _launch_router(src, lm, selector, drop, cfg, work, data: dict, processes: int) -> Path:
+    """Train the router in `processes` launched processes; returns the work directory holding its state."""
+    import tempfile
+
+    from .tokens_run import launch
+
+    if work is None:
+        work = Path(tempfile.mkdtemp(prefix="layerwise-router-"))
+    model_path = src.path
+    if model_path is None:      # an in-memory model: the processes load a saved copy
+        model_path = work / "source"
+        if not (model_path / "config.json").exists():
+            lm.save_pretrained(model_path)
+            if src.tokenizer is not None:
+                src.tokenizer.save_pretrained(model_path)
+    job = {"model": str(model_path), "selector": selector.config_dict(), "drop": [float(d) for d in drop],
+           "train": cfg.to_dict(), "data": data, "work_dir": str(work)}
+    launch(job, work, processes)
+    return work
 
 
 def _num_blocks(model) -> int:
@@ -228,6 +268,31 @@ def prefill_speedup(model, selector, drop: list[float], ids: torch.Tensor, repea
                 routing.install()
             t0 = time.perf_counter()
             model(input_ids=ids, use_cache=False)
+            if k:
+                times[key].append(time.perf_counter() - t0)
+            routing.remove()
+    return statistics.median(times["dense"]) / statistics.median(times["routed"])
+
+
+@torch.no_grad()
+def decode_speedup(model, selector, drop: list[float], prompt: torch.Tensor, new: int = 16,
+                   repeats: int = 3) -> float:
+    """Dense / routed time of greedy generation of `new` tokens after `prompt` with the KV cache, medians of
+    alternating runs after a warm-up (the selector's KV policy decides what decoding computes)."""
+    import statistics
+
+    routing = TokenRouting(model, selector, drop)
+    gen = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True)
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    if pad is None:
+        gen["pad_token_id"] = 0
+    times = {"dense": [], "routed": []}
+    for k in range(repeats + 1):
+        for key in times:
+            if key == "routed":
+                routing.install()
+            t0 = time.perf_counter()
+            model.generate(prompt, **gen)
             if k:
                 times[key].append(time.perf_counter() - t0)
             routing.remove()
