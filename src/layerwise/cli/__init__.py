@@ -26,6 +26,7 @@ from . import demo as _demo  # noqa: F401
 from . import depth as _depth  # noqa: F401
 from . import distill as _distill  # noqa: F401
 from . import evaluate as _evaluate  # noqa: F401
+from . import export as _export  # noqa: F401
 from . import prune as _prune  # noqa: F401
 from . import quantize as _quantize  # noqa: F401
 from . import methods as _methods  # noqa: F401

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ..console import console
+from .app import app
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="A layerwise result directory (quantized, depth- or width-pruned, dense), "
+                                "zoo:NAME or a save_pretrained directory."),
+    format: str = typer.Option("gguf", "--format", "-f", help="gguf (llama.cpp)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file (default ./NAME-FLOAT.gguf)."),
+    float_type: str = typer.Option("f16", "--float-type", help="Tensors that are not quantized: f32 | f16 | bf16, "
+                                   "or q8_0 | q5_0 | q4_0 to round float block linears as llama-quantize would."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+):
+    """Write a result as one file another runtime executes; quantized codes are kept exact where the
+    runtime's block types can hold them, and every tensor's error is checked after writing.
+
+    Example: layerwise quantize zoo:llama-12l --bits 4 --high 4 --low 4 --group-size 32 --out runs/q4 &&
+    layerwise export runs/q4 --format gguf --out runs/q4.gguf
+    """
+    from ..export import export
+
+    res = export(model, format, out, float_type=float_type, overwrite=overwrite)
+    from rich.table import Table
+
+    s = res.summary()
+    t = Table(title=f"{res.out} ({s['bytes'] / 2**20:.1f} MiB)", title_justify="left")
+    for c in ("type", "tensors", "exact", "max |error|"):
+        t.add_column(c, justify="right")
+    for ty in sorted(s["types"]):
+        rs = [r for r in res.records if r.type == ty]
+        t.add_row(ty, str(len(rs)), str(sum(r.exact for r in rs)), f"{max(r.max_abs_error for r in rs):.3g}")
+    console.print(t)
+    if s["requantized"]:
+        console.print(f"requantized (lossy, see {res.out}.json): {', '.join(s['requantized'][:6])}"
+                      + (" …" if len(s["requantized"]) > 6 else ""))

@@ -1,0 +1,117 @@
+"""Integer codes → ggml block types, exactly where the grids coincide.
+
+A symmetric b-bit result stores w = s·(q − 2^(b−1)) with an fp16 scale s per (row, column group).
+ggml's legacy blocks hold 32 consecutive weights of one row with one fp16 scale d:
+
+    Q4_0: w = d·(q − 8),   q ∈ [0, 15]        Q5_0: w = d·(q − 16), q ∈ [0, 31]
+    Q8_0: w = d·q,         q ∈ [−128, 127]
+
+so with d = s and q' = q − 2^(b−1) + offset the weights are reproduced bit for bit, for every group
+size that is a multiple of 32 (each 32-block inside a group repeats the group's scale): b ≤ 4 → Q4_0,
+b = 5 → Q5_0, b ≤ 8 → Q8_0. An asymmetric grid (zero point per group) fits Q8_0 exactly for b ≤ 7
+(q − z ∈ [−127, 127]). Everything else (act-order, groups not aligned to 32) is requantized from the
+dequantized weights by gguf's reference quantizer, and the error is measured and reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+BLOCK = 32
+EXACT_TYPES = ("Q4_0", "Q5_0", "Q8_0")
+
+
+@dataclass
+class Codes:
+    """One quantized weight: codes q [out, in], scales/zeros [out, groups], g_idx [in] (group of each column)."""
+
+    q: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    g_idx: torch.Tensor
+    bits: int
+
+    def dequantize(self) -> torch.Tensor:
+        g = self.g_idx.long()
+        return self.scales.float()[:, g] * (self.q.float() - self.zeros.float()[:, g])
+
+    def permute_rows(self, order: torch.Tensor) -> "Codes":
+        return Codes(self.q[order], self.scales[order], self.zeros[order], self.g_idx, self.bits)
+
+
+def exact_type(c: Codes) -> str | None:
+    """The smallest ggml block type that holds these codes bit for bit, or None."""
+    rows, cols = c.q.shape
+    if cols % BLOCK:
+        return None
+    blocks = torch.arange(cols) // BLOCK
+    # every 32-block must lie inside one group, in column order (no act-order permutation)
+    first = c.g_idx[::BLOCK].long()
+    if not torch.equal(c.g_idx.long(), first[blocks]):
+        return None
+    if not torch.equal(first, torch.sort(first).values):
+        return None
+    z = c.zeros.float()
+    sym = bool((z == 2 ** (c.bits - 1)).all())
+    if sym and c.bits <= 4:
+        return "Q4_0"
+    if sym and c.bits == 5:
+        return "Q5_0"
+    if sym and c.bits <= 8:
+        return "Q8_0"
+    if c.bits <= 7:
+        return "Q8_0"
+    return None
+
+
+def _block_params(c: Codes) -> tuple[np.ndarray, np.ndarray]:
+    """Per-32-block fp16 scale [rows, nb] and signed codes q − zero [rows, cols]."""
+    rows, cols = c.q.shape
+    g = c.g_idx.long()
+    per_col_zero = c.zeros.float()[:, g]
+    signed = (c.q.float() - per_col_zero).round().to(torch.int16).numpy()
+    d = c.scales.float()[:, g[::BLOCK]].numpy().astype(np.float16)
+    return d, signed
+
+
+def pack_exact(c: Codes, qtype: str) -> np.ndarray:
+    """Bytes [rows, nb · block bytes] of `qtype` holding `c` exactly (see the module docstring)."""
+    d, s = _block_params(c)
+    rows, cols = s.shape
+    nb = cols // BLOCK
+    s = s.reshape(rows, nb, BLOCK)
+    dbytes = d.reshape(rows, nb, 1).view(np.uint8)                           # 2 bytes, little endian
+    if qtype == "Q8_0":
+        qs = s.astype(np.int8).view(np.uint8)
+        return np.concatenate([dbytes, qs], axis=2).reshape(rows, -1)
+    if qtype == "Q4_0":
+        u = (s + 8).astype(np.uint8)
+        qs = u[..., :16] | (u[..., 16:] << 4)
+        return np.concatenate([dbytes, qs], axis=2).reshape(rows, -1)
+    if qtype == "Q5_0":
+        u = (s + 16).astype(np.uint32)
+        low = (u & 0x0F).astype(np.uint8)
+        qs = low[..., :16] | (low[..., 16:] << 4)
+        high = (u >> 4) & 1                                                   # bit j = 5th bit of weight j
+        qh = (high << np.arange(BLOCK, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
+        qh = qh.astype("<u4").reshape(rows, nb, 1).view(np.uint8)
+        return np.concatenate([dbytes, qh, qs], axis=2).reshape(rows, -1)
+    raise ValueError(f"no exact packing for {qtype}")
+
+
+def requantize(w: torch.Tensor, bits: int, asym: bool) -> tuple[str, np.ndarray]:
+    """The smallest legacy type with at least `bits` bits, quantized by gguf's reference code (lossy)."""
+    from gguf import GGMLQuantizationType as T
+    from gguf import quants
+
+    name = ("Q4_1" if asym else "Q4_0") if bits <= 4 else ("Q5_1" if asym else "Q5_0") if bits <= 5 else "Q8_0"
+    return name, quants.quantize(w.float().numpy(), T[name])
+
+
+def dequantize(data: np.ndarray, qtype: str) -> np.ndarray:
+    from gguf import GGMLQuantizationType as T
+    from gguf import quants
+
+    return quants.dequantize(data, T[qtype])

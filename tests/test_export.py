@@ -1,0 +1,218 @@
+"""GGUF export: exact block packing, every kind of result, the file read back by gguf and llama.cpp."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from layerwise.cli import main
+from layerwise.export.ggml_blocks import Codes, dequantize, exact_type, pack_exact
+from layerwise.quant.base import QuantSpec, find_params, quantize_col
+
+
+def codes_of(w: torch.Tensor, bits: int, group: int, sym: bool, act_order: bool = False) -> Codes:
+    spec = QuantSpec(bits, group, sym, min_zero=1)
+    cols = w.shape[1]
+    g = spec.group(cols)
+    g_idx = torch.arange(cols) // g
+    if act_order:      # columns visited in another order: the group of a column is not col // g
+        g_idx = g_idx[torch.randperm(cols, generator=torch.Generator().manual_seed(0))]
+    S, Z = [], []
+    for j in range(spec.groups(cols)):
+        s, z = find_params(w[:, g_idx == j], spec)
+        S.append(s)
+        Z.append(z)
+    S, Z = torch.stack(S, 1), torch.stack(Z, 1)
+    q = quantize_col(w, S[:, g_idx], Z[:, g_idx], spec.maxq).long()
+    return Codes(q, S, Z, g_idx, bits)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(2, 8), group=st.sampled_from([32, 64, 128, -1]), sym=st.booleans(),
+       rows=st.integers(1, 5), blocks=st.integers(1, 8), seed=st.integers(0, 10_000))
+def test_block_packing_is_exact_under_ggufs_own_dequantizer(bits, group, sym, rows, blocks, seed):
+    cols = 32 * blocks
+    if group > 0 and cols % group:
+        group = 32
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.1
+    c = codes_of(w, bits, group, sym)
+    t = exact_type(c)
+    mid = bool((c.zeros == 2 ** (bits - 1)).all())      # an asymmetric grid may land on the midpoint
+    if not mid and bits == 8:
+        assert t is None
+        return
+    assert t == ("Q4_0" if mid and bits <= 4 else "Q5_0" if mid and bits == 5 else "Q8_0")
+    back = dequantize(pack_exact(c, t), t)
+    assert np.array_equal(back.reshape(rows, cols), c.dequantize().numpy())
+
+
+def test_act_order_and_ragged_rows_are_not_exact():
+    w = torch.randn(4, 128)
+    assert exact_type(codes_of(w, 4, 32, True, act_order=True)) is None
+    assert exact_type(codes_of(torch.randn(4, 80), 4, -1, True)) is None
+
+
+def read_gguf(path):
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    fields = {}
+    for k, f in r.fields.items():
+        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY and len(f.types) > 1 \
+                and f.types[1] != gguf.GGUFValueType.STRING:
+            fields[k] = [int(f.parts[i][0]) for i in f.data]
+        elif f.types and f.types[0] in (gguf.GGUFValueType.UINT32, gguf.GGUFValueType.INT32):
+            fields[k] = int(f.parts[f.data[0]][0])
+        elif f.types and f.types[0] == gguf.GGUFValueType.STRING:
+            fields[k] = bytes(f.parts[f.data[0]]).decode()
+    return r, fields
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A 4-bit group-32 RTN result, a mixed 8/4-bit GPTQ result (group 128) and a per-layer width result."""
+    root = tmp_path_factory.mktemp("results")
+    base = ["--nsamples", "8", "--seqlen", "64"]
+    assert main(["quantize", "zoo:llama-12l", "--bits", "4", "--high", "4", "--low", "4", "--group-size", "32",
+                 "--out", str(root / "q4")] + base) == 0
+    assert main(["quantize", "zoo:llama-12l", "--bits", "6", "--high", "8", "--low", "4", "--order", "lim",
+                 "--quantizer", "gptq", "--out", str(root / "mixed")] + base) == 0
+    assert main(["width", "zoo:llama-12l", "--keep-params", "0.7", "--adaptive", "--nsamples", "8",
+                 "--out", str(root / "width")]) == 0
+    assert main(["depth", "zoo:llama-12l", "--remove", "2", "--select", "bi", "--nsamples", "8",
+                 "--out", str(root / "depth")]) == 0
+    return root
+
+
+@pytest.mark.parametrize("name", ["q4", "mixed"])
+def test_quantized_codes_are_exact_in_the_file(results, tmp_path, name):
+    from layerwise import load
+    from layerwise.export import export
+
+    out = tmp_path / f"{name}.gguf"
+    res = export(str(results / name), "gguf", out, float_type="f32")
+    quant = [r for r in res.records if r.source == "codes"]
+    assert len(quant) == 84 and all(r.exact and r.max_abs_error == 0 for r in quant)
+    types = {r.type for r in quant}
+    assert types == ({"Q4_0"} if name == "q4" else {"Q4_0", "Q8_0"})
+    # independently: gguf's reader + dequantizer against the layerwise-loaded model, q/k un-permuted
+    reader, fields = read_gguf(out)
+    model = load(str(results / name)).model
+    t = {x.name: x for x in reader.tensors}["blk.3.ffn_down.weight"]
+    back = dequantize(np.asarray(t.data), t.tensor_type.name).reshape(128, 384)
+    assert np.array_equal(back, model.model.layers[3].mlp.down_proj.weight.detach().numpy())
+    report = json.loads(out.with_suffix(".gguf.json").read_text())
+    assert report["exact_codes"] == 84 and report["requantized"] == []
+
+
+def test_width_and_depth_results_carry_their_shapes(results, tmp_path):
+    from layerwise import load
+    from layerwise.export import export
+
+    m = load(str(results / "width")).model
+    res = export(str(results / "width"), "gguf", tmp_path / "w.gguf", float_type="f32")
+    assert all(r.exact for r in res.records)
+    _, f = read_gguf(tmp_path / "w.gguf")
+    ff = [layer.mlp.down_proj.in_features for layer in m.model.layers]
+    kv = [layer.self_attn.k_proj.out_features // 32 for layer in m.model.layers]
+    assert f["llama.feed_forward_length"] == (ff if len(set(ff)) > 1 else ff[0])
+    assert f["llama.attention.head_count_kv"] == (kv if len(set(kv)) > 1 else kv[0])
+    export(str(results / "depth"), "gguf", tmp_path / "d.gguf")
+    _, f = read_gguf(tmp_path / "d.gguf")
+    assert f["llama.block_count"] == 10 and f["tokenizer.ggml.pre"] == "gpt-2"
+
+
+def test_ragged_and_act_order_results_are_reported_not_silently_exact(tmp_path):
+    """llama-tiny's MLP (344 channels) cannot be blocked; act-order codes are requantized, both reported."""
+    from layerwise.export import export
+
+    q = tmp_path / "q"
+    assert main(["quantize", "zoo:llama-tiny", "--bits", "4", "--high", "4", "--low", "4", "--quantizer", "gptq",
+                 "--act-order", "--group-size", "32", "--nsamples", "8", "--seqlen", "64", "--out", str(q)]) == 0
+    res = export(str(q), "gguf", tmp_path / "q.gguf")
+    down = [r for r in res.records if "down_proj" in r.name]
+    assert down and all(r.type == "F16" and "multiple of 32" in r.note for r in down)
+    others = [r for r in res.records if r.source == "codes" and "down_proj" not in r.name]
+    assert others and all(r.type == "Q4_0" and not r.exact and r.max_abs_error > 0 for r in others)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--format", "onnx"], "unknown export format"),
+    (["--float-type", "q3_k"], "--float-type"),
+    (["--out", "OUT/x.onnx"], ".gguf"),
+])
+def test_cli_bad_input(args, needle, tmp_path, capsys):
+    args = [a.replace("OUT", str(tmp_path)) for a in args]
+    code = main(["export", "zoo:llama-tiny"] + args)
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unsupported_models_and_outputs_are_one_line_errors(tiny_dirs, tmp_path, capsys):
+    from conftest import tree_hash
+
+    before = tree_hash(tiny_dirs["llama"])
+    code = main(["export", str(tiny_dirs["gpt2"]), "--out", str(tmp_path / "g.gguf")])
+    assert code == 2 and "not 'gpt2'" in capsys.readouterr().err
+    code = main(["export", str(tiny_dirs["llama"]), "--out", str(tiny_dirs["llama"] / "m.gguf")])
+    assert code == 2 and "inside the model" in capsys.readouterr().err
+    assert tree_hash(tiny_dirs["llama"]) == before
+    (tmp_path / "x.gguf").write_text("keep me")
+    code = main(["export", str(tiny_dirs["llama"]), "--out", str(tmp_path / "x.gguf")])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "x.gguf").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.gguf"]
+
+
+def test_a_token_routed_model_is_refused(tmp_path, capsys):
+    out = tmp_path / "routed"
+    assert main(["tokens", "zoo:filler-lm", "--method", "static", "--schedule", "uniform", "--sparsity", "0.3",
+                 "--out", str(out)]) == 0
+    code = main(["export", str(out), "--out", str(tmp_path / "r.gguf")])
+    assert code == 2 and "token-routed" in capsys.readouterr().err
+    assert not (tmp_path / "r.gguf").exists()
+
+
+# --- llama.cpp itself (llama-cpp-python is part of the dev install) ---------------------------------------
+
+def _have_llamacpp() -> bool:
+    from layerwise.export.llamacpp import available
+
+    return available()
+
+
+needs_llamacpp = pytest.mark.skipif(not _have_llamacpp(), reason="llama-cpp-python is not installed")
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("name, tol", [("dense", 1e-3), ("q4", 1e-3), ("mixed", 1e-3), ("width", 1e-3),
+                                       ("depth", 1e-3)])
+def test_llamacpp_computes_the_same_logits(results, tmp_path, name, tol):
+    from layerwise import load
+    from layerwise.export import export
+    from layerwise.export.llamacpp import compare
+
+    src = "zoo:llama-12l" if name == "dense" else str(results / name)
+    out = tmp_path / f"{name}.gguf"
+    export(src, "gguf", out, float_type="f32")
+    model = load(src).model
+    ids = torch.randint(1, 4096, (2, 48), generator=torch.Generator().manual_seed(0))
+    r = compare(model, out, ids)
+    assert r["top1_agreement"] >= 0.99, r
+    assert r["max_abs_diff"] <= tol * max(1.0, r["max_abs_logit"]), r
+
+
+@needs_llamacpp
+def test_a_corrupt_gguf_is_a_one_line_error(tmp_path):
+    from layerwise.errors import ConfigError
+    from layerwise.export.llamacpp import LlamaCpp
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ConfigError, match="cannot load"):
+        LlamaCpp(bad)
