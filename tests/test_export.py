@@ -216,3 +216,71 @@ def test_a_corrupt_gguf_is_a_one_line_error(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(ConfigError, match="cannot load"):
         LlamaCpp(bad)
+
+
+# --- compressed-tensors -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mixed_248(results, tmp_path_factory):
+    """A hand-edited plan: blocks 0-3 at 8 bits, 4-7 at 4, 8-11 at 2 (group 32, RTN)."""
+    from layerwise.plan import Plan
+
+    tmp_path = tmp_path_factory.mktemp("q248")
+    plan = Plan.load(results / "q4" / "plan.json")
+    for r in plan.rows:
+        r.bits = 8 if r.block < 4 else 4 if r.block < 8 else 2
+    plan.save(tmp_path / "plan248.json")
+    out = tmp_path / "q248"
+    assert main(["quantize", "zoo:llama-12l", "--plan", str(tmp_path / "plan248.json"), "--nsamples", "8",
+                 "--seqlen", "64", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name, runtime", [("q4", "vllm"), ("mixed", "vllm"), ("248", "transformers")])
+def test_compressed_tensors_reload_in_transformers_is_exact(results, mixed_248, tmp_path, name, runtime):
+    from transformers import AutoModelForCausalLM
+
+    from layerwise import load
+
+    src = mixed_248 if name == "248" else results / name
+    out = tmp_path / f"{name}-ct"
+    assert main(["export", str(src), "--format", "compressed-tensors", "--runtime", runtime, "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    bits = sorted({g["weights"]["num_bits"] for g in cfg["config_groups"].values()})
+    assert bits == {"q4": [4], "mixed": [4, 8], "248": [2, 4, 8]}[name]
+    stock = AutoModelForCausalLM.from_pretrained(out).eval()
+    ours = load(str(src)).model
+    theirs = dict(stock.named_parameters())
+    for n, p in ours.named_parameters():
+        if n in theirs:          # the float tensors; quantized linears are held compressed and checked by logits
+            assert torch.equal(p, theirs[n]), n
+    x = torch.randint(0, 4096, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=x).logits, stock(input_ids=x).logits)
+
+
+def test_compressed_tensors_refuses_what_vllm_cannot_run(mixed_248, tmp_path, capsys):
+    src = mixed_248
+    code = main(["export", str(src), "--format", "compressed-tensors", "--out", str(tmp_path / "v")])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 bits" in err and "--runtime transformers" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "v").exists()
+    code = main(["export", "zoo:llama-tiny", "--format", "compressed-tensors", "--out", str(tmp_path / "d")])
+    assert code == 2 and "not a quantized result" in capsys.readouterr().err
+
+
+def test_fused_sets_need_one_width_for_vllm(results, tmp_path, capsys):
+    from layerwise.plan import Plan
+
+    plan = Plan.load(results / "q4" / "plan.json")
+    for r in plan.rows:
+        r.bits = 8 if r.name.endswith("k_proj") else 4
+    plan.save(tmp_path / "p.json")
+    src = tmp_path / "qk8"
+    assert main(["quantize", "zoo:llama-12l", "--plan", str(tmp_path / "p.json"), "--nsamples", "8",
+                 "--seqlen", "64", "--out", str(src)]) == 0
+    code = main(["export", str(src), "--format", "compressed-tensors", "--out", str(tmp_path / "v")])
+    err = capsys.readouterr().err
+    assert code == 2 and "fused by vLLM" in err, err
+    assert main(["export", str(src), "--format", "compressed-tensors", "--runtime", "transformers",
+                 "--out", str(tmp_path / "t")]) == 0

@@ -22,16 +22,17 @@ def how_it_loads(directory: Path) -> str:
 
 @torch.no_grad()
 def check_reload(model: nn.Module, directory: Path, inputs: dict | None = None, what: str = "saved model",
-                 dtype: torch.dtype | None = None) -> str:
-    """Load `directory` and compare its outputs on `inputs` (default: the adapter's example inputs)
-    with `model`'s, bit for bit. Returns the line the manifest records."""
+                 dtype: torch.dtype | None = None, loader=None) -> str:
+    """Load `directory` (with `loader(path)`, default layerwise's loader) and compare its outputs on
+    `inputs` (default: the adapter's example inputs) with `model`'s, bit for bit. Returns the line the
+    manifest records."""
     from .load import load_dir
 
     directory = Path(directory)
     if inputs is None:
         inputs = get_adapter(model).example_inputs(batch=2, length=32)
     dtype = dtype or next(p for p in model.parameters() if not p.is_meta).dtype
-    back, _ = load_dir(directory, dtype=dtype)
+    back = loader(directory) if loader is not None else load_dir(directory, dtype=dtype)[0]
     was_training = model.training
     model.eval()
     try:
@@ -43,7 +44,8 @@ def check_reload(model: nn.Module, directory: Path, inputs: dict | None = None, 
         diff = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
         raise LayerwiseError(f"the {what} does not reproduce the in-memory outputs (max diff {diff:.3g}); "
                              f"nothing was written")
-    return f"{how_it_loads(directory)} reload: outputs identical to the in-memory model"
+    how = "stock from_pretrained" if loader is not None else how_it_loads(directory)
+    return f"{how} reload: outputs identical to the in-memory model"
 
 
 @torch.no_grad()

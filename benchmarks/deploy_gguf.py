@@ -1,0 +1,206 @@
+"""Where compressed models run: transformers fp32 / bf16 against llama.cpp on GGUF files that
+`layerwise export` wrote (F32, F16, and the Q8_0 / Q5_0 / Q4_0 / mixed Q8_0+Q4_0 results of
+`layerwise quantize --group-size 32`, whose codes the file holds exactly).
+
+Speed (a random-weight Llama of realistic width, and zoo:llama-12l): prompt tokens/s (one prompt of
+`--prompt` tokens) and generation tokens/s (`--new` greedy steps with the KV cache, the prompt
+excluded), every variant measured once per round, rounds repeated, medians; 2 threads everywhere.
+Quality (zoo:llama-12l only: random weights have none): perplexity through llama.cpp on the same
+validation windows, the logits difference to layerwise's own model, and the mixed 8/4-bit plan against
+uniform 5-bit (Q5_0) at equal file size.
+
+    python benchmarks/deploy_gguf.py [--hidden 1024 --layers 16] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common import md_table, update_section  # noqa: E402
+
+# name, quantize arguments (None = the dense model), export float type
+VARIANTS = [
+    ("F32", None, "f32"),
+    ("F16", None, "f16"),
+    ("Q8_0", ["--bits", "8", "--high", "8", "--low", "8"], "f16"),
+    ("Q5_0", ["--bits", "5", "--high", "5", "--low", "5"], "f16"),
+    ("mixed Q8_0/Q4_0 (5 bits, LIM order)", ["--bits", "5", "--high", "8", "--low", "4", "--order", "lim"], "f16"),
+    ("Q4_0", ["--bits", "4", "--high", "4", "--low", "4"], "f16"),
+]
+
+
+def random_model(root: Path, hidden, layers, heads, kv, mlp) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from layerwise import zoo
+
+    tok = zoo.load_tokenizer("llama-12l")
+    cfg = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, intermediate_size=mlp, vocab_size=len(tok),
+                      max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(cfg).eval()
+    d = root / "random"
+    m.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def build_files(src: str, root: Path) -> dict[str, Path]:
+    from layerwise.cli import main
+    from layerwise.export import export
+
+    files = {}
+    for name, qargs, ftype in VARIANTS:
+        model = src
+        if qargs is not None:
+            model = str(root / name.split()[0].replace("/", "_"))
+            assert main(["quantize", src, "--group-size", "32", "--nsamples", "16", "--seqlen", "128",
+                         "--out", model] + qargs) == 0
+        out = root / f"{name.split()[0].replace('/', '_')}.gguf"
+        export(model, "gguf", out, float_type=ftype)
+        files[name] = (out, model)
+    return files
+
+
+@torch.no_grad()
+def hf_speed(model, prompt: torch.Tensor, new: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    out = model(input_ids=prompt, use_cache=True)
+    t1 = time.perf_counter()
+    past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    t2 = time.perf_counter()
+    for _ in range(new):
+        out = model(input_ids=tok, past_key_values=past, use_cache=True)
+        past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return t1 - t0, time.perf_counter() - t2
+
+
+def speed(src: str, files: dict, prompt_len: int, new: int, repeats: int) -> list[dict]:
+    from layerwise import load
+    from layerwise.export.llamacpp import LlamaCpp
+
+    fp32 = load(src).model.eval()
+    bf16 = load(src).model.to(torch.bfloat16).eval()
+    vocab = fp32.config.vocab_size
+    prompt = torch.randint(1, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    runs = {name: LlamaCpp(f, n_ctx=prompt_len + new + 8, threads=2) for name, (f, _) in files.items()}
+    times: dict[str, dict[str, list]] = {k: {"p": [], "g": []} for k in ["transformers fp32", "transformers bf16",
+                                                                        *runs]}
+    ids = prompt[0].tolist()
+    for r in range(repeats + 1):           # round 0 warms every runtime up
+        for name in times:
+            if name.startswith("transformers"):
+                p, g = hf_speed(fp32 if "fp32" in name else bf16, prompt, new)
+            else:
+                p, g = runs[name].prompt_seconds(ids), runs[name].generate_seconds(ids, new)
+            if r:
+                times[name]["p"].append(p)
+                times[name]["g"].append(g)
+        print(f"round {r} done", flush=True)
+    rows = []
+    for name, t in times.items():
+        size = files[name][0].stat().st_size if name in files else None
+        rows.append({"runtime": name, "prompt_tok_s": prompt_len / statistics.median(t["p"]),
+                     "gen_tok_s": new / statistics.median(t["g"]), "file_mb": size / 2**20 if size else None})
+    for run in runs.values():
+        run.close()
+    base = {k: next(r for r in rows if r["runtime"] == k) for k in ("transformers fp32", "transformers bf16")}
+    for r in rows:
+        r["gen_vs_fp32"] = r["gen_tok_s"] / base["transformers fp32"]["gen_tok_s"]
+        r["gen_vs_bf16"] = r["gen_tok_s"] / base["transformers bf16"]["gen_tok_s"]
+        r["prompt_vs_fp32"] = r["prompt_tok_s"] / base["transformers fp32"]["prompt_tok_s"]
+    return rows
+
+
+@torch.no_grad()
+def quality(files: dict, windows: int, seqlen: int) -> list[dict]:
+    from layerwise import load, zoo
+    from layerwise.data.tokens import eval_windows
+    from layerwise.export.llamacpp import LlamaCpp
+
+    ids = eval_windows("stdlib", zoo.load_tokenizer("llama-12l"), seqlen, "validation", windows)
+    rows = []
+    for name, (f, model_dir) in files.items():
+        model = load(model_dir).model.eval()
+        run = LlamaCpp(f, n_ctx=seqlen + 8, threads=2)
+        nll_cpp, nll_lw, diff, agree = [], [], 0.0, []
+        for row in ids:
+            ref = torch.log_softmax(model(input_ids=row[None]).logits[0].float(), -1)
+            got = torch.log_softmax(torch.from_numpy(run.logits(row.tolist())), -1)
+            tgt = row[1:]
+            nll_lw.append(float(-ref[:-1].gather(-1, tgt[:, None]).mean()))
+            nll_cpp.append(float(-got[:-1].gather(-1, tgt[:, None]).mean()))
+            diff = max(diff, float((got - ref).abs().max()))
+            agree.append(float((got.argmax(-1) == ref.argmax(-1)).float().mean()))
+        run.close()
+        rows.append({"variant": name, "file_mb": f.stat().st_size / 2**20,
+                     "ppl_llamacpp": float(np.exp(np.mean(nll_cpp))), "ppl_layerwise": float(np.exp(np.mean(nll_lw))),
+                     "max_logprob_diff": diff, "top1_agreement": float(np.mean(agree))})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def speed_table(rows) -> str:
+    return md_table(["runtime", "file MiB", "prompt tok/s", "generation tok/s", "prompt vs fp32",
+                     "generation vs fp32", "generation vs bf16"],
+                    [[r["runtime"], "" if r["file_mb"] is None else r["file_mb"], r["prompt_tok_s"], r["gen_tok_s"],
+                      r["prompt_vs_fp32"], r["gen_vs_fp32"], r["gen_vs_bf16"]] for r in rows])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--kv", type=int, default=4)
+    ap.add_argument("--mlp", type=int, default=3072)
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--windows", type=int, default=32)
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        big = random_model(root, a.hidden, a.layers, a.heads, a.kv, a.mlp)
+        params = sum(p.numel() for p in __import__("layerwise").load(str(big)).model.parameters())
+        (root / "r").mkdir()
+        out["random"] = speed(str(big), build_files(str(big), root / "r"), a.prompt, a.new, a.repeats)
+        out["params"] = params
+        (root / "z").mkdir()
+        files = build_files("zoo:llama-12l", root / "z")
+        out["llama12l"] = speed("zoo:llama-12l", files, a.prompt, a.new, a.repeats)
+        out["quality"] = quality(files, a.windows, 256)
+    body = (f"Random-weight Llama, {out['params'] / 1e6:.0f}M parameters (hidden {a.hidden}, {a.layers} blocks, "
+            f"{a.heads}/{a.kv} heads, MLP {a.mlp}); prompt {a.prompt} tokens, {a.new} generated; medians of "
+            f"{a.repeats} rounds (each runtime once per round) after a warm-up round; llama.cpp through "
+            "llama-cpp-python 0.3.36 (built from source here), 2 threads:\n\n" + speed_table(out["random"])
+            + "\n\n`zoo:llama-12l` (3.4M parameters: the head and dispatch dominate):\n\n" + speed_table(out["llama12l"])
+            + f"\n\nQuality on `zoo:llama-12l`, {a.windows} validation windows × 256 tokens, llama.cpp vs layerwise's "
+            "own model of the same result:\n\n"
+            + md_table(["variant", "file MiB", "perplexity (llama.cpp)", "perplexity (layerwise)",
+                        "max |Δ log-prob|", "top-1 agreement"],
+                       [[q["variant"], q["file_mb"], q["ppl_llamacpp"], q["ppl_layerwise"], q["max_logprob_diff"],
+                         q["top1_agreement"]] for q in out["quality"]]))
+    print(body)
+    if not a.no_write:
+        res = Path(__file__).resolve().parent / "results" / "deploy_gguf.json"
+        res.write_text(json.dumps(out, indent=1))
+        update_section("deploy_gguf", body, "Deployment: GGUF in llama.cpp vs transformers fp32 / bf16")
+
+
+if __name__ == "__main__":
+    main()
