@@ -119,8 +119,9 @@ def test_width_and_depth_results_carry_their_shapes(results, tmp_path):
     _, f = read_gguf(tmp_path / "w.gguf")
     ff = [layer.mlp.down_proj.in_features for layer in m.model.layers]
     kv = [layer.self_attn.k_proj.out_features // 32 for layer in m.model.layers]
-    assert f["llama.feed_forward_length"] == (ff if len(set(ff)) > 1 else ff[0])
-    assert f["llama.attention.head_count_kv"] == (kv if len(set(kv)) > 1 else kv[0])
+    assert len(set(ff)) > 1 and f["general.architecture"] == "deci"    # llama.cpp's per-block-width Llama
+    assert f["deci.feed_forward_length"] == ff
+    assert f["deci.attention.head_count_kv"] == (kv if len(set(kv)) > 1 else kv[0])
     export(str(results / "depth"), "gguf", tmp_path / "d.gguf")
     _, f = read_gguf(tmp_path / "d.gguf")
     assert f["llama.block_count"] == 10 and f["tokenizer.ggml.pre"] == "gpt-2"
@@ -190,9 +191,11 @@ needs_llamacpp = pytest.mark.skipif(not _have_llamacpp(), reason="llama-cpp-pyth
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("name, tol", [("dense", 1e-3), ("q4", 1e-3), ("mixed", 1e-3), ("width", 1e-3),
+@pytest.mark.parametrize("name, tol", [("dense", 1e-3), ("q4", 3e-2), ("mixed", 3e-2), ("width", 1e-3),
                                        ("depth", 1e-3)])
 def test_llamacpp_computes_the_same_logits(results, tmp_path, name, tol):
+    """The weights are identical; what differs is arithmetic: float32 accumulation order, and for Q4_0 /
+    Q8_0 llama.cpp's CPU kernels, which round the activations to 8-bit blocks before each dot product."""
     from layerwise import load
     from layerwise.export import export
     from layerwise.export.llamacpp import compare
@@ -203,8 +206,8 @@ def test_llamacpp_computes_the_same_logits(results, tmp_path, name, tol):
     model = load(src).model
     ids = torch.randint(1, 4096, (2, 48), generator=torch.Generator().manual_seed(0))
     r = compare(model, out, ids)
-    assert r["top1_agreement"] >= 0.99, r
     assert r["max_abs_diff"] <= tol * max(1.0, r["max_abs_logit"]), r
+    assert r["top1_agreement"] >= 0.97 and r["flip_margin"] <= 2 * r["max_abs_diff"], r
 
 
 @needs_llamacpp

@@ -20,6 +20,8 @@ def eval_cmd(
                                             "(LMs) or embedding cosine (encoders)."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory or zoo:NAME if the model has none."),
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
+    no_bf16: bool = typer.Option(False, "--no-bf16", help="Skip the bfloat16 baseline speed (an fp32 model is "
+                                 "also timed as a bf16 copy: what users deploy on CPUs with bf16 support)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
 ):
     """Perplexity, agreement with a reference, embedding fidelity and speed of a model.
@@ -39,7 +41,7 @@ def eval_cmd(
     lm = load_model(model, tokenizer=tokenizer)
     ref = load_model(reference, tokenizer=tokenizer) if reference else None
     rep = evaluate(lm, data=data, split=split, seqlen=seqlen, max_windows=max_windows, batch_size=batch_size,
-                   reference=ref, speed=not no_speed)
+                   reference=ref, speed=not no_speed, bf16=not no_bf16)
     if as_json:
         print_json(rep.to_dict())
     else:

@@ -30,13 +30,15 @@ class EvalReport:
     agreement: AgreementResult | None = None
     embedding: EmbeddingResult | None = None
     speed: SpeedResult | None = None
+    speed_bf16: SpeedResult | None = None      # the same model cast to bfloat16: the baseline users deploy
     reference: str | None = None
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("perplexity", "agreement", "embedding", "speed")}
-        for k in ("perplexity", "agreement", "embedding", "speed"):
+        parts = ("perplexity", "agreement", "embedding", "speed", "speed_bf16")
+        d = {k: v for k, v in self.__dict__.items() if k not in parts}
+        for k in parts:
             v = getattr(self, k)
             d[k] = v.to_dict() if v is not None else None
         return d
@@ -67,6 +69,13 @@ class EvalReport:
             if s.decode_tokens_per_s:
                 r.append(("decode", f"{s.decode_tokens_per_s:,.1f} tokens/s ({s.decode_len} greedy steps, KV cache)"))
             r.append(("peak RSS", f"{s.peak_rss_mb:,.0f} MB  ({s.device}, {s.threads} threads)"))
+        if self.speed and self.speed_bf16:
+            s, b = self.speed, self.speed_bf16
+            r.append(("bf16 copy: prefill", f"{b.prefill_tokens_per_s:,.0f} tokens/s "
+                      f"({b.prefill_tokens_per_s / s.prefill_tokens_per_s:.2f}x the model as loaded)"))
+            if b.decode_tokens_per_s and s.decode_tokens_per_s:
+                r.append(("bf16 copy: decode", f"{b.decode_tokens_per_s:,.1f} tokens/s "
+                          f"({b.decode_tokens_per_s / s.decode_tokens_per_s:.2f}x)"))
         r.append(("evaluation time", f"{self.seconds:.1f} s"))
         return r
 
@@ -85,7 +94,7 @@ def _as_loaded(model) -> LoadedModel:
 
 def evaluate(model, data: str = "stdlib", split: str = "validation", seqlen: int = 256,
              max_windows: int | None = None, batch_size: int = 8, reference=None, tokenizer=None,
-             speed: bool = True, max_texts: int = 256) -> EvalReport:
+             speed: bool = True, max_texts: int = 256, bf16: bool = True) -> EvalReport:
     """Evaluate `model` (a `LoadedModel`, a `zoo:`/path/hub spec, or an `nn.Module` with `tokenizer`)."""
     t0 = time.perf_counter()
     count("--batch-size", batch_size)
@@ -118,6 +127,12 @@ def evaluate(model, data: str = "stdlib", split: str = "validation", seqlen: int
             sample = windows[:1]
             if speed:
                 report.speed = measure_speed(net, sample, causal=True)
+                if bf16 and next(net.parameters()).dtype == torch.float32:
+                    import copy
+
+                    half = copy.deepcopy(net).to(torch.bfloat16).eval()
+                    report.speed_bf16 = measure_speed(half, sample, causal=True)
+                    del half
         else:
             texts = texts_for_encoder(corpus.split(split), max_texts=max_texts)
             if ref is not None:

@@ -89,6 +89,13 @@ def _rotary_order(n_heads: int, head_dim: int) -> torch.Tensor:
     return torch.arange(n_heads * head_dim).view(n_heads, 2, head_dim // 2).transpose(1, 2).reshape(-1)
 
 
+def _per_block_widths(model) -> bool:
+    from ..models.adapters.layout import layouts
+
+    lays = layouts(model)
+    return len({(lay.intermediate, lay.kv_heads, lay.rep) for lay in lays}) > 1
+
+
 def _check_model(model, path) -> tuple[str, bool]:
     if hasattr(model, "_layerwise_tokens"):
         raise ConfigError(f"{path} is token-routed; GGUF (llama.cpp) has no token routing — export the dense model")
@@ -98,7 +105,15 @@ def _check_model(model, path) -> tuple[str, bool]:
     rope = getattr(model.config, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise ConfigError(f"rope type {rope.get('rope_type')!r} is not exported to GGUF yet (default rotary only)")
-    return ARCHES[mt]
+    arch, permute = ARCHES[mt]
+    if _per_block_widths(model):
+        # llama.cpp's llama/qwen2 graphs size every block from one width; its `deci` architecture (Llama
+        # blocks with per-block head and MLP counts, as in Nemotron-NAS) reads them per block
+        if arch != "llama":
+            raise ConfigError(f"per-block widths are exported for Llama-family models only (llama.cpp's deci "
+                              f"architecture), not {mt!r}")
+        arch = "deci"
+    return arch, permute
 
 
 def _hparams(writer, model, arch: str) -> None:

@@ -36,8 +36,35 @@ def _quiet_stderr():
         os.close(null)
 
 
+@contextmanager
+def _model_params(extra_buffers: bool):
+    """llama-cpp-python has no argument for `use_extra_bufts`; set it in the defaults it reads."""
+    import llama_cpp.llama as api
+
+    orig = api.llama_cpp.llama_model_default_params
+
+    def params():
+        p = orig()
+        p.use_extra_bufts = extra_buffers
+        return p
+
+    api.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        api.llama_cpp.llama_model_default_params = orig
+
+
 class LlamaCpp:
-    def __init__(self, path: str | os.PathLike, n_ctx: int = 1024, threads: int | None = None, batch: int = 512):
+    """One GGUF loaded in llama.cpp.
+
+    `extra_buffers=False` (default) keeps quantized weights in llama.cpp's plain CPU buffers: its
+    AMX buffer type (chosen on CPUs that report AMX, like this project's machine) crashes with a
+    segmentation fault in our sandbox for every Q4_0/Q8_0 model we tried, hidden 128 to 1024.
+    Pass True on a machine where it works, for the repacked kernels."""
+
+    def __init__(self, path: str | os.PathLike, n_ctx: int = 1024, threads: int | None = None, batch: int = 512,
+                 extra_buffers: bool = False):
         if not available():
             raise ConfigError("llama.cpp is not installed: pip install llama-cpp-python==0.3.36")
         from llama_cpp import Llama
@@ -45,7 +72,7 @@ class LlamaCpp:
         if not Path(path).exists():
             raise ConfigError(f"GGUF file {path} does not exist")
         threads = threads or torch.get_num_threads()
-        with _quiet_stderr():
+        with _quiet_stderr(), _model_params(extra_buffers):
             try:
                 self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                                  n_batch=batch, n_ubatch=batch, logits_all=True, verbose=False)
@@ -81,19 +108,25 @@ class LlamaCpp:
 
 @torch.no_grad()
 def compare(model, gguf_path, ids: torch.Tensor) -> dict:
-    """llama.cpp vs layerwise logits on the same token ids [B, n]: max |Δ| and top-1 agreement."""
+    """llama.cpp vs layerwise logits on the same token ids [B, n]: max |Δ|, top-1 agreement, and the
+    largest layerwise margin between the two top-1 choices where they differ (a flip between near-ties
+    is float rounding; a flip over a large margin is a wrong model)."""
     run = LlamaCpp(gguf_path, n_ctx=max(64, ids.shape[1]))
-    diffs, agree, total = [], 0, 0
+    diffs, agree, total, flip_margin = [], 0, 0, 0.0
     try:
         for row in ids:
             ref = model(input_ids=row[None]).logits[0].float().numpy()
             got = run.logits(row.tolist())
             diffs.append(float(np.abs(got - ref).max()))
-            agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
+            a, b = got.argmax(-1), ref.argmax(-1)
+            agree += int((a == b).sum())
             total += ref.shape[0]
+            rows = np.nonzero(a != b)[0]
+            if rows.size:
+                flip_margin = max(flip_margin, float((ref[rows, b[rows]] - ref[rows, a[rows]]).max()))
     finally:
         run.close()
-    return {"max_abs_diff": max(diffs), "top1_agreement": agree / total,
+    return {"max_abs_diff": max(diffs), "top1_agreement": agree / total, "flip_margin": flip_margin,
             "max_abs_logit": float(model(input_ids=ids[:1]).logits.abs().max())}
 
 
