@@ -29,6 +29,7 @@ from . import evaluate as _evaluate  # noqa: F401
 from . import export as _export  # noqa: F401
 from . import prune as _prune  # noqa: F401
 from . import quantize as _quantize  # noqa: F401
+from . import report as _report  # noqa: F401
 from . import methods as _methods  # noqa: F401
 from . import run as _run  # noqa: F401
 from . import tokens as _tokens  # noqa: F401

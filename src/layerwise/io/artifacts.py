@@ -195,6 +195,10 @@ class Artifact:
         """Rename the partial directory into place. `check(out)` runs after the swap when the source
         model is being replaced; the backup is restored if it fails."""
         backup = self.parent / f".{self.out.name}.backup"
+        if (self.partial / "manifest.json").exists() or (self.partial / "report.md").exists():
+            from .html import write_html
+
+            write_html(self.partial)
         try:
             if self.out.exists():
                 shutil.rmtree(backup, ignore_errors=True)
