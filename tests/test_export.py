@@ -287,3 +287,17 @@ def test_fused_sets_need_one_width_for_vllm(results, tmp_path, capsys):
     assert code == 2 and "fused by vLLM" in err, err
     assert main(["export", str(src), "--format", "compressed-tensors", "--runtime", "transformers",
                  "--out", str(tmp_path / "t")]) == 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--target", "gguf", "--high", "4", "--low", "2"], "--high/--low 2"),
+    (["--target", "gguf", "--high", "8", "--low", "4", "--group-size", "100"], "multiple of 32"),
+    (["--target", "compressed-tensors", "--bits", "6", "--high", "8", "--low", "5"], "4/8-bit grids"),
+    (["--target", "gguf", "--high", "4", "--low", "4", "--asym"], "symmetric"),
+    (["--target", "onnx"], "--target must be one of"),
+])
+def test_quantize_target_refuses_grids_the_runtime_cannot_hold(args, needle, tmp_path, capsys):
+    code = main(["quantize", "zoo:llama-tiny", "--out", str(tmp_path / "o")] + args)
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()

@@ -77,6 +77,7 @@ class QuantizeStage(_Strict):
     act_order: bool = False
     targets: list[str] | None = None
     ignore: list[str] | None = None
+    target: str | None = None
 
     _q = field_validator("quantizer")(lambda v: _registered("layerwise.quant:QUANTIZERS", v))
 

@@ -23,6 +23,8 @@ def quantize_cmd(
     group_size: int = typer.Option(128, help="Columns per scale group (-1 = per output channel)."),
     asym: bool = typer.Option(False, "--asym", help="Asymmetric grid with zero points (default symmetric)."),
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: visit columns by decreasing Hessian diagonal."),
+    target: Optional[str] = typer.Option(None, "--target", help="Runtime the result is for: gguf (4/5/8 bits, "
+                                         "groups of 32·k) | compressed-tensors (4/8 bits); refuses other grids."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (GPTQ format + dequantized/)."),
     calib: str = typer.Option("stdlib", "--calib", help="Calibration corpus."),
     nsamples: int = typer.Option(128, help="Calibration sequences."),
@@ -52,7 +54,7 @@ def quantize_cmd(
                    sym=not asym, act_order=act_order, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed,
                    order_seed=order_seed, targets=targets, ignore=ignore, plan=plan, out=out, overwrite=overwrite, overwrite_source=overwrite_source,
                    resume=resume, batch_size=batch_size, stream=False if in_memory else None, tokenizer=tokenizer,
-                   evaluate=evaluate)
+                   evaluate=evaluate, target=target)
     console.print(res.plan.table(f"plan: {quantizer}, {order} order", max_rows=40))
     b = res.bits
     line = (f"bits: nominal {b['nominal_bits']:.4f}, effective {b['effective_bits_quantized']:.4f} on quantized "

@@ -169,6 +169,29 @@ class GPTQPacking:
         store.transform, store.untransform = self.transform, self.untransform
 
 
+# The runtimes a result can be exported to, and the grids each executes exactly (see layerwise.export):
+# GGUF's Q4_0 / Q5_0 / Q8_0 hold symmetric 4/5/8-bit groups of 32·k columns; vLLM runs compressed-tensors
+# int weights at 4 or 8 bits. Other widths would be stored at the next container width (no saving).
+TARGETS = {"gguf": (4, 5, 8), "compressed-tensors": (4, 8)}
+
+
+def check_target(target, high: int, low: int, group_size: int, sym: bool, act_order: bool) -> None:
+    """Refuse bits and layouts the target runtime cannot execute exactly (one line each)."""
+    if target is None:
+        return
+    if target not in TARGETS:
+        raise ConfigError(f"--target must be one of {', '.join(TARGETS)} (got {target!r})")
+    widths = TARGETS[target]
+    bad = [b for b in (high, low) if b not in widths]
+    if bad:
+        raise ConfigError(f"--target {target} runs {'/'.join(map(str, widths))}-bit grids exactly; "
+                          f"--high/--low {bad[0]} would be stored at more bits (choose from {widths})")
+    if not sym or act_order:
+        raise ConfigError(f"--target {target} needs a symmetric grid without --act-order")
+    if target == "gguf" and group_size != -1 and group_size % 32:
+        raise ConfigError(f"--target gguf needs --group-size a multiple of 32 (ggml blocks), got {group_size}")
+
+
 class QuantizeStage(BlockwiseStage):
     """Quantize the selected linears to the plan's bits (mixed precision allocated by block importance);
     written as GPTQ-packed tensors plus a dequantized copy."""
@@ -178,10 +201,10 @@ class QuantizeStage(BlockwiseStage):
 
     def __init__(self, bits=4.0, high: int = 4, low: int = 2, order: str = "lim", quantizer: str = "rtn",
                  group_size: int = 128, sym: bool = True, act_order: bool = False, order_seed: int = 0,
-                 targets=None, ignore=None):
+                 targets=None, ignore=None, target: str | None = None):
         self.bits, self.high, self.low, self.order, self.quantizer = bits, high, low, order, quantizer
         self.group_size, self.sym, self.act_order, self.order_seed = group_size, sym, act_order, order_seed
-        self.targets, self.ignore = targets, ignore
+        self.targets, self.ignore, self.target = targets, ignore, target
 
     def check(self) -> None:
         try:
@@ -196,6 +219,7 @@ class QuantizeStage(BlockwiseStage):
         if "," not in self.order and self.order not in orders():
             raise ConfigError(f"--order must be one of {', '.join(orders())} or a list of block indices "
                               f"(got {self.order!r})")
+        check_target(self.target, self.high, self.low, self.group_size, self.sym, self.act_order)
 
     def whole_model(self) -> bool:
         return self.order in SCORES and "whole_model" in SCORES[self.order].needs
@@ -234,7 +258,8 @@ class QuantizeStage(BlockwiseStage):
     def options(self) -> dict:
         return {"bits": self.bits, "high": self.high, "low": self.low, "order": self.order,
                 "order_seed": self.order_seed, "quantizer": self.quantizer, "group_size": self.group_size,
-                "sym": self.sym, "act_order": self.act_order, "targets": self.targets, "ignore": self.ignore}
+                "sym": self.sym, "act_order": self.act_order, "targets": self.targets, "ignore": self.ignore,
+            "target": self.target}
 
     def row_key(self, row) -> tuple:
         return row.name, row.bits, row.method, row.group_size
@@ -253,10 +278,11 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
              out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
              overwrite_source: bool = False, batch_size: int = 8, stream: bool | None = None, tokenizer=None,
              evaluate: bool = False, eval_windows: int = 200, command: str | None = None,
-             before: list[dict] | None = None) -> QuantizeResult:
+             before: list[dict] | None = None, target: str | None = None) -> QuantizeResult:
     """Quantize `model`. `before`: options of prune stages fused into the same block-by-block pass
     (each on its own activation stream, so the weights equal those of the stages run one by one)."""
-    stage = QuantizeStage(bits, high, low, order, quantizer, group_size, sym, act_order, order_seed, targets, ignore)
+    stage = QuantizeStage(bits, high, low, order, quantizer, group_size, sym, act_order, order_seed, targets, ignore,
+                          target)
     return run_stage(stage, model, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, plan=plan, out=out,
                      overwrite=overwrite, resume=resume, overwrite_source=overwrite_source, batch_size=batch_size,
                      stream=stream, tokenizer=tokenizer, evaluate=evaluate, eval_windows=eval_windows,
