@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from pathlib import Path
 
 from layerwise.cli import main
 
@@ -75,10 +76,15 @@ def test_demo_runs_every_stage_end_to_end(tmp_path):
 
     r = run_demo("zoo:llama-tiny", out=str(tmp_path / "demo"), max_windows=8, nsamples=8, seqlen=64,
                  heal_steps=2, speed_repeats=1)
-    assert set(r) == {"dense", "wanda 50%", "sparsegpt 50%", "gptq 3.25 bits", "depth -2 blocks", "width 70%"}
+    assert set(r) == {"dense", "wanda 50%", "sparsegpt 50%", "gptq 3.25 bits", "depth -2 blocks", "width 70%",
+                      "dense bf16", "gguf"}
+    g = r.pop("gguf")
+    # llama-tiny's MLP has 344 channels: its down_proj rows cannot hold 32-blocks and go to F16
+    # (F16 holds a 2-bit grid of fp16 scales exactly, so some of those are exact too)
+    assert g["quantized"] == 28 and g["exact"] >= 24 and Path(g["file"]).exists()
     for name, v in r.items():
         assert v["perplexity"] > 1 and v["speed"]["prefill"] > 0, name
-        if name != "dense":
+        if v.get("out"):
             assert (tmp_path / "demo" / v["out"].split("/")[-1] / "manifest.json").exists()
     # the quantized checkpoint is packed, so it is smaller on disk than the float32 ones
     assert r["gptq 3.25 bits"]["mb_on_disk"] < r["wanda 50%"]["mb_on_disk"]

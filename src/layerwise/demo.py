@@ -3,7 +3,9 @@
 dense evaluation → Wanda and SparseGPT at 50% (block by block) → mixed-precision GPTQ by LIM order →
 depth (Block Influence, 2 blocks, short fine-tune) → width (adaptive KV-group/MLP pruning) → one
 comparison: perplexity, agreement with the dense model, size on disk, and prefill/decode speed
-measured side by side. Every result is saved, reloaded and checked by its own pipeline.
+measured side by side (with a bfloat16 copy of the dense model as the baseline users deploy) →
+the quantized result exported to GGUF with its codes exact and, when llama.cpp is installed, run
+there. Every result is saved, reloaded and checked by its own pipeline.
 """
 from __future__ import annotations
 
@@ -50,10 +52,32 @@ def _table(model, card, rep, variants, ppl, agr, speed, nsamples, seqlen, max_wi
         mb = bytes_on_disk(m, path) / 2**20
         table.add_row(n, what, f"{ppl[n]:.2f}", f"{100 * (ppl[n] / base - 1):+.1f}%", f"{agr[n]:.3f}",
                       f"{mb:.1f}", f"{speed[n]['prefill'] / sd['prefill']:.2f}",
-                      f"{speed[n]['decode'] / sd['decode']:.2f}", f"{secs:.1f}", str(path))
+                      f"{speed[n]['decode'] / sd['decode']:.2f}", f"{secs:.1f}", str(path) if path else "(in memory)")
         results[n] = {"perplexity": ppl[n], "top1_agreement": agr[n], "mb_on_disk": mb, "speed": speed[n],
-                      "seconds": secs, "out": str(path)}
+                      "seconds": secs, "out": str(path) if path else None}
     return table, results
+
+
+def _deploy(result: Path, outdir: Path, windows) -> dict:
+    """Step 7: the quantized result as GGUF (codes exact), checked in llama.cpp when it is installed."""
+    from .export import export
+    from .export.llamacpp import available, compare
+    from .io.load import load_model
+
+    console.rule("7. deploy: the GPTQ result as GGUF for llama.cpp")
+    g = export(str(result), "gguf", outdir / "gptq-3.25.gguf", overwrite=True)
+    quant = [r for r in g.records if r.source == "codes"]
+    out = {"file": str(g.out), "mb": g.bytes / 2**20, "exact": sum(r.exact for r in quant), "quantized": len(quant)}
+    console.print(f"{g.out}: {out['mb']:.1f} MiB, {out['exact']}/{out['quantized']} quantized tensors exact "
+                  f"({', '.join(sorted({r.type for r in quant}))})")
+    if available():
+        c = compare(load_model(str(result)).model, g.out, windows[:2])
+        out["llamacpp"] = c
+        console.print(f"llama.cpp vs layerwise on 2 windows: top-1 agreement {c['top1_agreement']:.4f}, max |Δ logit| "
+                      f"{c['max_abs_diff']:.3f} (llama.cpp rounds activations to 8 bits in its Q4_0 kernels)")
+    else:
+        console.print("llama.cpp is not installed (pip install llama-cpp-python): not run")
+    return out
 
 
 def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: int = 200,
@@ -107,6 +131,11 @@ def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: 
                              w.timings.get("total_s", 0.0), w.out)
 
     console.rule("6. quality and speed, side by side")
+    import copy
+
+    import torch
+
+    variants["dense bf16"] = (copy.deepcopy(dense.model).to(torch.bfloat16).eval(), "bfloat16 copy", 0.0, None)
     models = {"dense": dense.model, **{n: v[0].eval() for n, v in variants.items()}}
     ppl = {"dense": rep.perplexity.perplexity}
     ppl.update({n: perplexity(m, windows, 8, description=f"perplexity {n}").perplexity
@@ -118,8 +147,9 @@ def run_demo(model: str = "zoo:llama-12l", out: str = "runs/demo", max_windows: 
     table, results = _table(model, card, rep, variants, ppl, agr, speed, nsamples, seqlen, max_windows,
                             speed_repeats, prompt.shape[0])
     console.print(table)
-    console.print("Unstructured zeros are stored densely and the quantized model runs dequantized here, so "
-                  "only depth and width change the speed; every output directory has a report.md with "
-                  "per-layer plots and a plan.json that replays the decisions.")
+    console.print("Unstructured zeros are stored densely and the quantized model runs dequantized in "
+                  "transformers, so only depth and width change the speed there; every output directory has a "
+                  "report.html with per-layer plots and a plan.json that replays the decisions.")
+    results["gguf"] = _deploy(q.out, outdir, windows)
     console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs in {outdir}/")
     return results
