@@ -56,6 +56,27 @@ def random_model(root: Path, hidden, layers, heads, kv, mlp) -> Path:
     return d
 
 
+# structured results, exported in F16 and compared with the dense F16 file (random model only)
+STRUCTURED = [
+    ("F16, depth −25% (4 of 16 blocks)", ["depth", "--remove", "25%", "--select", "last"]),
+    ("F16, width −50% (uniform)", ["width", "--keep-params", "0.5", "--nsamples", "8"]),
+]
+
+
+def build_structured(src: str, root: Path) -> dict[str, Path]:
+    from layerwise.cli import main
+    from layerwise.export import export
+
+    files = {}
+    for name, args in STRUCTURED:
+        d = root / args[0]
+        assert main(args[:1] + [src] + args[1:] + ["--out", str(d)]) == 0
+        out = root / f"{args[0]}.gguf"
+        export(str(d), "gguf", out, float_type="f16")
+        files[name] = (out, str(d))
+    return files
+
+
 def build_files(src: str, root: Path) -> dict[str, Path]:
     from layerwise.cli import main
     from layerwise.export import export
@@ -178,7 +199,8 @@ def main():
         big = random_model(root, a.hidden, a.layers, a.heads, a.kv, a.mlp)
         params = sum(p.numel() for p in __import__("layerwise").load(str(big)).model.parameters())
         (root / "r").mkdir()
-        out["random"] = speed(str(big), build_files(str(big), root / "r"), a.prompt, a.new, a.repeats)
+        files = {**build_files(str(big), root / "r"), **build_structured(str(big), root / "r")}
+        out["random"] = speed(str(big), files, a.prompt, a.new, a.repeats)
         out["params"] = params
         (root / "z").mkdir()
         files = build_files("zoo:llama-12l", root / "z")
