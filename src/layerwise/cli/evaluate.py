@@ -22,6 +22,9 @@ def eval_cmd(
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
     no_bf16: bool = typer.Option(False, "--no-bf16", help="Skip the bfloat16 baseline speed (an fp32 model is "
                                  "also timed as a bf16 copy: what users deploy on CPUs with bf16 support)."),
+    lm_eval: Optional[str] = typer.Option(None, "--lm-eval", help="lm-evaluation-harness tasks built offline from "
+                                          "--data/--split: nextline (multiple choice), rolling (log-likelihood)."),
+    lm_eval_items: int = typer.Option(200, "--lm-eval-items", help="Items (documents) per lm-eval task."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
 ):
     """Perplexity, agreement with a reference, embedding fidelity and speed of a model.
@@ -31,17 +34,25 @@ def eval_cmd(
     from ..eval import evaluate
     from ..io.load import load_model
 
-    if seqlen < 2:
-        from ..errors import ConfigError
+    from ..errors import ConfigError
 
+    if seqlen < 2:
         raise ConfigError(f"--seqlen must be at least 2 (got {seqlen})")
     from ..data import load_corpus
 
     load_corpus(data)  # a bad corpus fails before the model is loaded
+    tasks = None
+    if lm_eval is not None:
+        from ..eval.lm_eval_tasks import parse_tasks
+
+        tasks = parse_tasks(lm_eval)
+        if lm_eval_items < 1:
+            raise ConfigError(f"--lm-eval-items must be >= 1 (got {lm_eval_items})")
     lm = load_model(model, tokenizer=tokenizer)
     ref = load_model(reference, tokenizer=tokenizer) if reference else None
     rep = evaluate(lm, data=data, split=split, seqlen=seqlen, max_windows=max_windows, batch_size=batch_size,
-                   reference=ref, speed=not no_speed, bf16=not no_bf16)
+                   reference=ref, speed=not no_speed, bf16=not no_bf16,
+                   lm_eval=tasks, lm_eval_items=lm_eval_items)
     if as_json:
         print_json(rep.to_dict())
     else:

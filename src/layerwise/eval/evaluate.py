@@ -32,6 +32,7 @@ class EvalReport:
     speed: SpeedResult | None = None
     speed_bf16: SpeedResult | None = None      # the same model cast to bfloat16: the baseline users deploy
     reference: str | None = None
+    lm_eval: dict | None = None                 # {task: {metric: value}} from lm-evaluation-harness
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -76,6 +77,8 @@ class EvalReport:
             if b.decode_tokens_per_s and s.decode_tokens_per_s:
                 r.append(("bf16 copy: decode", f"{b.decode_tokens_per_s:,.1f} tokens/s "
                           f"({b.decode_tokens_per_s / s.decode_tokens_per_s:.2f}x)"))
+        for task, metrics in (self.lm_eval or {}).items():
+            r.append((f"lm-eval {task}", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())))
         r.append(("evaluation time", f"{self.seconds:.1f} s"))
         return r
 
@@ -94,7 +97,8 @@ def _as_loaded(model) -> LoadedModel:
 
 def evaluate(model, data: str = "stdlib", split: str = "validation", seqlen: int = 256,
              max_windows: int | None = None, batch_size: int = 8, reference=None, tokenizer=None,
-             speed: bool = True, max_texts: int = 256, bf16: bool = True) -> EvalReport:
+             speed: bool = True, max_texts: int = 256, bf16: bool = True, lm_eval: list[str] | None = None,
+             lm_eval_items: int = 200) -> EvalReport:
     """Evaluate `model` (a `LoadedModel`, a `zoo:`/path/hub spec, or an `nn.Module` with `tokenizer`)."""
     t0 = time.perf_counter()
     count("--batch-size", batch_size)
@@ -141,5 +145,12 @@ def evaluate(model, data: str = "stdlib", split: str = "validation", seqlen: int
                 enc = tok(texts[:1] * 1, truncation=True, max_length=min(seqlen, 128), return_tensors="pt")
                 report.speed = measure_speed(net, enc["input_ids"], causal=False,
                                              attention_mask=enc.get("attention_mask"))
+    if lm_eval:
+        if not causal:
+            raise DataError("--lm-eval tasks score a causal language model")
+        from .lm_eval_tasks import run_lm_eval
+
+        report.lm_eval = run_lm_eval(net, tok, lm_eval, corpus=data, split=split, n=lm_eval_items,
+                                     batch_size=batch_size)
     report.seconds = time.perf_counter() - t0
     return report
