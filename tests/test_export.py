@@ -301,3 +301,63 @@ def test_quantize_target_refuses_grids_the_runtime_cannot_hold(args, needle, tmp
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
+
+
+# --- K-quants for 2/3-bit codes -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits, s", [(2, 15 * 2**-6), (3, 31 * 2**-6)])
+def test_k_quant_layout_keeps_the_codes(bits, s):
+    """With sub-block scales the K-quant grid holds exactly, the bytes decode to exactly the codes' weights."""
+    from layerwise.export.ggml_blocks import k_fits, pack_k
+
+    q = torch.randint(0, 2 ** bits, (3, 512), generator=torch.Generator().manual_seed(bits))
+    c = Codes(q, torch.full((3, 16), s), torch.full((3, 16), 2.0 ** (bits - 1)), torch.arange(512) // 32, bits)
+    assert k_fits(c)
+    t, b = pack_k(c)
+    assert t == {2: "Q2_K", 3: "Q3_K"}[bits] and b.shape == (3, 2 * {2: 84, 3: 110}[bits])
+    assert np.array_equal(dequantize(b, t).reshape(3, 512), c.dequantize().numpy())
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_k_quant_error_is_only_scale_rounding(bits):
+    from layerwise.export.ggml_blocks import pack_k
+
+    w = torch.randn(6, 768, generator=torch.Generator().manual_seed(0)) * 0.05
+    c = codes_of(w, bits, 32, True)
+    t, b = pack_k(c)
+    ref = c.dequantize().numpy()
+    back = dequantize(b, t).reshape(ref.shape)
+    assert np.abs(back - ref).max() <= 0.06 * np.abs(ref).max()
+    assert np.array_equal(np.sign(back), np.sign(ref))               # every code keeps its side of zero
+
+
+@needs_llamacpp
+def test_k_quant_export_runs_in_llamacpp(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from layerwise import load, zoo
+    from layerwise.export import export
+    from layerwise.export.llamacpp import compare
+
+    tok = zoo.load_tokenizer("llama-tiny")
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok),
+                                     max_position_embeddings=256))
+    m.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    assert main(["quantize", str(tmp_path / "m"), "--bits", "2.5", "--high", "3", "--low", "2", "--order",
+                 "0,1", "--group-size", "32", "--nsamples", "4", "--seqlen", "32", "--out", str(tmp_path / "q")]) == 0
+    exact = export(str(tmp_path / "q"), "gguf", tmp_path / "exact.gguf")
+    small = export(str(tmp_path / "q"), "gguf", tmp_path / "k.gguf", k_quants=True)
+    kinds = {r.type for r in small.records if r.source == "codes"}
+    assert kinds == {"Q2_K", "Q3_K"} and {r.type for r in exact.records if r.source == "codes"} == {"Q4_0"}
+    per_256 = {"Q2_K": 84, "Q3_K": 110, "Q4_0": 144}                  # bytes per 256 weights
+    size = lambda res: sum(per_256[r.type] * r.shape[0] * r.shape[1] // 256  # noqa: E731
+                           for r in res.records if r.source == "codes")
+    assert size(small) < 0.7 * size(exact) and small.bytes < exact.bytes
+    errs = [r.max_abs_error for r in small.records if r.source == "codes"]
+    assert all(0 < e < 0.02 for e in errs)
+    r = compare(load(str(tmp_path / "q")).model, tmp_path / "k.gguf",
+                torch.randint(1, len(tok), (1, 32), generator=torch.Generator().manual_seed(0)))
+    assert r["top1_agreement"] >= 0.9, r

@@ -18,6 +18,8 @@ def export_cmd(
                                       "output directory for compressed-tensors."),
     float_type: str = typer.Option("f16", "--float-type", help="Tensors that are not quantized: f32 | f16 | bf16, "
                                    "or q8_0 | q5_0 | q4_0 to round float block linears as llama-quantize would."),
+    k_quants: bool = typer.Option(False, "--k-quants", help="gguf: 2/3-bit codes as Q2_K/Q3_K (smaller; scales "
+                                  "rounded, error reported) instead of exactly as Q4_0."),
     runtime: str = typer.Option("vllm", "--runtime", help="compressed-tensors: vllm (4/8 bits, one width per fused "
                                 "q/k/v and gate/up) | transformers (2-8 bits)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
@@ -31,7 +33,8 @@ def export_cmd(
     """
     from ..export import export
 
-    res = export(model, format, out, float_type=float_type, runtime=runtime, overwrite=overwrite)
+    res = export(model, format, out, float_type=float_type, runtime=runtime, overwrite=overwrite,
+                 k_quants=k_quants)
     if format != "gguf":
         console.print(f"wrote {res} (loads with stock from_pretrained when compressed-tensors is installed)")
         return

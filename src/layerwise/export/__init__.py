@@ -8,7 +8,7 @@ FORMATS = {
 
 
 def export(model, format: str = "gguf", out=None, *, float_type: str = "f16", runtime: str = "vllm",
-           overwrite: bool = False):
+           overwrite: bool = False, k_quants: bool = False):
     """Write `model` (a result directory, zoo:NAME, a save_pretrained directory) in `format`.
     GGUF returns a `GGUFExport`; compressed-tensors returns the output directory."""
     from ..errors import ConfigError
@@ -18,7 +18,7 @@ def export(model, format: str = "gguf", out=None, *, float_type: str = "f16", ru
     if format == "gguf":
         from .gguf import export_gguf
 
-        return export_gguf(model, out, float_type=float_type, overwrite=overwrite)
+        return export_gguf(model, out, float_type=float_type, overwrite=overwrite, k_quants=k_quants)
     from .compressed_tensors import export_compressed_tensors
 
     return export_compressed_tensors(model, out, runtime=runtime, overwrite=overwrite)

@@ -115,3 +115,81 @@ def dequantize(data: np.ndarray, qtype: str) -> np.ndarray:
     from gguf import quants
 
     return quants.dequantize(data, T[qtype])
+
+
+# --- K-quants for 2- and 3-bit codes -------------------------------------------------------------------------
+# Super-blocks of 256 weights in 16 sub-blocks of 16. The codes are kept; what is lossy is the per-sub-block
+# scale, which K-quants store as a small integer times one fp16 per super-block:
+#   Q2_K: w = d·sc·q − dmin·m,  q ∈ [0, 3], sc and m 4-bit      (a 2-bit grid s·(q − 2): sc·d ≈ s, m·dmin ≈ 2s)
+#   Q3_K: w = d·(sc − 32)·v,    v ∈ [−4, 3], sc 6-bit           (a 3-bit grid s·(q − 4): v = q − 4)
+# Inside a super-block, weight e sits in half n = e // 128, shift j = (e % 128) // 32 and byte l = e % 32;
+# its sub-block is 8n + 2j + l // 16.
+QK = 256
+K_TYPES = {2: "Q2_K", 3: "Q3_K"}
+
+
+def _k_layout():
+    e = np.arange(QK)
+    n, w = e // 128, e % 128
+    j, lane = w // 32, w % 32
+    return n, j, lane, 8 * n + 2 * j + lane // 16
+
+
+def k_fits(c: Codes) -> bool:
+    """Codes a K-quant can carry: 2 or 3 bits, symmetric, rows of whole super-blocks, one scale per 16."""
+    rows, cols = c.q.shape
+    if c.bits not in K_TYPES or cols % QK or not bool((c.zeros == 2 ** (c.bits - 1)).all()):
+        return False
+    sub = c.g_idx.long().view(-1, 16)
+    return bool((sub == sub[:, :1]).all())
+
+
+def _sub_scales(c: Codes) -> np.ndarray:
+    rows, cols = c.q.shape
+    g = c.g_idx.long()[::16]
+    return c.scales.float()[:, g].numpy().reshape(rows, cols // QK, 16)
+
+
+def pack_k(c: Codes) -> tuple[str, np.ndarray]:
+    """(type, bytes [rows, nb · block bytes]) of 2/3-bit codes as Q2_K / Q3_K (scales rounded, codes kept)."""
+    rows, cols = c.q.shape
+    nb = cols // QK
+    q = c.q.numpy().astype(np.int64).reshape(rows, nb, QK)
+    s = _sub_scales(c)                                                      # [rows, nb, 16]
+    n, j, lane, sub = _k_layout()
+    byte = 32 * n + lane
+    if c.bits == 2:
+        d = (s.max(-1) / 15).astype(np.float16)
+        df = np.where(d.astype(np.float32) > 0, d.astype(np.float32), 1.0)[..., None]
+        sc = np.clip(np.rint(s / df), 0, 15).astype(np.uint8)
+        dmin = (2 * s.max(-1) / 15).astype(np.float16)
+        mf = np.where(dmin.astype(np.float32) > 0, dmin.astype(np.float32), 1.0)[..., None]
+        m = np.clip(np.rint(2 * s / mf), 0, 15).astype(np.uint8)
+        scales = sc | (m << 4)                                              # [rows, nb, 16]
+        qs = np.zeros((rows, nb, 64), dtype=np.uint8)
+        for jj in range(4):
+            for nn in range(2):
+                sel = (j == jj) & (n == nn)
+                np.bitwise_or.at(qs, (slice(None), slice(None), byte[sel]), (q[..., sel] << (2 * jj)).astype(np.uint8))
+        out = np.concatenate([scales, qs, d[..., None].view(np.uint8).reshape(rows, nb, 2),
+                              dmin[..., None].view(np.uint8).reshape(rows, nb, 2)], axis=2)
+        return "Q2_K", out.reshape(rows, -1)
+    v = q - 4                                                               # [−4, 3]
+    d = (s.max(-1) / 31).astype(np.float16)
+    df = np.where(d.astype(np.float32) > 0, d.astype(np.float32), 1.0)[..., None]
+    sc6 = (np.clip(np.rint(s / df), -32, 31) + 32).astype(np.uint8)        # 6-bit, offset 32
+    low2 = np.where(v >= 0, v, v + 4).astype(np.uint8)
+    high = (v >= 0).astype(np.uint8)
+    qs = np.zeros((rows, nb, 64), dtype=np.uint8)
+    hmask = np.zeros((rows, nb, 32), dtype=np.uint8)
+    for jj in range(4):
+        for nn in range(2):
+            sel = (j == jj) & (n == nn)
+            np.bitwise_or.at(qs, (slice(None), slice(None), byte[sel]), low2[..., sel] << (2 * jj))
+            np.bitwise_or.at(hmask, (slice(None), slice(None), lane[sel]), high[..., sel] << (4 * nn + jj))
+    packed = np.zeros((rows, nb, 12), dtype=np.uint8)
+    for k in range(16):
+        packed[..., k % 8] |= (sc6[..., k] & 0x0F) << (4 * (k // 8))
+        packed[..., 8 + k % 4] |= ((sc6[..., k] >> 4) & 0x03) << (2 * (k // 4))
+    out = np.concatenate([hmask, qs, packed, d[..., None].view(np.uint8).reshape(rows, nb, 2)], axis=2)
+    return "Q3_K", out.reshape(rows, -1)

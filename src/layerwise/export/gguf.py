@@ -19,7 +19,7 @@ import torch
 
 from ..console import info, progress_bar
 from ..errors import ConfigError, LayerwiseError, ModelLoadError
-from .ggml_blocks import Codes, dequantize, exact_type, pack_exact, requantize
+from .ggml_blocks import Codes, dequantize, exact_type, k_fits, pack_exact, pack_k, requantize
 from .vocab import gguf_vocab, special_ids
 
 # transformers model_type → (GGUF architecture, whether q/k rows are permuted to llama.cpp's rotary
@@ -194,11 +194,15 @@ def _plan_tensors(model, codes: dict[str, Codes], arch: str, permute: bool, floa
             yield name, gname, w, w
 
 
-def _encode(name, gname, obj, float_type: str) -> tuple[np.ndarray, str, TensorRecord]:
+def _encode(name, gname, obj, float_type: str, k_quants: bool = False) -> tuple[np.ndarray, str, TensorRecord]:
     if isinstance(obj, Codes):
         ref = obj.dequantize()
         cols = obj.q.shape[1]
         qtype = exact_type(obj)
+        if k_quants and k_fits(obj):
+            qtype, data = pack_k(obj)
+            note = "K-quant: codes kept, sub-block scales rounded"
+            return data, qtype, TensorRecord(name, gname, list(ref.shape), qtype, "codes", False, 0.0, note)
         if qtype is not None:
             data, note = pack_exact(obj, qtype), ""
         elif cols % 32:
@@ -231,7 +235,8 @@ def _encode(name, gname, obj, float_type: str) -> tuple[np.ndarray, str, TensorR
     return data, ftype, TensorRecord(name, gname, list(w.shape), ftype, "float", False, 0.0, note)
 
 
-def _write(tmp: Path, model, path: Path | None, tokenizer, codes, arch, permute, float_type) -> GGUFExport:
+def _write(tmp: Path, model, path: Path | None, tokenizer, codes, arch, permute, float_type,
+           k_quants: bool = False) -> GGUFExport:
     import gguf
 
     writer = gguf.GGUFWriter(str(tmp), arch)
@@ -244,7 +249,7 @@ def _write(tmp: Path, model, path: Path | None, tokenizer, codes, arch, permute,
     with progress_bar() as prog:
         task = prog.add_task("encode tensors", total=len(items), info="")
         for name, gname, obj, weight in items:
-            data, qtype, rec = _encode(name, gname, obj, float_type)
+            data, qtype, rec = _encode(name, gname, obj, float_type, k_quants)
             raw = None if qtype in ("F32", "F16") else gguf.GGMLQuantizationType[qtype]
             writer.add_tensor(gname, data, raw_dtype=raw)
             refs[gname] = weight        # what layerwise computes with: the loaded (dequantized) model
@@ -279,8 +284,10 @@ def _verify(tmp: Path, res: GGUFExport, refs: dict) -> None:
 
 
 def export_gguf(model: str, out: str | os.PathLike | None = None, *, float_type: str = "f16",
-                overwrite: bool = False) -> GGUFExport:
-    """Write `model` (a layerwise result directory, zoo:NAME or a save_pretrained directory) as GGUF."""
+                overwrite: bool = False, k_quants: bool = False) -> GGUFExport:
+    """Write `model` (a layerwise result directory, zoo:NAME or a save_pretrained directory) as GGUF.
+    `k_quants`: 2- and 3-bit codes go into Q2_K / Q3_K (2.6 / 3.4 bits per weight, codes kept, scales
+    rounded) instead of exactly into Q4_0 (4.5 bits per weight); rows must hold whole 256-blocks."""
     from ..io.artifacts import check_not_overlapping, io_reason
     from ..io.load import load_model
     from ..utils.hf import quiet
@@ -303,10 +310,11 @@ def export_gguf(model: str, out: str | os.PathLike | None = None, *, float_type:
         raise ConfigError(f"{out} exists; pass --overwrite to replace it")
     tmp = out.parent / f".{out.name}.partial"
     try:
-        res = _write(tmp, lm.model, path, lm.tokenizer, codes, arch, permute, float_type)
+        res = _write(tmp, lm.model, path, lm.tokenizer, codes, arch, permute, float_type, k_quants)
         report = out.with_suffix(".gguf.json")
         rtmp = out.parent / f".{report.name}.partial"
-        rtmp.write_text(json.dumps({"source": str(model), "float_type": float_type, **res.summary(),
+        rtmp.write_text(json.dumps({"source": str(model), "float_type": float_type, "k_quants": k_quants,
+                                    **res.summary(),
                                     "tensors": [asdict(r) for r in res.records]}, indent=1) + "\n")
         os.replace(tmp, out)
         os.replace(rtmp, report)
