@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from layerwise.cli import main
 from layerwise.eval.lm_eval_tasks import build_tasks
 

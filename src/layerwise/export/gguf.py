@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..console import info, progress_bar
-from ..errors import ConfigError, LayerwiseError, ModelLoadError
+from ..errors import ConfigError, LayerwiseError
 from .ggml_blocks import Codes, dequantize, exact_type, k_fits, pack_exact, pack_k, requantize
 from .vocab import gguf_vocab, special_ids
 
@@ -333,4 +333,4 @@ def export_gguf(model: str, out: str | os.PathLike | None = None, *, float_type:
     return res
 
 
-__all__ = ["export_gguf", "read_codes", "GGUFExport", "TensorRecord", "ModelLoadError"]
+__all__ = ["export_gguf", "read_codes", "GGUFExport", "TensorRecord"]
