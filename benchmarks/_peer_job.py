@@ -1,0 +1,88 @@
+"""One compression job of benchmarks/peer_llmcompressor.py, run in a fresh process by either tool's
+Python (the project's venv or the peer's): load the model, compress it with the given calibration ids
+(timing only the compression call), score it on the given evaluation windows with the same code in
+both environments, and report time, peak RSS and perplexity as JSON.
+
+    python _peer_job.py layerwise|llmcompressor METHOD MODEL_DIR CALIB.pt EVAL.pt OUT.json
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+
+import torch
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, batch: int = 16) -> float:
+    nll, n = 0.0, 0
+    for s in range(0, windows.shape[0], batch):
+        x = windows[s:s + batch]
+        logp = torch.log_softmax(model(input_ids=x).logits[:, :-1].float(), -1)
+        nll += float(-logp.gather(-1, x[:, 1:, None]).sum())
+        n += x[:, 1:].numel()
+    return math.exp(nll / n)
+
+
+def run_layerwise(model, method: str, calib: torch.Tensor):
+    from layerwise.pipeline.prune import prune
+    from layerwise.pipeline.quantize import quantize
+
+    n, L = calib.shape
+    kw = dict(calib=calib, nsamples=n, seqlen=L)
+    if method == "sparsegpt50":
+        return prune(model, method="sparsegpt", sparsity=0.5, **kw).model
+    if method == "wanda50":
+        return prune(model, method="wanda", sparsity=0.5, **kw).model
+    if method == "sparsegpt24":
+        return prune(model, method="sparsegpt", sparsity=0.5, nm="2:4", **kw).model
+    if method == "gptq_w4g128":
+        return quantize(model, bits=4, high=4, low=4, quantizer="gptq", group_size=128, **kw).model
+    raise SystemExit(f"unknown method {method}")
+
+
+def run_llmcompressor(model, method: str, calib: torch.Tensor):
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    from llmcompressor.modifiers.pruning import SparseGPTModifier
+
+    n, L = calib.shape
+    ds = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
+    recipe = {
+        "sparsegpt50": lambda: SparseGPTModifier(sparsity=0.5, mask_structure="0:0", targets=["Linear"],
+                                                 ignore=["lm_head"]),
+        "wanda50": lambda: WandaPruningModifier(sparsity=0.5, mask_structure="0:0", targets=["Linear"],
+                                                ignore=["lm_head"]),
+        "sparsegpt24": lambda: SparseGPTModifier(sparsity=0.5, mask_structure="2:4", targets=["Linear"],
+                                                 ignore=["lm_head"]),
+        "gptq_w4g128": lambda: GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"]),
+    }[method]()
+    oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=n, max_seq_length=L)
+    return model
+
+
+def main():
+    tool, method, model_dir, calib_f, eval_f, out_f = sys.argv[1:7]
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    calib, windows = torch.load(calib_f), torch.load(eval_f)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    model = (run_layerwise if tool == "layerwise" else run_llmcompressor)(model, method, calib)
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model.eval()
+    ppl = perplexity(model, windows)
+    json.dump({"tool": tool, "method": method, "seconds": seconds, "peak_rss_mb": rss,
+               "rss_after_load_mb": rss_loaded, "perplexity": ppl}, open(out_f, "w"))
+
+
+if __name__ == "__main__":
+    main()
