@@ -53,14 +53,19 @@ def run_llmcompressor(model, method: str, calib: torch.Tensor):
 
     n, L = calib.shape
     ds = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
+    # llm-compressor's pruning modifiers match `ignore` as module names or `re:` patterns only: a plain
+    # "lm_head" is silently not ignored and the head gets pruned too (checked), hence the regex
+    head = ["re:.*lm_head"]
     recipe = {
         "sparsegpt50": lambda: SparseGPTModifier(sparsity=0.5, mask_structure="0:0", targets=["Linear"],
-                                                 ignore=["lm_head"]),
+                                                 ignore=head),
         "wanda50": lambda: WandaPruningModifier(sparsity=0.5, mask_structure="0:0", targets=["Linear"],
-                                                ignore=["lm_head"]),
+                                                ignore=head),
         "sparsegpt24": lambda: SparseGPTModifier(sparsity=0.5, mask_structure="2:4", targets=["Linear"],
-                                                 ignore=["lm_head"]),
-        "gptq_w4g128": lambda: GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"]),
+                                                 ignore=head),
+        # its default since 0.6 is static act-order; layerwise's GPTQ here runs without act-order, so
+        # both sweep columns in their natural order
+        "gptq_w4g128": lambda: GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"], actorder=None),
     }[method]()
     oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=n, max_seq_length=L)
     return model
