@@ -361,3 +361,33 @@ def test_k_quant_export_runs_in_llamacpp(tmp_path):
     r = compare(load(str(tmp_path / "q")).model, tmp_path / "k.gguf",
                 torch.randint(1, len(tok), (1, 32), generator=torch.Generator().manual_seed(0)))
     assert r["top1_agreement"] >= 0.9, r
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("arch, tied", [("qwen2", True), ("qwen2", False), ("mistral", False)])
+def test_other_families_match_llamacpp(tmp_path, arch, tied):
+    """Qwen2 (q/k/v biases, no q/k permutation, tied head) and Mistral, random weights, through llama.cpp."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from layerwise import load, zoo
+    from layerwise.export import export
+    from layerwise.export.llamacpp import compare
+
+    tok = zoo.load_tokenizer("llama-tiny")
+    common = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256, tie_word_embeddings=tied)
+    cfg, cls = ((Qwen2Config(**common), Qwen2ForCausalLM) if arch == "qwen2"
+                else (MistralConfig(sliding_window=None, **common), MistralForCausalLM))
+    torch.manual_seed(0)
+    m = cls(cfg).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0, 0.1)                       # biases that matter, not zeros
+    m.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    g = export(str(tmp_path / "m"), "gguf", tmp_path / "m.gguf", float_type="f32")
+    assert ("output.weight" in {r.gguf for r in g.records}) == (not tied)
+    r = compare(load(str(tmp_path / "m")).model, tmp_path / "m.gguf",
+                torch.randint(1, len(tok), (2, 40), generator=torch.Generator().manual_seed(1)))
+    assert r["max_abs_diff"] <= 1e-3 * max(1.0, r["max_abs_logit"]) and r["top1_agreement"] >= 0.97, r
