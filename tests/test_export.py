@@ -305,7 +305,7 @@ def test_quantize_target_refuses_grids_the_runtime_cannot_hold(args, needle, tmp
 
 # --- K-quants for 2/3-bit codes -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bits, s", [(2, 15 * 2**-6), (3, 31 * 2**-6)])
+@pytest.mark.parametrize("bits, s", [(2, 15 * 2**-6), (3, 31 * 2**-6), (6, 127 * 2**-10)])
 def test_k_quant_layout_keeps_the_codes(bits, s):
     """With sub-block scales the K-quant grid holds exactly, the bytes decode to exactly the codes' weights."""
     from layerwise.export.ggml_blocks import k_fits, pack_k
@@ -314,11 +314,11 @@ def test_k_quant_layout_keeps_the_codes(bits, s):
     c = Codes(q, torch.full((3, 16), s), torch.full((3, 16), 2.0 ** (bits - 1)), torch.arange(512) // 32, bits)
     assert k_fits(c)
     t, b = pack_k(c)
-    assert t == {2: "Q2_K", 3: "Q3_K"}[bits] and b.shape == (3, 2 * {2: 84, 3: 110}[bits])
+    assert t == {2: "Q2_K", 3: "Q3_K", 6: "Q6_K"}[bits] and b.shape == (3, 2 * {2: 84, 3: 110, 6: 210}[bits])
     assert np.array_equal(dequantize(b, t).reshape(3, 512), c.dequantize().numpy())
 
 
-@pytest.mark.parametrize("bits", [2, 3])
+@pytest.mark.parametrize("bits", [2, 3, 6])
 def test_k_quant_error_is_only_scale_rounding(bits):
     from layerwise.export.ggml_blocks import pack_k
 
@@ -359,6 +359,13 @@ def test_k_quant_export_runs_in_llamacpp(tmp_path):
     errs = [r.max_abs_error for r in small.records if r.source == "codes"]
     assert all(0 < e < 0.02 for e in errs)
     r = compare(load(str(tmp_path / "q")).model, tmp_path / "k.gguf",
+                torch.randint(1, len(tok), (1, 32), generator=torch.Generator().manual_seed(0)))
+    assert r["top1_agreement"] >= 0.9, r
+    assert main(["quantize", str(tmp_path / "m"), "--bits", "6", "--high", "6", "--low", "6", "--group-size", "32",
+                 "--nsamples", "4", "--seqlen", "32", "--out", str(tmp_path / "q6")]) == 0
+    six = export(str(tmp_path / "q6"), "gguf", tmp_path / "k6.gguf", k_quants=True)
+    assert {r.type for r in six.records if r.source == "codes"} == {"Q6_K"}
+    r = compare(load(str(tmp_path / "q6")).model, tmp_path / "k6.gguf",
                 torch.randint(1, len(tok), (1, 32), generator=torch.Generator().manual_seed(0)))
     assert r["top1_agreement"] >= 0.9, r
 

@@ -117,15 +117,16 @@ def dequantize(data: np.ndarray, qtype: str) -> np.ndarray:
     return quants.dequantize(data, T[qtype])
 
 
-# --- K-quants for 2- and 3-bit codes -------------------------------------------------------------------------
+# --- K-quants for 2-, 3- and 6-bit codes -------------------------------------------------------------------------
 # Super-blocks of 256 weights in 16 sub-blocks of 16. The codes are kept; what is lossy is the per-sub-block
 # scale, which K-quants store as a small integer times one fp16 per super-block:
 #   Q2_K: w = d·sc·q − dmin·m,  q ∈ [0, 3], sc and m 4-bit      (a 2-bit grid s·(q − 2): sc·d ≈ s, m·dmin ≈ 2s)
 #   Q3_K: w = d·(sc − 32)·v,    v ∈ [−4, 3], sc 6-bit           (a 3-bit grid s·(q − 4): v = q − 4)
+#   Q6_K: w = d·sc·v,           v ∈ [−32, 31], sc int8           (a 6-bit grid s·(q − 32): v = q − 32)
 # Inside a super-block, weight e sits in half n = e // 128, shift j = (e % 128) // 32 and byte l = e % 32;
 # its sub-block is 8n + 2j + l // 16.
 QK = 256
-K_TYPES = {2: "Q2_K", 3: "Q3_K"}
+K_TYPES = {2: "Q2_K", 3: "Q3_K", 6: "Q6_K"}
 
 
 def _k_layout():
@@ -136,7 +137,7 @@ def _k_layout():
 
 
 def k_fits(c: Codes) -> bool:
-    """Codes a K-quant can carry: 2 or 3 bits, symmetric, rows of whole super-blocks, one scale per 16."""
+    """Codes a K-quant can carry: 2, 3 or 6 bits, symmetric, rows of whole super-blocks, one scale per 16."""
     rows, cols = c.q.shape
     if c.bits not in K_TYPES or cols % QK or not bool((c.zeros == 2 ** (c.bits - 1)).all()):
         return False
@@ -150,12 +151,39 @@ def _sub_scales(c: Codes) -> np.ndarray:
     return c.scales.float()[:, g].numpy().reshape(rows, cols // QK, 16)
 
 
+def _pack_q6k(q: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Q6_K: per 128-half n, weight l + 32k (k = 0..3, l = 0..31) keeps its low nibble in ql[64n + l + 32(k % 2)]
+    (high nibble when k ≥ 2), its top two bits in qh[32n + l] at bit 2k, and uses scale 8n + 2k + l // 16."""
+    rows, nb, _ = q.shape
+    v = (q - 32 + 32).astype(np.uint8)                                       # stored with offset 32
+    d = (s.max(-1) / 127).astype(np.float16)
+    df = np.where(d.astype(np.float32) > 0, d.astype(np.float32), 1.0)[..., None]
+    sc = np.clip(np.rint(s / df), -128, 127).astype(np.int8)
+    ql = np.zeros((rows, nb, 128), dtype=np.uint8)
+    qh = np.zeros((rows, nb, 64), dtype=np.uint8)
+    e = np.arange(QK)
+    n, w = e // 128, e % 128
+    k, lane = w // 32, w % 32
+    low, high = v & 0x0F, v >> 4
+    for kk in range(4):
+        for nn in range(2):
+            sel = (k == kk) & (n == nn)
+            ql_idx = 64 * nn + lane[sel] + 32 * (kk % 2)
+            np.bitwise_or.at(ql, (slice(None), slice(None), ql_idx), low[..., sel] << (4 * (kk // 2)))
+            np.bitwise_or.at(qh, (slice(None), slice(None), 32 * nn + lane[sel]), high[..., sel] << (2 * kk))
+    out = np.concatenate([ql, qh, sc.view(np.uint8), d[..., None].view(np.uint8).reshape(rows, nb, 2)], axis=2)
+    return out.reshape(rows, -1)
+
+
 def pack_k(c: Codes) -> tuple[str, np.ndarray]:
-    """(type, bytes [rows, nb · block bytes]) of 2/3-bit codes as Q2_K / Q3_K (scales rounded, codes kept)."""
+    """(type, bytes [rows, nb · block bytes]) of 2/3/6-bit codes as Q2_K / Q3_K / Q6_K (scales rounded, codes
+    kept)."""
     rows, cols = c.q.shape
     nb = cols // QK
     q = c.q.numpy().astype(np.int64).reshape(rows, nb, QK)
     s = _sub_scales(c)                                                      # [rows, nb, 16]
+    if c.bits == 6:
+        return "Q6_K", _pack_q6k(q, s)
     n, j, lane, sub = _k_layout()
     byte = 32 * n + lane
     if c.bits == 2:

@@ -286,8 +286,8 @@ def _verify(tmp: Path, res: GGUFExport, refs: dict) -> None:
 def export_gguf(model: str, out: str | os.PathLike | None = None, *, float_type: str = "f16",
                 overwrite: bool = False, k_quants: bool = False) -> GGUFExport:
     """Write `model` (a layerwise result directory, zoo:NAME or a save_pretrained directory) as GGUF.
-    `k_quants`: 2- and 3-bit codes go into Q2_K / Q3_K (2.6 / 3.4 bits per weight, codes kept, scales
-    rounded) instead of exactly into Q4_0 (4.5 bits per weight); rows must hold whole 256-blocks."""
+    `k_quants`: 2-, 3- and 6-bit codes go into Q2_K / Q3_K / Q6_K (2.6 / 3.4 / 6.6 bits per weight, codes
+    kept, scales rounded) instead of exactly into Q4_0 / Q8_0 (4.5 / 8.5); rows must hold whole 256-blocks."""
     from ..io.artifacts import check_not_overlapping, io_reason
     from ..io.load import load_model
     from ..utils.hf import quiet
