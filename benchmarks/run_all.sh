@@ -6,7 +6,7 @@ PY=${PY:-.venv/bin/python}
 export LAYERWISE_NO_PROGRESS=1
 $PY benchmarks/zoo_cards.py
 $PY benchmarks/prune_quality.py --model zoo:llama-12l
-$PY benchmarks/prune_speed.py --model zoo:llama-12l
+$PY benchmarks/prune_speed.py --model zoo:llama-12l --repeats 5
 $PY benchmarks/prune_memory.py
 $PY benchmarks/analysis_speed.py --model zoo:llama-12l
 $PY benchmarks/esd_fit_speed.py
