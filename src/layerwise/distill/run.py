@@ -91,17 +91,22 @@ def launch_command(job: str | Path, processes: int, module: str = "layerwise.dis
     return cmd + ["-m", module, str(job)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def job_main(argv: list[str] | None, module: str, run, errors: type[Exception] = ConfigError) -> int:
+    """`python -m MODULE JOB.json` for a launched job: `run(path)`; an `errors` exception is one line, exit 2."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m layerwise.distill.run JOB.json\n")
+        sys.stderr.write(f"usage: python -m {module} JOB.json\n")
         return 2
     try:
-        run_job(args[0])
-    except ConfigError as e:
+        run(args[0])
+    except errors as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main(argv, "layerwise.distill.run", run_job)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..utils.stdio import quiet_stderr
 
 TASKS = ("nextline", "rolling")
 PREFIX = "layerwise_"
@@ -115,15 +116,10 @@ def _quiet_harness():
         lg.setLevel(logging.ERROR)
     old = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
-    fd = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
     try:
-        yield
+        with quiet_stderr():
+            yield
     finally:
-        os.dup2(fd, 2)
-        os.close(fd)
-        os.close(null)
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
         if old is None:

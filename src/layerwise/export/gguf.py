@@ -60,7 +60,7 @@ def read_codes(path: Path) -> dict[str, Codes]:
     """Integer codes of every packed linear of a GPTQ-format result (empty for other formats)."""
     from safetensors import safe_open
 
-    from ..io.gptq_pack import unpack_rows
+    from ..io.gptq_pack import gptq_codes
     from ..io.quantized import gptq_config, module_bits
 
     qc = gptq_config(path)
@@ -75,12 +75,9 @@ def read_codes(path: Path) -> dict[str, Codes]:
     for key in [k for k in tensors if k.endswith(".qweight")]:
         base = key[: -len(".qweight")]
         bits = module_bits(base, qc)
-        g_idx = tensors[f"{base}.g_idx"].long()
-        scales = tensors[f"{base}.scales"]
-        cols, rows = g_idx.numel(), scales.shape[1]
-        q = unpack_rows(tensors[key], bits, cols).t()
-        zeros = unpack_rows(tensors[f"{base}.qzeros"].t().contiguous(), bits, rows) + 1
-        out[base] = Codes(q, scales.t().float(), zeros, g_idx, bits)
+        part = {s: tensors[f"{base}.{s}"] for s in ("qweight", "qzeros", "scales", "g_idx")}
+        q, zeros, scales, g_idx = gptq_codes(part, bits, part["g_idx"].numel(), part["scales"].shape[1])
+        out[base] = Codes(q, scales, zeros, g_idx, bits)
     return out
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..utils.stdio import quiet_stderr
 
 
 def available() -> bool:
@@ -20,20 +21,6 @@ def available() -> bool:
     except ImportError:
         return False
     return True
-
-
-@contextmanager
-def _quiet_stderr():
-    """llama.cpp logs to file descriptor 2 from C; keep it off the user's terminal."""
-    fd = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        os.dup2(fd, 2)
-        os.close(fd)
-        os.close(null)
 
 
 @contextmanager
@@ -72,7 +59,7 @@ class LlamaCpp:
         if not Path(path).exists():
             raise ConfigError(f"GGUF file {path} does not exist")
         threads = threads or torch.get_num_threads()
-        with _quiet_stderr(), _model_params(extra_buffers):
+        with quiet_stderr(), _model_params(extra_buffers):
             try:
                 self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                                  n_batch=batch, n_ubatch=batch, logits_all=True, verbose=False)

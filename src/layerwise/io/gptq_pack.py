@@ -56,13 +56,17 @@ def to_gptq_tensors(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, 
             "g_idx": g_idx.to(torch.int32)}                              # [in]
 
 
-def from_gptq(t: dict[str, torch.Tensor], bits: int, in_features: int, out_features: int) -> torch.Tensor:
-    """GPTQ (v1) tensors → dequantized float32 weight [out, in]."""
+def gptq_codes(t: dict[str, torch.Tensor], bits: int, in_features: int, out_features: int):
+    """GPTQ (v1) tensors → codes q [out, in], zeros [out, groups], scales [out, groups] (float32), g_idx [in]."""
     q = unpack_rows(t["qweight"], bits, in_features).t()                           # [out, in]
     zeros = unpack_rows(t["qzeros"].t().contiguous(), bits, out_features) + 1      # [out, groups]
-    g = t["g_idx"].long()
-    scale = t["scales"].float()[g].t()                                             # [out, in]
-    return scale * (q.float() - zeros[:, g].float())
+    return q, zeros, t["scales"].float().t(), t["g_idx"].long()
+
+
+def from_gptq(t: dict[str, torch.Tensor], bits: int, in_features: int, out_features: int) -> torch.Tensor:
+    """GPTQ (v1) tensors → dequantized float32 weight [out, in]."""
+    q, zeros, scales, g = gptq_codes(t, bits, in_features, out_features)
+    return scales[:, g] * (q.float() - zeros[:, g].float())
 
 
 def packed_bits(bits: int, groups: int, rows: int, cols: int) -> dict:

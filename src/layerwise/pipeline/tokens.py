@@ -255,9 +255,8 @@ def evaluate_tokens(model, selector, drop: list[float], data: TaskData) -> dict:
 
 
 @torch.no_grad()
-def prefill_speedup(model, selector, drop: list[float], ids: torch.Tensor, repeats: int = 3) -> float:
-    """Dense / routed prefill time on `ids`, medians of alternating runs after a warm-up (a ratio measured
-    side by side; the benchmark `tokens_speed.py` measures it at realistic widths)."""
+def _dense_over_routed(model, selector, drop: list[float], call, repeats: int) -> float:
+    """Dense / routed time of `call()`, medians of alternating runs after a warm-up round."""
     import statistics
 
     routing = TokenRouting(model, selector, drop)
@@ -267,36 +266,27 @@ def prefill_speedup(model, selector, drop: list[float], ids: torch.Tensor, repea
             if key == "routed":
                 routing.install()
             t0 = time.perf_counter()
-            model(input_ids=ids, use_cache=False)
+            call()
             if k:
                 times[key].append(time.perf_counter() - t0)
             routing.remove()
     return statistics.median(times["dense"]) / statistics.median(times["routed"])
 
 
-@torch.no_grad()
+def prefill_speedup(model, selector, drop: list[float], ids: torch.Tensor, repeats: int = 3) -> float:
+    """Dense / routed prefill time on `ids` (a ratio measured side by side; the benchmark
+    `tokens_speed.py` measures it at realistic widths)."""
+    return _dense_over_routed(model, selector, drop, lambda: model(input_ids=ids, use_cache=False), repeats)
+
+
 def decode_speedup(model, selector, drop: list[float], prompt: torch.Tensor, new: int = 16,
                    repeats: int = 3) -> float:
-    """Dense / routed time of greedy generation of `new` tokens after `prompt` with the KV cache, medians of
-    alternating runs after a warm-up (the selector's KV policy decides what decoding computes)."""
-    import statistics
-
-    routing = TokenRouting(model, selector, drop)
+    """Dense / routed time of greedy generation of `new` tokens after `prompt` with the KV cache (the
+    selector's KV policy decides what decoding computes)."""
     gen = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True)
-    pad = getattr(model.generation_config, "pad_token_id", None)
-    if pad is None:
+    if getattr(model.generation_config, "pad_token_id", None) is None:
         gen["pad_token_id"] = 0
-    times = {"dense": [], "routed": []}
-    for k in range(repeats + 1):
-        for key in times:
-            if key == "routed":
-                routing.install()
-            t0 = time.perf_counter()
-            model.generate(prompt, **gen)
-            if k:
-                times[key].append(time.perf_counter() - t0)
-            routing.remove()
-    return statistics.median(times["dense"]) / statistics.median(times["routed"])
+    return _dense_over_routed(model, selector, drop, lambda: model.generate(prompt, **gen), repeats)
 
 
 def nominal_sparsity(selector, drop: list[float]) -> float:

@@ -70,16 +70,9 @@ def launch(job: dict, work: Path, processes: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m layerwise.pipeline.tokens_run JOB.json\n")
-        return 2
-    try:
-        run_job(args[0])
-    except LayerwiseError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    return 0
+    from ..distill.run import job_main
+
+    return job_main(argv, "layerwise.pipeline.tokens_run", run_job, LayerwiseError)
 
 
 if __name__ == "__main__":
