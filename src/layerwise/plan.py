@@ -70,6 +70,7 @@ class UnitRow:
     total: int | None = None              # units of that kind the block had before the stage
     stage: int = 1
     method: str = ""                      # the width criterion
+    where: str = ""                       # the module inside the block when it has several of one kind (conv1, conv2)
 
 
 @dataclass

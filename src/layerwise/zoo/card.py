@@ -17,6 +17,9 @@ def plot_curve(card: dict, path: Path) -> None:
     if "task" in card:
         _plot_task_curve(card, path, plt)
         return
+    if "flops_per_image" in card:
+        _plot_image_curve(card, path, plt)
+        return
     tokens = [c["tokens"] / 1e6 for c in curve]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
     ax[0].plot(tokens, [c["train_loss"] for c in curve], label="train loss (mean since last point)")
@@ -50,6 +53,43 @@ def _plot_task_curve(card: dict, path: Path, plt) -> None:
     plt.close(fig)
 
 
+def _plot_image_curve(card: dict, path: Path, plt) -> None:
+    curve = card["curve"]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot([c["epoch"] for c in curve], [c["train_loss"] for c in curve])
+    ax[0].set_yscale("log")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("training cross-entropy")
+    pts = [c for c in curve if "val_accuracy" in c]
+    ax[1].plot([c["epoch"] for c in pts], [c["val_accuracy"] for c in pts], color="C1", marker="o")
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel("validation accuracy")
+    fig.suptitle(f"{card['name']}: {card['parameters'] / 1e6:.3f}M params, {card['flops_per_image'] / 1e6:.1f} MFLOPs/image")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def image_card_markdown(card: dict) -> str:
+    t, e, d = card["training"], card["eval"], card["data"]
+    return "\n".join([
+        f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
+        f"| architecture | `{card['architecture']}` (layerwise.models.resnet, a transformers PreTrainedModel) |",
+        f"| parameters | {card['parameters']:,}; {card['flops_per_image'] / 1e6:.2f} MFLOPs per image |",
+        "| config | " + ", ".join(f"{k}={v}" for k, v in sorted(card["config"].items())) + " |",
+        f"| data | {d['source']}: {d['definition']}; canvas {d['size']}x{d['size']}, noise {d['noise']}, "
+        f"{d['copies']} canvases per digit; {d['train_images']} train / {d['validation_images']} validation / "
+        f"{d['test_images']} test images |",
+        f"| seed | {t['seed']} |",
+        f"| training | {t['epochs']} epochs × batch {t['batch_size']}, {t['optimizer']}, lr {t['lr']}, {t['schedule']} |",
+        f"| wall time | {t['wall_time_s'] / 60:.1f} min on {t['machine']}, {t['threads']} threads, {t['precision']} |",
+        f"| stack | Python {t['python']}, torch {t['torch']}, transformers {t['transformers']} |",
+        f"| validation | accuracy **{e['validation']['accuracy']:.4f}**, NLL {e['validation']['nll']:.4f} |",
+        f"| test | accuracy {e['test']['accuracy']:.4f}, NLL {e['test']['nll']:.4f} |",
+        "", f"Retrain: `layerwise zoo train {card['name']} --out DIR` (bit-identical on the same machine type).",
+        "", "![training curve](curve.png)", ""])
+
+
 def task_card_markdown(card: dict) -> str:
     t, e, task = card["training"], card["eval"], card["task"]
     lines = [
@@ -75,6 +115,8 @@ def task_card_markdown(card: dict) -> str:
 def card_markdown(card: dict) -> str:
     if "task" in card:
         return task_card_markdown(card)
+    if "flops_per_image" in card:
+        return image_card_markdown(card)
     t, e, c = card["training"], card["eval"], card["corpus"]
     cfg = card["config"]
     lines = [

@@ -18,7 +18,7 @@ class ZooSpec:
     vocab_size: int = 4096
     seqlen: int = 256
     batch_size: int = 16
-    steps: int = 1000
+    steps: int = 1000                 # optimizer steps (epochs for image classifiers)
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup: int = 100
@@ -77,4 +77,15 @@ register(ZooSpec(
     corpus="filler-kv", batch_size=32, steps=2000, lr=2e-3, warmup=100, weight_decay=0.05, eval_every=100,
     checkpoint_every=100, seed=0, extra={"task": "filler-kv",
                                          "task_options": {"length": 128, "pairs": 12, "queries": 4}},
+))
+
+register(ZooSpec(
+    name="resnet-digits",
+    description=("CIFAR-style ResNet-20 shape (3 stages x 3 basic blocks, widths 16/32/64) classifying scikit-learn "
+                 "digits placed at random offsets in noisy 12x12 canvases: the CNN of architecture search"),
+    architecture="cifar_resnet",
+    config=dict(num_channels=1, image_size=12, stage_widths=[16, 32, 64], stage_blocks=[3, 3, 3],
+                stage_strides=[1, 2, 2]),
+    corpus="digits", batch_size=64, steps=60, lr=0.1, warmup=0, weight_decay=5e-4, seed=0,
+    extra={"task": "image-classification", "data": {"size": 12, "copies": 2, "noise": 0.2, "seed": 0}},
 ))

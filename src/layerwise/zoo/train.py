@@ -96,6 +96,10 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
 
             quiet()
             return train_filler(_spec_for(name, steps), art, work_dir, threads, stop_after)
+        if spec.extra.get("task") == "image-classification":
+            from .vision import train_image_classifier
+
+            return train_image_classifier(spec, art, threads, steps)
         return _train(name, art, work_dir, steps, threads, stop_after)
 
 

@@ -214,11 +214,15 @@ def causal_config(config) -> bool:
 
 
 def model_class(config):
-    """The transformers auto class that builds a model of this config: causal LMs with their head,
-    everything else (encoders) bare."""
-    from transformers import AutoModel, AutoModelForCausalLM
+    """The transformers auto class that builds a model of this config: causal LMs and image
+    classifiers with their head, everything else (encoders) bare."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
 
-    return AutoModelForCausalLM if causal_config(config) else AutoModel
+    if causal_config(config):
+        return AutoModelForCausalLM
+    if any(a.endswith("ForImageClassification") for a in (getattr(config, "architectures", None) or [])):
+        return AutoModelForImageClassification
+    return AutoModel
 
 
 ADAPTERS: list[type[Adapter]] = []
