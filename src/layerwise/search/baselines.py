@@ -74,7 +74,8 @@ class RandomShape(ShapeSearch):
             g.update({d.name: d.candidates[int(torch.randint(len(d.candidates), (1,), generator=gen))]
                       for d in supernet.depth_dims})
             prefs = [torch.randn(len(w.candidates), generator=gen) for w in supernet.width_dims]
-            g = repair(supernet, g, cfg.flops, cfg.tolerance, prefs)
+            flat = [torch.zeros(len(d.candidates)) for d in supernet.depth_dims]
+            g = repair(supernet, g, cfg.flops, cfg.tolerance, prefs, flat)
             f = supernet.genotype_flops(g)
             if lo <= f <= hi:
                 return Genotype(g, f, full, self.name, notes={"tries": t + 1})

@@ -113,26 +113,40 @@ class TAS(ShapeSearch):
         return repair(supernet, last, self.config.flops, self.config.tolerance), "repaired"
 
 
-def repair(supernet, genotype: dict, target: float, tolerance: float, alphas=None) -> dict:
-    """Move widths one candidate at a time toward the band, each time the move whose logit drop is
-    smallest (logits: `alphas`, default the supernet's), until the genotype's FLOPs lie in
-    [target − tolerance, target]; as close as widths allow when the depths make the band unreachable."""
+def repair(supernet, genotype: dict, target: float, tolerance: float, alphas=None, betas=None) -> dict:
+    """Move one width (or, where no width can move, one depth) a candidate at a time toward the band,
+    each time the move its logits (`alphas`, `betas`; default the supernet's) object to least, until the
+    FLOPs lie in [target − tolerance, target]. When a step jumps over the band, the best genotype seen
+    under the target is returned."""
     alphas = supernet.alphas if alphas is None else alphas
+    betas = supernet.betas if betas is None else betas
     g = dict(genotype)
     full = supernet.full_flops()
+    seen, best_under = set(), None
     for _ in range(10_000):
         ratio = supernet.genotype_flops(g) / full
         if target - tolerance <= ratio <= target:
             return g
-        step = -1 if ratio > target else 1
-        best = None
-        for w, a in zip(supernet.width_dims, alphas):
-            j = w.candidates.index(g[w.name]) + step
-            if 0 <= j < len(w.candidates):
-                cost = float(a[j - step] - a[j])
-                if best is None or cost < best[0]:
-                    best = (cost, w.name, w.candidates[j])
-        if best is None:
+        if ratio <= target and (best_under is None or ratio > best_under[0]):
+            best_under = (ratio, dict(g))
+        key = tuple(sorted(g.items()))
+        if key in seen:
             break
-        g[best[1]] = best[2]
-    return g
+        seen.add(key)
+        step = -1 if ratio > target else 1
+        move = _cheapest(supernet.width_dims, alphas, g, step) or _cheapest(supernet.depth_dims, betas, g, step)
+        if move is None:
+            break
+        g[move[0]] = move[1]
+    return best_under[1] if best_under is not None else g
+
+
+def _cheapest(dims, logits, g: dict, step: int):
+    best = None
+    for dim, a in zip(dims, logits):
+        j = dim.candidates.index(g[dim.name]) + step
+        if 0 <= j < len(dim.candidates):
+            cost = float(a[j - step] - a[j])
+            if best is None or cost < best[0]:
+                best = (cost, dim.name, dim.candidates[j])
+    return None if best is None else best[1:]
