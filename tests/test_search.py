@@ -232,3 +232,84 @@ def test_bad_search_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle)
 def test_a_model_without_a_search_space_is_refused(tmp_path, tiny_dirs, capsys):
     code, _, err = _run(capsys, "search", str(tiny_dirs["bert"]), "--out", str(tmp_path / "o"))
     assert code == 2 and "exposes no search space" in err, err
+
+
+# --- decoders ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from layerwise import zoo
+
+    return zoo.load("llama-tiny")
+
+
+def _decoder_genotype(sn, seed):
+    g = _random_genotype(sn, torch.Generator().manual_seed(seed))
+    return g
+
+
+def test_decoder_supernet_at_full_width_is_the_dense_model(tiny_lm):
+    sn = supernet_for(tiny_lm.model).eval()
+    full = {**{w.name: w.full for w in sn.width_dims}, **{d.name: max(d.candidates) for d in sn.depth_dims}}
+    ids = torch.randint(0, 4096, (2, 32))
+    with torch.no_grad():
+        assert torch.equal(sn.forward_genotype(ids, full), tiny_lm.model(input_ids=ids).logits)
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 10_000))
+def test_decoder_export_equals_the_supernet_at_the_genotype(tiny_lm, seed):
+    sn = supernet_for(tiny_lm.model).eval()
+    g = _decoder_genotype(sn, seed)
+    ids = torch.randint(0, 4096, (2, 32), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        a = sn.forward_genotype(ids, g)
+        model = sn.export(g)
+        b = model(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert model.config.num_hidden_layers == g["layers"]
+
+
+def test_decoder_flops_match_the_flop_counter(tiny_lm):
+    """The counter sees the projections (dense SDPA on CPU is not counted): ours minus the attention
+    products equals it exactly."""
+    sn = supernet_for(tiny_lm.model, seqlen=64)
+    g = _decoder_genotype(sn, 5)
+    model = sn.export(g)
+    c = model.config
+    with FlopCounterMode(display=False) as fc:
+        model(input_ids=torch.randint(0, 4096, (1, 64)))
+    head = 2 * c.hidden_size * c.vocab_size * 64
+    hd = c.hidden_size // c.num_attention_heads
+    rep = c.num_attention_heads // c.num_key_value_heads
+    attn = sum(2 * 2 * 64 * hd * g[f"layers.{i}.attn"] * rep * 64 for i in range(g["layers"]))
+    assert fc.get_total_flops() - head == sn.genotype_flops(g) * 64 - attn
+
+
+def test_decoder_expected_flops_at_one_hot(tiny_lm):
+    sn = supernet_for(tiny_lm.model)
+    g = _decoder_genotype(sn, 11)
+    with torch.no_grad():
+        for dims, logits in ((sn.width_dims, sn.alphas), (sn.depth_dims, sn.betas)):
+            for d, a in zip(dims, logits):
+                a.fill_(-1e4)
+                a[d.candidates.index(g[d.name])] = 0
+    assert float(sn.expected_flops().detach()) == pytest.approx(sn.genotype_flops(g), rel=1e-5)
+
+
+def test_decoder_search_api_writes_a_reloadable_per_layer_width_model(tmp_path):
+    from layerwise.pipeline.search import search
+
+    res = search("zoo:llama-tiny", flops=0.6, space="width,depth", epochs=1, options={"batch_size": 4},
+                 search_windows=8, search_seqlen=32, tokens=2 * 8 * 256, global_batch=8, criterion="magnitude",
+                 eval_windows_n=4, out=tmp_path / "o")
+    assert 0.55 <= res.genotype.ratio <= 0.6
+    plan = json.loads((tmp_path / "o" / "plan.json").read_text())
+    assert {u["unit"] for u in plan["units"]} == {"kv_group", "mlp_channel"}
+    assert "perplexity" in res.metrics and res.plan.meta["tokens"] == 4096
+    from layerwise.io.load import load_model
+
+    back = load_model(str(tmp_path / "o")).model
+    ids = torch.randint(0, 4096, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=ids).logits, res.model(input_ids=ids).logits)

@@ -33,6 +33,11 @@ class ImageSet:
             idx = order[i:i + batch_size]
             yield self.pixels[idx], self.labels[idx]
 
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """`n` examples drawn uniformly with replacement (TAS pairs each weight batch with a random one)."""
+        idx = torch.randint(0, len(self), (n,), generator=generator)
+        return self.pixels[idx], self.labels[idx]
+
     def split_half(self, seed: int = 0) -> tuple["ImageSet", "ImageSet"]:
         """Two class-balanced halves (TAS searches weights on one and the architecture on the other)."""
         g = torch.Generator().manual_seed(seed)

@@ -128,3 +128,30 @@ def training_batch(stream: torch.Tensor, step: int, batch: int, seqlen: int, see
     g = generator(seed * 1_000_003 + step)
     starts = torch.randint(0, stream.numel() - seqlen, (batch,), generator=g)
     return torch.stack([stream[s:s + seqlen] for s in starts.tolist()])
+
+
+class TokenWindows:
+    """Windows of token ids with the interface architecture search reads (`batches`, `sample`,
+    `split_half`); labels are the ids themselves (next-token prediction)."""
+
+    def __init__(self, ids: torch.Tensor, name: str = "tokens"):
+        self.ids = ids
+        self.name = name
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        for i in range(0, len(self), batch_size):
+            x = self.ids[order[i:i + batch_size]]
+            yield x, x
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        x = self.ids[torch.randint(0, len(self), (n,), generator=generator)]
+        return x, x
+
+    def split_half(self, seed: int = 0) -> tuple["TokenWindows", "TokenWindows"]:
+        """The first and second halves of the windows (disjoint stretches of the stream)."""
+        h = len(self) // 2
+        return TokenWindows(self.ids[:h], self.name + "/a"), TokenWindows(self.ids[h:], self.name + "/b")

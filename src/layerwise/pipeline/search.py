@@ -33,6 +33,7 @@ class SearchResult:
     curve: list = field(default_factory=list)
     out: Path | None = None
     timings: dict = field(default_factory=dict)
+    tokenizer: object = None          # decoders: saved with the model
 
 
 def parse_space(space) -> tuple[str, ...]:
@@ -61,7 +62,7 @@ def image_splits(model, data: str | None):
     return tuple(digit_canvases(s, **d) for s in ("train", "test"))
 
 
-def genotype_plan(supernet, genotype: Genotype, target: float, tolerance: float) -> Plan:
+def genotype_plan(supernet, genotype: Genotype) -> Plan:
     """Block rows (kept or removed by depth) and conv-channel unit rows (the channels beyond each searched
     width go) of a genotype; the genotype itself in the plan's meta."""
     g = genotype.choices
@@ -74,9 +75,9 @@ def genotype_plan(supernet, genotype: Genotype, target: float, tolerance: float)
         if w.block is None:
             continue
         where = w.name.rsplit(".", 1)[-1]
-        units.append(UnitRow(w.block, w.unit, list(range(g[w.name], w.full)), total=w.full, method=genotype.method,
+        units.append(UnitRow(w.block, w.unit, supernet.removed_units(g, w), total=w.full, method=genotype.method,
                              where=where))
-    meta = {"kind": "search", "method": genotype.method, "genotype": g, "target": target, "tolerance": tolerance, "flops": genotype.flops,
+    meta = {"kind": "search", "method": genotype.method, "genotype": g, "flops": genotype.flops,
             "full_flops": genotype.full_flops, "flops_ratio": genotype.ratio, **genotype.notes}
     return Plan([], meta, blocks, units)
 
@@ -98,53 +99,132 @@ def student_of(supernet, genotype: Genotype, inherit: bool, seed: int) -> nn.Mod
 def search(model, flops: float = 0.5, method: str = "tas", space="width,depth", distill: bool = True,
            kd: bool = True, epochs: int | None = None, kd_epochs: int = 40, inherit: bool = False, align: str = "cwi",
            seed: int = 0, data: str | None = None, options: dict | None = None, out=None, overwrite: bool = False,
-           evaluate: bool = True) -> SearchResult:
-    """Search a shape for `model` at `flops` of its FLOPs; with `distill`, train it (KD from the dense
-    network when `kd`, cross-entropy only otherwise) for `kd_epochs`."""
-    from ..distill.classifier import TrainConfig, evaluate as score, train_classifier
+           evaluate: bool = True, tokens: int = 0, lr: float = 2e-4, global_batch: int = 8, criterion: str = "taylor",
+           search_windows: int = 256, search_seqlen: int = 128, eval_windows_n: int = 64) -> SearchResult:
+    """Search a shape for `model` at `flops` of its FLOPs, then train it.
 
+    Image classifiers: with `distill`, `kd_epochs` of training (KD from the dense network when `kd`,
+    cross-entropy only otherwise), from a fresh initialisation unless `inherit`. Decoders: the searched
+    widths and depth are cut from the dense weights (units ranked by `criterion`) and healed by KD on
+    `tokens` training tokens (the width command's healing); the search itself reads `search_windows`
+    windows of `search_seqlen` tokens."""
     quiet()
     flops = check_target(flops)
     spaces = parse_space(space)
-    if method not in SEARCHERS:
-        SEARCHERS.get(method)
+    SEARCHERS.get(method)
     if align not in ("cwi", "zero"):
         raise ConfigError(f"--align must be cwi or zero (got {align!r})")
+    if tokens < 0:
+        raise ConfigError(f"--tokens must be >= 0 (got {tokens})")
     art = guard_output(out, model, overwrite=overwrite)
     src = resolve(model)
     dense = src.loaded.model.eval()
-    if src.loaded.card:
-        object.__setattr__(dense, "_layerwise_card", src.loaded.card)
-    supernet = supernet_for(dense, spaces, align)
+    adapter_space = _space_family(dense)
     opts = dict(options or {})
     if epochs is not None and method == "tas":
         opts["epochs"] = epochs
     searcher = SEARCHERS.create(method, flops=flops, seed=seed, **opts)
-    train, test = image_splits(dense, data)
-    timings = {}
     with (art.run() if art is not None else _nothing()):
-        t0 = time.perf_counter()
-        info(f"{supernet.space.describe()}; {method} at {flops:.0%} of {supernet.full_flops() / 1e6:.2f} MFLOPs")
-        genotype = searcher.search(supernet, train)
-        timings["search_s"] = time.perf_counter() - t0
-        plan = genotype_plan(supernet, genotype, flops, searcher.config.tolerance)
-        student = student_of(supernet, genotype, inherit, seed)
-        curve = []
-        if distill:
-            t0 = time.perf_counter()
-            cfg = TrainConfig(epochs=kd_epochs, seed=seed)
-            curve = train_classifier(student, train, cfg, teacher=dense if kd else None,
-                                     description="distil" if kd else "train").curve
-            timings["train_s"] = time.perf_counter() - t0
-        metrics = {}
-        if evaluate:
-            metrics = {"dense": score(dense, test).to_dict(), "searched": score(student, test).to_dict()}
-        plan.meta.update({"distill": distill, "kd": kd, "kd_epochs": kd_epochs if distill else 0,
-                          "inherit": inherit, "space": list(spaces)})
-        result = SearchResult(genotype, student, plan, metrics, curve, None, timings)
+        if adapter_space == "decoder":
+            result = _search_decoder(src, dense, searcher, spaces, seed, tokens, lr, global_batch, criterion,
+                                     search_windows, search_seqlen, evaluate, eval_windows_n, data)
+        else:
+            if src.loaded.card:
+                object.__setattr__(dense, "_layerwise_card", src.loaded.card)
+            result = _search_images(dense, searcher, spaces, align, distill, kd, kd_epochs, inherit, seed, data,
+                                    evaluate)
+        result.plan.meta.update({"target": flops, "tolerance": searcher.config.tolerance, "space": list(spaces)})
         if art is not None:
             result.out = _write(art, result, src, dense)
     return result
+
+
+def _space_family(model) -> str:
+    from ..models.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    if not hasattr(adapter, "search_space"):
+        raise ConfigError(f"the {adapter.name} adapter exposes no search space (no searchable widths or depths)")
+    return adapter.search_space().family
+
+
+def _search_images(dense, searcher, spaces, align, distill, kd, kd_epochs, inherit, seed, data, evaluate):
+    from ..distill.classifier import TrainConfig, evaluate as score, train_classifier
+
+    supernet = supernet_for(dense, spaces, align)
+    train, test = image_splits(dense, data)
+    timings = {}
+    t0 = time.perf_counter()
+    info(f"{supernet.space.describe()}; {searcher.name} at {searcher.config.flops:.0%} of "
+         f"{supernet.full_flops() / 1e6:.2f} MFLOPs")
+    genotype = searcher.search(supernet, train)
+    timings["search_s"] = time.perf_counter() - t0
+    plan = genotype_plan(supernet, genotype)
+    student = student_of(supernet, genotype, inherit, seed)
+    curve = []
+    if distill:
+        t0 = time.perf_counter()
+        curve = train_classifier(student, train, TrainConfig(epochs=kd_epochs, seed=seed),
+                                 teacher=dense if kd else None, description="distil" if kd else "train").curve
+        timings["train_s"] = time.perf_counter() - t0
+    metrics = {"dense": score(dense, test).to_dict(), "searched": score(student, test).to_dict()} if evaluate else {}
+    plan.meta.update({"distill": distill, "kd": kd, "kd_epochs": kd_epochs if distill else 0, "inherit": inherit})
+    return SearchResult(genotype, student, plan, metrics, curve, None, timings)
+
+
+def _search_decoder(src, dense, searcher, spaces, seed, tokens, lr, global_batch, criterion, search_windows,
+                    search_seqlen, evaluate, eval_windows_n, data):
+    from ..data.tokens import TokenWindows, calibration_samples, eval_windows
+    from ..errors import DataError
+    from .width import _activation_stats, _taylor_grads
+
+    if src.tokenizer is None:
+        raise DataError(f"model {src.spec} has no tokenizer; a decoder search needs one")
+    corpus = data or "stdlib"
+    timings = {}
+    t0 = time.perf_counter()
+    from ..prune.width import WIDTH_CRITERIA, unit_scores
+
+    needs = WIDTH_CRITERIA.get(criterion).needs
+    samples = calibration_samples(corpus, src.tokenizer, 32, 256, seed)
+    stats = _activation_stats(dense, samples, 8)[0] if "calibration" in needs else None
+    grads = _taylor_grads(dense, samples, 8) if "gradients" in needs else None
+    scores = unit_scores(dense, criterion, stats, grads)
+    supernet = supernet_for(dense, spaces, scores=scores, seqlen=256)
+    windows = TokenWindows(calibration_samples(corpus, src.tokenizer, search_windows, search_seqlen, seed + 1))
+    info(f"{supernet.space.describe()}; {searcher.name} at {searcher.config.flops:.0%} of the blocks' "
+         f"{supernet.full_flops() / 1e6:.2f} MFLOPs per token")
+    genotype = searcher.search(supernet, windows)
+    timings["search_s"] = time.perf_counter() - t0
+    plan = genotype_plan(supernet, genotype)
+    student = supernet.export(genotype.choices, weights=dense)
+    curve = []
+    steps = tokens // (global_batch * 256) if tokens else 0
+    if steps:
+        from ..distill.driver import TrainConfig
+        from ..distill.objectives import HEALERS
+        from .width import _heal_stage
+        import tempfile
+
+        t0 = time.perf_counter()
+        teacher = dense
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        cfg = TrainConfig(steps=steps, global_batch=global_batch, seqlen=256, lr=lr, seed=seed, corpus=corpus,
+                          warmup=max(1, steps // 20), checkpoint_every=max(1, min(50, steps)))
+        with tempfile.TemporaryDirectory(prefix="layerwise-search-") as work:
+            curve = _heal_stage(HEALERS.create("kd"), student, teacher, cfg, src.tokenizer, Path(work), 1, 1)
+        timings["heal_s"] = time.perf_counter() - t0
+    metrics = {}
+    if evaluate:
+        from ..eval import perplexity
+
+        w = eval_windows(corpus, src.tokenizer, 256, "validation", eval_windows_n)
+        metrics = {"perplexity_dense": perplexity(dense, w, 16).perplexity,
+                   "perplexity": perplexity(student.eval(), w, 16).perplexity}
+    plan.meta.update({"distill": bool(steps), "kd": bool(steps), "tokens": steps * global_batch * 256,
+                      "criterion": criterion, "inherit": True})
+    return SearchResult(genotype, student.eval(), plan, metrics, curve, None, timings, src.tokenizer)
 
 
 class _nothing:
@@ -163,7 +243,12 @@ def _write(art, result: SearchResult, src, dense) -> Path:
     tmp = art.begin()
     model = result.model
     model.config.architectures = [type(model).__name__]
-    model.save_pretrained(tmp)
+    if result.tokenizer is not None:
+        from ..io.structured import save_model
+
+        save_model(model, result.tokenizer, tmp)
+    else:
+        model.save_pretrained(tmp)
     result.plan.save(tmp / "plan.json")
     write_json(tmp / "search.json", {**result.genotype.to_dict(), "train_curve": result.curve})
     manifest = {"command": "layerwise search", "source": src.spec, "metrics": result.metrics,

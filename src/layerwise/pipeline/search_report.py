@@ -43,7 +43,8 @@ def plot_search(result, dense_config, path: Path) -> None:
 def _stage(plan, block: int) -> int:
     for b in plan.blocks:
         if b.block == block:
-            return int(str(b.scores.get("stage", "stage0"))[5:] or 0)
+            digits = "".join(ch for ch in str(b.scores.get("stage", "")) if ch.isdigit())
+            return int(digits or 0)
     return 0
 
 
@@ -58,14 +59,19 @@ def search_markdown(result, source: str) -> str:
     lines = [f"# search: {source}", "", "| | |", "|---|---|",
              f"| method | {g.method} (space {', '.join(meta.get('space', []))}) |",
              f"| FLOPs | {g.flops / 1e6:.3f} M of {g.full_flops / 1e6:.3f} M ({g.ratio:.1%}) |",
-             f"| depth | " + ", ".join(f"{d}: {v}" for d, v in g.choices.items() if d.startswith("stage")) + " |",
-             f"| training | {'KD from the dense network' if meta.get('kd') else 'cross-entropy'}, "
-             f"{meta.get('kd_epochs', 0)} epochs, {'inherited' if meta.get('inherit') else 'fresh'} weights |"]
+             "| depth | " + ", ".join(f"{d}: {v}" for d, v in g.choices.items() if "." not in d and d != "stem")
+             + " |",
+             f"| training | {'KD from the dense network' if meta.get('kd') else 'cross-entropy or none'}, "
+             + (f"{meta['tokens']:,} tokens" if "tokens" in meta else f"{meta.get('kd_epochs', 0)} epochs")
+             + f", {'inherited' if meta.get('inherit') else 'fresh'} weights |"]
     for k, v in m.items():
-        lines.append(f"| {k} (test) | accuracy {v['accuracy']:.4f}, NLL {v['nll']:.4f} |")
+        if isinstance(v, dict):
+            lines.append(f"| {k} (test) | accuracy {v['accuracy']:.4f}, NLL {v['nll']:.4f} |")
+        else:
+            lines.append(f"| {k} (validation) | {v:.4f} |")
     for k, v in result.timings.items():
         lines.append(f"| {k} | {v:.1f} |")
     lines += ["", "![searched widths and search course](search.png)", "", "Widths:", "",
               "| layer | width |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in g.choices.items() if not k.startswith("stage")]
+    lines += [f"| {k} | {v} |" for k, v in g.choices.items() if "." in k or k == "stem"]
     return "\n".join(lines) + "\n"

@@ -7,8 +7,9 @@ from ..models.adapters import get_adapter
 from . import baselines, tas  # noqa: F401  (register the methods)
 from .base import SEARCHERS, Genotype, SearchConfig, ShapeSearch
 
-def supernet_for(model, spaces=("width", "depth"), align: str = "cwi"):
-    """The supernet of `model` over the requested kinds of choice (its adapter's search space)."""
+def supernet_for(model, spaces=("width", "depth"), align: str = "cwi", scores=None, seqlen: int = 256):
+    """The supernet of `model` over the requested kinds of choice (its adapter's search space).
+    Decoders: `scores` rank the units (default weight magnitude), FLOPs are per token at `seqlen`."""
     adapter = get_adapter(model)
     if not hasattr(adapter, "search_space"):
         raise ConfigError(f"the {adapter.name} adapter exposes no search space (no searchable widths or depths)")
@@ -20,7 +21,7 @@ def supernet_for(model, spaces=("width", "depth"), align: str = "cwi"):
     if space.family == "decoder":
         from .decoder import SearchDecoder
 
-        return SearchDecoder(model, space)
+        return SearchDecoder(model, space, scores, seqlen)
     raise ConfigError(f"no supernet for the {space.family} search space")
 
 

@@ -135,10 +135,18 @@ class SearchCifarResNet(nn.Module):
     def genotype_flops(self, genotype: dict) -> int:
         return resnet_flops(self.genotype_config(genotype))
 
+    def removed_units(self, genotype: dict, dim) -> list[int]:
+        """Channels a width choice removes: candidate c keeps the first c filters."""
+        return list(range(genotype[dim.name], dim.full))
+
     def full_flops(self) -> int:
         return resnet_flops(self.config)
 
     # --- forward passes -----------------------------------------------------------------------
+    @staticmethod
+    def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
     def _index(self, name: str, value: int) -> int:
         return self.width_dims[self._wi[name]].candidates.index(value)
 

@@ -1,6 +1,6 @@
 """TAS (Dong & Yang, NeurIPS 2019): differentiable search of widths and depths under a FLOPs target.
 
-Alternating updates on two class-balanced halves of the training data: a weight step (SGD on the
+Alternating updates on two halves of the training data (class-balanced for images): a weight step (SGD on the
 shared weights, cross-entropy of a sampled architecture) on one half, an architecture step (Adam on
 α, β: cross-entropy plus λ·(±log E[FLOPs]), the sign chosen by the argmax genotype's FLOPs against
 the band) on a random batch of the other half. τ follows a cosine from τ_max to τ_min over the
@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from ..console import progress_bar
@@ -68,14 +67,14 @@ class TAS(ShapeSearch):
                     for group in opt_w.param_groups:
                         group["lr"] = cfg.weight_lr * 0.5 * (1 + math.cos(math.pi * step / total))
                     logits, _ = supernet.forward_search(xw, tau, gen)
-                    loss_w = F.cross_entropy(logits, yw)
+                    loss_w = supernet.task_loss(logits, yw)
                     opt_w.zero_grad(set_to_none=True)
                     loss_w.backward()
                     opt_w.step()
 
-                    idx = torch.randint(0, len(a_set), (len(yw),), generator=gen)
-                    logits, expected = supernet.forward_search(a_set.pixels[idx], tau, gen)
-                    ce_a = F.cross_entropy(logits, a_set.labels[idx])
+                    xa, ya = a_set.sample(len(yw), gen)
+                    logits, expected = supernet.forward_search(xa, tau, gen)
+                    ce_a = supernet.task_loss(logits, ya)
                     disc = supernet.genotype_flops(supernet.argmax_genotype())
                     cost, branch = cost_loss(expected, disc, full, cfg.flops, cfg.tolerance)
                     if branch == "in band" and 2 * step >= total:

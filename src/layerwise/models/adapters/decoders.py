@@ -52,6 +52,20 @@ class LlamaLikeAdapter(Adapter):
         c = self.model.config
         return self.attention_layout()["kv_heads"], c.intermediate_size
 
+    def search_space(self):
+        """Per block: its KV groups and MLP channels; the stack's depth (a prefix of the blocks)."""
+        from .layout import layouts
+        from .space import DepthDim, SearchSpace, WidthDim, depth_candidates, width_candidates
+
+        widths = []
+        for lay in layouts(self.model):
+            widths.append(WidthDim(f"layers.{lay.block}.attn", lay.kv_heads, width_candidates(lay.kv_heads),
+                                   "kv_group", lay.block))
+            widths.append(WidthDim(f"layers.{lay.block}.mlp", lay.intermediate, width_candidates(lay.intermediate),
+                                   "mlp_channel", lay.block))
+        n = self.num_blocks
+        return SearchSpace("decoder", widths, [DepthDim("layers", tuple(range(n)), depth_candidates(n))])
+
 
 @register
 class GPT2Adapter(Adapter):
