@@ -145,7 +145,7 @@ def _cheapest(dims, logits, g: dict, step: int):
     for dim, a in zip(dims, logits):
         j = dim.candidates.index(g[dim.name]) + step
         if 0 <= j < len(dim.candidates):
-            cost = float(a[j - step] - a[j])
+            cost = float((a[j - step] - a[j]).detach())
             if best is None or cost < best[0]:
                 best = (cost, dim.name, dim.candidates[j])
     return None if best is None else best[1:]
