@@ -36,6 +36,9 @@ class SearchResult:
     tokenizer: object = None          # decoders: saved with the model
 
 
+DECODER_TAS = {"batch_size": 8, "weight_lr": 0.01, "epochs": 6}
+
+
 def parse_space(space) -> tuple[str, ...]:
     items = space.split(",") if isinstance(space, str) else list(space)
     items = tuple(s.strip() for s in items if s.strip())
@@ -121,8 +124,11 @@ def search(model, flops: float = 0.5, method: str = "tas", space="width,depth", 
     dense = src.loaded.model.eval()
     adapter_space = _space_family(dense)
     opts = dict(options or {})
-    if epochs is not None and method == "tas":
-        opts["epochs"] = epochs
+    if method == "tas":
+        if epochs is not None:
+            opts["epochs"] = epochs
+        if adapter_space == "decoder":   # a language model's batch is 8 windows; its weights take small SGD steps
+            opts = {**DECODER_TAS, **opts}
     searcher = SEARCHERS.create(method, flops=flops, seed=seed, **opts)
     with (art.run() if art is not None else _nothing()):
         if adapter_space == "decoder":
