@@ -32,6 +32,8 @@ def small(recipe: Path, tmp_path: Path) -> Path:
             opts["steps"] = 2
         if kind == "quantize" and "group_size" in opts:
             opts["group_size"] = 64
+        if kind == "search":
+            opts.update(epochs=1, tokens=min(opts.get("tokens", 0), 4096), search_windows=8, search_seqlen=32)
     p = tmp_path / recipe.name
     p.write_text(yaml.safe_dump(d))
     return p
@@ -120,6 +122,8 @@ def test_allocation_after_a_fused_stage_is_not_fused(tmp_path):
     ({"stages": [{"depth": {"select": "worst"}}]}, "stages[0].depth.select"),
     ({"stages": [{"width": {"criterion": "random"}}]}, "stages[0].width.criterion"),
     ({"steps": []}, "unknown field(s) steps"),
+    ({"stages": [{"search": {"flops": 0}}]}, "stages[0].search.flops"),
+    ({"stages": [{"search": {"method": "darts"}}]}, "stages[0].search.method: unknown shape search method"),
 ])
 def test_bad_recipes_name_the_field(body, needle, tmp_path, capsys):
     p = tmp_path / "bad.yaml"

@@ -71,6 +71,12 @@ def _run_step(step: list[Stage], model, cal, out, common: dict):
         from .pipeline.depth import depth
 
         return depth(model, **s.options.model_dump(), **calib, nsamples=min(cal.nsamples, 64), out=out, **common)
+    if s.kind == "search":
+        from .pipeline.search import search
+
+        return search(model, **s.options.model_dump(), seed=cal.seed,
+                      data=cal.corpus if cal.corpus != "stdlib" else None, out=out,
+                      overwrite=common.get("overwrite", False))
     from .pipeline.width import width
 
     return width(model, **s.options.model_dump(), **calib, nsamples=min(cal.nsamples, 32), out=out, **common)

@@ -113,8 +113,30 @@ class WidthStage(_Strict):
     _h = field_validator("heal")(lambda v: _registered("layerwise.distill.objectives:HEALERS", v))
 
 
+class SearchStage(_Strict):
+    flops: float = Field(0.5, gt=0, le=1)
+    method: str = "tas"
+    space: str = "width,depth"
+    epochs: int | None = Field(None, ge=1)
+    options: dict = Field(default_factory=dict)
+    tokens: int = Field(0, ge=0)           # language models: KD healing tokens
+    lr: float = Field(2e-4, gt=0)
+    global_batch: int = Field(8, ge=1)
+    criterion: str = "taylor"
+    search_windows: int = Field(256, ge=2)
+    search_seqlen: int = Field(128, ge=2)
+    distill: bool = True                   # image classifiers: train the searched network
+    kd: bool = True
+    kd_epochs: int = Field(40, ge=1)
+    inherit: bool = False
+    align: str = "cwi"
+
+    _m = field_validator("method")(lambda v: _registered("layerwise.search:SEARCHERS", v))
+    _c = field_validator("criterion")(lambda v: _registered("layerwise.prune.width:WIDTH_CRITERIA", v))
+
+
 STAGES: dict[str, type[_Strict]] = {"prune": PruneStage, "quantize": QuantizeStage, "depth": DepthStage,
-                                    "width": WidthStage}
+                                    "width": WidthStage, "search": SearchStage}
 
 
 class Stage(BaseModel):

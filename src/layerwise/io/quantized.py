@@ -58,8 +58,11 @@ def load_gptq(path: Path, dtype: torch.dtype = torch.float32):
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     cls = model_class(config)
+    from .structured import apply_structure
+
     with init_empty_weights(include_buffers=False):
         model = cls.from_config(config, dtype=dtype)
+        apply_structure(model, path)          # a width-pruned model, quantized afterwards
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{path} has no safetensors weights")

@@ -69,6 +69,30 @@ def save_model(model: nn.Module, tokenizer, directory: Path) -> str:
     return how
 
 
+def apply_structure(model: nn.Module, path: Path) -> bool:
+    """Cut an (empty) model of the config to the per-layer widths saved in `path`, if any were saved
+    (the skeleton every loader of a width-pruned checkpoint, dense or packed, fills)."""
+    from ..models.adapters.layout import layouts
+    from ..models.adapters.surgery import LayerCut, shrink
+
+    path = Path(path)
+    if not (path / MARKER).exists():
+        return False
+    meta = json.loads((path / MARKER).read_text())
+    if meta.get("kind") != "width":
+        raise ModelLoadError(f"{path / MARKER}: unknown kind {meta.get('kind')!r}")
+    lays = layouts(model)
+    cuts = []
+    for spec in meta["layers"]:
+        lay = lays[spec["block"]]
+        g, c = spec["num_key_value_heads"], spec["intermediate_size"]
+        if not (1 <= g <= lay.kv_heads and 1 <= c <= lay.intermediate):
+            raise ModelLoadError(f"{path / MARKER}: block {spec['block']} widths {g}/{c} do not fit the config")
+        cuts.append(LayerCut(spec["block"], list(range(g, lay.kv_heads)), list(range(c, lay.intermediate))))
+    shrink(model, cuts)
+    return True
+
+
 def load_structured(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The stock architecture of the config, each block cut to its saved widths, then the weights."""
     from accelerate import init_empty_weights
@@ -81,22 +105,11 @@ def load_structured(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module
     from ..models.adapters import model_class
 
     path = Path(path)
-    meta = json.loads((path / MARKER).read_text())
-    if meta.get("kind") != "width":
-        raise ModelLoadError(f"{path / MARKER}: unknown kind {meta.get('kind')!r}")
     config = AutoConfig.from_pretrained(path)
     cls = model_class(config)
     with init_empty_weights(include_buffers=False):
         model = cls.from_config(config, dtype=dtype)
-        lays = layouts(model)
-        cuts = []
-        for spec in meta["layers"]:
-            lay = lays[spec["block"]]
-            g, c = spec["num_key_value_heads"], spec["intermediate_size"]
-            if not (1 <= g <= lay.kv_heads and 1 <= c <= lay.intermediate):
-                raise ModelLoadError(f"{path / MARKER}: block {spec['block']} widths {g}/{c} do not fit the config")
-            cuts.append(LayerCut(spec["block"], list(range(g, lay.kv_heads)), list(range(c, lay.intermediate))))
-        shrink(model, cuts)
+        apply_structure(model, path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{path} has no safetensors weights")

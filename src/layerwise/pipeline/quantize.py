@@ -362,6 +362,10 @@ def _write_dequantized_meta(store, src, partial: Path) -> None:
         cfg.quantization_config = qc
     if src.tokenizer is not None:
         src.tokenizer.save_pretrained(deq)
+    from ..io.structured import is_width_pruned, write_structure
+
+    if store.fully_in_memory and is_width_pruned(store.model):   # per-layer widths: the copy needs them too
+        write_structure(store.model, deq)
 
 
 @torch.no_grad()
