@@ -168,7 +168,9 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     res = json.loads(results.read_text()) if results.exists() else {"cells": {}}
-    res["command"] = command_line()
+    res.setdefault("commands", [])
+    if command_line() not in res["commands"]:
+        res["commands"].append(command_line())
     dense = zoo.load("resnet-digits").model
     d = evaluate(dense, digit_canvases("test"))
     res["dense"] = {"nll": d.nll, "accuracy": d.accuracy, "flops": resnet_flops(dense.config)}
@@ -278,7 +280,7 @@ def render(res: dict, write: bool = True) -> None:
     print(text)
     if write:
         update_section("search_cnn", text, "Architecture search (TAS) on the zoo CNN",
-                       commands=[res.get("command", command_line())])
+                       commands=res.get("commands") or [command_line()])
 
 
 def _seeds(cells, t):
