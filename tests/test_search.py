@@ -313,3 +313,11 @@ def test_decoder_search_api_writes_a_reloadable_per_layer_width_model(tmp_path):
     ids = torch.randint(0, 4096, (1, 16))
     with torch.no_grad():
         assert torch.equal(back(input_ids=ids).logits, res.model(input_ids=ids).logits)
+
+
+def test_eval_of_an_image_classifier_reports_accuracy_and_speed(capsys):
+    code, out, err = _run(capsys, "eval", "zoo:resnet-digits", "--split", "test", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["kind"] == "image-classifier" and rep["extra"]["images"] == 994
+    assert rep["extra"]["accuracy"] > 0.9 and rep["extra"]["images_per_s"] > 0

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..console import progress_bar
+from ..eval.images import ClassifierScore, classifier_score, logits_of  # noqa: F401  (re-exported)
 from .losses import kd_loss
 
 
@@ -32,37 +33,12 @@ class TrainConfig:
 
 
 @dataclass
-class ClassifierScore:
-    nll: float
-    accuracy: float
-    n: int
-
-    def to_dict(self) -> dict:
-        return {"nll": self.nll, "accuracy": self.accuracy, "n": self.n}
-
-
-@dataclass
 class TrainResult:
     curve: list = field(default_factory=list)
     seen: int = 0                  # training images seen
 
 
-def logits_of(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    out = model(pixels)
-    return out.logits if hasattr(out, "logits") else out
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data, batch_size: int = 256) -> ClassifierScore:
-    was = model.training
-    model.eval()
-    nll, correct = 0.0, 0
-    for x, y in data.batches(batch_size):
-        logits = logits_of(model, x).float()
-        nll += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(-1) == y).sum())
-    model.train(was)
-    return ClassifierScore(nll / len(data), correct / len(data), len(data))
+evaluate = classifier_score
 
 
 def train_classifier(model: nn.Module, train, cfg: TrainConfig, teacher: nn.Module | None = None,

@@ -21,7 +21,7 @@ class EvalReport:
     model: str
     data: str
     split: str
-    kind: str                              # "causal-lm" or "encoder"
+    kind: str                              # "causal-lm", "encoder" or "image-classifier"
     parameters: int
     nonzero_parameters: int
     model_mb: float
@@ -77,10 +77,61 @@ class EvalReport:
             if b.decode_tokens_per_s and s.decode_tokens_per_s:
                 r.append(("bf16 copy: decode", f"{b.decode_tokens_per_s:,.1f} tokens/s "
                           f"({b.decode_tokens_per_s / s.decode_tokens_per_s:.2f}x)"))
+        e = self.extra
+        if "accuracy" in e:
+            r.append(("accuracy", f"{e['accuracy']:.4f}  ({e['images']} images)"))
+            r.append(("NLL", f"{e['nll']:.4f} nats/image"))
+        if "top1_agreement" in e:
+            r.append((f"top-1 agreement vs {self.reference}", f"{e['top1_agreement']:.4f}"))
+        if "images_per_s" in e:
+            r.append(("speed", f"{e['images_per_s']:,.0f} images/s (batch {e['speed_batch']})"))
         for task, metrics in (self.lm_eval or {}).items():
             r.append((f"lm-eval {task}", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())))
         r.append(("evaluation time", f"{self.seconds:.1f} s"))
         return r
+
+
+def _is_image_model(model) -> bool:
+    from ..models.adapters import get_adapter
+    from ..errors import ConfigError
+
+    try:
+        return any(f.kind == "pixels" for f in get_adapter(model).inputs)
+    except ConfigError:
+        return False
+
+
+def _evaluate_images(lm, data, split, batch_size, reference, speed, t0) -> EvalReport:
+    """Image classifiers: accuracy and NLL on the digit canvases, agreement with a reference, images/s."""
+    from ..data.images import SPLITS, digit_canvases
+    from ..errors import ConfigError
+    from .images import classifier_score, images_per_second, top1_agreement
+
+    if data not in ("stdlib", "digits"):
+        raise ConfigError(f"image classifiers are evaluated on 'digits' (scikit-learn digit canvases); got --data {data}")
+    split = "test" if split == "all" else split
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+    net = lm.model.eval()
+    c = net.config
+    card = (lm.card or {}).get("data") or {}
+    images = digit_canvases(split, size=c.image_size, copies=card.get("copies", 2), noise=card.get("noise", 0.2),
+                            seed=card.get("seed", 0))
+    ref = _as_loaded(reference) if reference is not None else None
+    report = EvalReport(model=lm.source, data="digits", split=split, kind="image-classifier",
+                        parameters=count_parameters(net), nonzero_parameters=count_parameters(net, nonzero=True),
+                        model_mb=model_bytes(net) / 2**20,
+                        bytes_on_disk=bytes_on_disk(net, lm.path) if lm.path else None,
+                        reference=ref.source if ref else None)
+    s = classifier_score(net, images, max(batch_size, 64))
+    report.extra = {"accuracy": s.accuracy, "nll": s.nll, "images": s.n}
+    if ref is not None:
+        report.extra["top1_agreement"] = top1_agreement(net, ref.model, images)
+    if speed:
+        report.extra["images_per_s"] = images_per_second(net, images.pixels[:256])
+        report.extra["speed_batch"] = min(256, len(images))
+    report.seconds = time.perf_counter() - t0
+    return report
 
 
 def _as_loaded(model) -> LoadedModel:
@@ -105,6 +156,8 @@ def evaluate(model, data: str = "stdlib", split: str = "validation", seqlen: int
     if max_windows is not None:
         count("--max-windows", max_windows)
     lm = _as_loaded(model)
+    if _is_image_model(lm.model):
+        return _evaluate_images(lm, data, split, batch_size, reference, speed, t0)
     tok = tokenizer or lm.tokenizer
     if tok is None:
         raise DataError(f"model {lm.source} has no tokenizer; pass --tokenizer PATH or zoo:NAME")
