@@ -276,11 +276,46 @@ def render(res: dict, write: bool = True) -> None:
                  "runs, same process):", "",
                  md_table(["network", "images/s", "× dense"],
                           [[k, round(v), f"{sp['speedup'][k]:.2f}"] for k, v in sp["images_per_s"].items()])]
+    if write:
+        plot(res, targets)
+        body += ["", "![test NLL of each shape at each FLOPs target](docs/figures/search_cnn.png)"]
     text = "\n".join(body)
     print(text)
     if write:
         update_section("search_cnn", text, "Architecture search (TAS) on the zoo CNN",
                        commands=res.get("commands") or [command_line()])
+
+
+def plot(res: dict, targets: list[float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common import FIG
+
+    cells = res["cells"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, how in zip(axes, ("kd", "ce")):
+        for j, kind in enumerate(SHAPES + CROSS):
+            xs, ms, ss = [], [], []
+            for t in targets:
+                v = [c[how]["nll"] for k, c in cells.items() if k.startswith(f"{kind}|{t}|") and how in c]
+                if v:
+                    xs.append(t + 0.006 * (j - 2.5))
+                    ms.append(statistics.mean(v))
+                    ss.append(statistics.stdev(v) if len(v) > 1 else 0)
+            if xs:
+                ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=kind, linestyle="none")
+        ax.axhline(res["dense"]["nll"], color="0.5", linestyle="--", label="dense")
+        ax.set_xlabel("FLOPs target (share of dense)")
+        ax.set_title("KD from the dense network" if how == "kd" else "cross-entropy only", fontsize=9)
+    axes[0].set_ylabel("test NLL (mean ± std over seeds)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    FIG.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIG / "search_cnn.png", dpi=110)
+    plt.close(fig)
 
 
 def _seeds(cells, t):
