@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--speed-batch", type=int, default=256)
     ap.add_argument("--speed-repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--no-speed", action="store_true", help="quality cells only (time speed later, machine idle)")
     ap.add_argument("--speed-only", action="store_true", help="time the networks of finished cells only")
@@ -166,7 +167,7 @@ def main() -> None:
     if a.render_only:
         render(json.loads(results.read_text()), write=not a.no_write)
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     res = json.loads(results.read_text()) if results.exists() else {"cells": {}}
     res.setdefault("commands", [])
     if command_line() not in res["commands"]:
