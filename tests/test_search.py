@@ -220,6 +220,9 @@ def test_search_command_writes_a_reloadable_network_and_its_plan(tmp_path, capsy
     (["--space", "heads"], "unknown search space"),
     (["--method", "nope"], "unknown shape search method"),
     (["--align", "pad"], "--align must be cwi or zero"),
+    (["--kd-epochs", "0"], "--kd-epochs must be >= 1"),
+    (["--epochs", "0"], "option 'epochs'"),
+    (["--option", "cost_weight=-1"], "option 'cost_weight'"),
 ])
 def test_bad_search_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
     code, _, err = _run(capsys, "search", "zoo:resnet-digits", *args, "--out", str(tmp_path / "o"))

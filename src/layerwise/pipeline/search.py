@@ -119,6 +119,8 @@ def search(model, flops: float = 0.5, method: str = "tas", space="width,depth", 
         raise ConfigError(f"--align must be cwi or zero (got {align!r})")
     if tokens < 0:
         raise ConfigError(f"--tokens must be >= 0 (got {tokens})")
+    if distill and kd_epochs < 1:
+        raise ConfigError(f"--kd-epochs must be >= 1 (got {kd_epochs}); pass --no-distill to skip training")
     art = guard_output(out, model, overwrite=overwrite)
     src = resolve(model)
     dense = src.loaded.model.eval()
