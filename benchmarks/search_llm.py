@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--speed-repeats", type=int, default=5)
     ap.add_argument("--speed-batch", type=int, default=8)
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="time models of the recorded widths (seed 0 of each shape); speed needs no trained weights")
     add_output_options(ap, "search_llm.json")
     a = ap.parse_args()
     if a.render_only:
@@ -72,11 +74,16 @@ def main() -> None:
     base = load_model(a.model)
     windows = eval_windows("stdlib", base.tokenizer, 256, "validation", a.windows)
     res = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
-    res.update({"command": command_line(), "args": vars(a),
-                "dense": perplexity(base.model, windows, 16).perplexity})
+    if not a.speed_only:
+        res.update({"command": command_line(), "args": vars(a),
+                    "dense": perplexity(base.model, windows, 16).perplexity})
     tokens = a.steps * a.batch * 256
     models = {"dense": base.model}
-    for seed in [int(s) for s in a.seeds.split(",")]:
+    if a.speed_only:
+        models.update({k: shaped(base.model, res["runs"][f"{k}|{a.seeds.split(',')[0]}"]["widths"])
+                       for k in ("adaptive", "uniform", "tas")})
+        res["commands"] = res.get("commands", [res.get("command")]) + [command_line()]
+    for seed in ([] if a.speed_only else [int(s) for s in a.seeds.split(",")]):
         for kind in ("adaptive", "uniform", "tas"):
             key = f"{kind}|{seed}"
             t0 = time.perf_counter()
@@ -105,6 +112,20 @@ def main() -> None:
         res["speed"] = sp
         RESULTS.write_text(json.dumps(res, indent=1))
     render(res, write=not a.no_write)
+
+
+def shaped(dense, layer_widths: list[dict]):
+    """The dense model cut to recorded per-block widths (first units kept: timing does not depend on which)."""
+    import copy
+
+    from layerwise.models.adapters.layout import layouts
+    from layerwise.prune.width import LayerCut, shrink
+
+    m = copy.deepcopy(dense)
+    cuts = [LayerCut(lay.block, list(range(w["num_key_value_heads"], lay.kv_heads)),
+                     list(range(w["intermediate_size"], lay.intermediate)))
+            for lay, w in zip(layouts(m), layer_widths)]
+    return shrink(m, cuts).eval()
 
 
 def render(res: dict, write: bool = True) -> None:
@@ -142,7 +163,7 @@ def render(res: dict, write: bool = True) -> None:
     print(text)
     if write:
         update_section("search_llm", text, "Architecture search (TAS) on zoo:llama-12l vs width pruning",
-                       commands=[res.get("command", command_line())])
+                       commands=res.get("commands") or [res.get("command", command_line())])
 
 
 if __name__ == "__main__":
