@@ -128,5 +128,13 @@ def load_structured(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module
     return model.eval()
 
 
-register_format(Format("width", MARKER, lambda p: (Path(p) / MARKER).exists(), load_structured,
+def _plain_width_checkpoint(p) -> bool:
+    """Per-layer widths in plain weights; a packed (GPTQ) checkpoint with widths belongs to the GPTQ
+    loader, which applies the widths itself — whichever format registered first."""
+    from .quantized import gptq_config
+
+    return (Path(p) / MARKER).exists() and gptq_config(Path(p)) is None
+
+
+register_format(Format("width", MARKER, _plain_width_checkpoint, load_structured,
                        "stock config + per-layer widths of a structurally pruned model"))
