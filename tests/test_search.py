@@ -324,3 +324,8 @@ def test_eval_of_an_image_classifier_reports_accuracy_and_speed(capsys):
     rep = json.loads(out)
     assert rep["kind"] == "image-classifier" and rep["extra"]["images"] == 994
     assert rep["extra"]["accuracy"] > 0.9 and rep["extra"]["images_per_s"] > 0
+
+
+def test_prune_on_a_cnn_points_to_search(tmp_path, capsys):
+    code, _, err = _run(capsys, "prune", "zoo:resnet-digits", "--out", str(tmp_path / "o"))
+    assert code == 2 and "layerwise search" in err, err

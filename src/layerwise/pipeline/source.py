@@ -72,7 +72,12 @@ def calibration_inputs(calib, tokenizer, nsamples: int, seqlen: int, seed: int, 
             raise DataError(f"calibration tensor of shape {tuple(calib.shape)} has no samples")
         return calib
     if tokenizer is None:
-        raise DataError(f"model {spec} has no tokenizer; pass --tokenizer (or calibration inputs as a tensor)")
+        hint = ""
+        d = model_dir(spec)
+        cfg = d / "config.json" if d is not None else None
+        if cfg is not None and cfg.is_file() and "ForImageClassification" in cfg.read_text():
+            hint = "; convolutional image classifiers are compressed with `layerwise search`"
+        raise DataError(f"model {spec} has no tokenizer; pass --tokenizer (or calibration inputs as a tensor){hint}")
     from ..data.tokens import calibration_samples
 
     return calibration_samples(calib, tokenizer, nsamples, seqlen, seed)
