@@ -27,7 +27,8 @@ from common import ROOT, add_output_options, command_line, md_table, update_sect
 
 from layerwise import zoo  # noqa: E402
 from layerwise.data.images import digit_canvases  # noqa: E402
-from layerwise.distill.classifier import TrainConfig, evaluate, train_classifier  # noqa: E402
+from layerwise.distill.classifier import TrainConfig, train_classifier  # noqa: E402
+from layerwise.eval.images import classifier_score as evaluate  # noqa: E402
 from layerwise.models.resnet import CifarResNetForImageClassification, resnet_flops  # noqa: E402
 from layerwise.search import SEARCHERS, supernet_for  # noqa: E402
 from layerwise.utils.hf import quiet  # noqa: E402

@@ -84,3 +84,11 @@ def digit_canvases(split: str = "train", size: int = 12, copies: int = 2, noise:
     canvas += noise * torch.randn(canvas.shape, generator=g)
     canvas = (canvas - 0.1) / 0.3
     return ImageSet(canvas, y.repeat(copies), f"digits{size}/{split}")
+
+
+def canvases_for(split: str, image_size: int, recipe: dict | None = None) -> ImageSet:
+    """The canvases a model was trained on: `recipe` is a card's (or zoo spec's) `data` section; what it
+    does not state takes the defaults at the model's input size."""
+    r = recipe or {}
+    return digit_canvases(split, size=r.get("size", image_size), copies=r.get("copies", 2),
+                          noise=r.get("noise", 0.2), seed=r.get("seed", 0))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..console import progress_bar
-from ..eval.images import ClassifierScore, classifier_score, logits_of  # noqa: F401  (re-exported)
+from ..eval.images import classifier_score, logits_of
 from .losses import kd_loss
 
 
@@ -36,9 +36,6 @@ class TrainConfig:
 class TrainResult:
     curve: list = field(default_factory=list)
     seen: int = 0                  # training images seen
-
-
-evaluate = classifier_score
 
 
 def train_classifier(model: nn.Module, train, cfg: TrainConfig, teacher: nn.Module | None = None,
@@ -77,7 +74,7 @@ def train_classifier(model: nn.Module, train, cfg: TrainConfig, teacher: nn.Modu
             point = {"epoch": epoch + 1, "train_loss": running / n}
             last = epoch + 1 == cfg.epochs
             if validation is not None and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
-                point.update({f"val_{k}": v for k, v in evaluate(model, validation).to_dict().items() if k != "n"})
+                point.update({f"val_{k}": v for k, v in classifier_score(model, validation).to_dict().items() if k != "n"})
                 model.train()
             result.curve.append(point)
             prog.update(task, advance=1, info=f"loss {point['train_loss']:.3f}")

@@ -103,7 +103,7 @@ def _is_image_model(model) -> bool:
 
 def _evaluate_images(lm, data, split, batch_size, reference, speed, t0) -> EvalReport:
     """Image classifiers: accuracy and NLL on the digit canvases, agreement with a reference, images/s."""
-    from ..data.images import SPLITS, digit_canvases
+    from ..data.images import SPLITS, canvases_for
     from ..errors import ConfigError
     from .images import classifier_score, images_per_second, top1_agreement
 
@@ -114,9 +114,7 @@ def _evaluate_images(lm, data, split, batch_size, reference, speed, t0) -> EvalR
         raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
     net = lm.model.eval()
     c = net.config
-    card = (lm.card or {}).get("data") or {}
-    images = digit_canvases(split, size=c.image_size, copies=card.get("copies", 2), noise=card.get("noise", 0.2),
-                            seed=card.get("seed", 0))
+    images = canvases_for(split, c.image_size, (lm.card or {}).get("data"))
     ref = _as_loaded(reference) if reference is not None else None
     report = EvalReport(model=lm.source, data="digits", split=split, kind="image-classifier",
                         parameters=count_parameters(net), nonzero_parameters=count_parameters(net, nonzero=True),

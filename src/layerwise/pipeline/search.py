@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,15 +55,13 @@ def check_target(flops: float) -> float:
 
 
 def image_splits(model, data: str | None):
-    """Train / test image sets of an image classifier: the data its zoo card names, or `digits`."""
-    from ..data.images import digit_canvases
+    """Train / test image sets of an image classifier: the canvases its zoo card names (or the defaults)."""
+    from ..data.images import canvases_for
 
-    d = {"size": model.config.image_size, "copies": 2, "noise": 0.2, "seed": 0}
     if data not in (None, "digits"):
         raise ConfigError(f"unknown image data '{data}'; this version knows 'digits' (scikit-learn digit canvases)")
     card = getattr(model, "_layerwise_card", None) or {}
-    d.update({k: v for k, v in (card.get("data") or {}).items() if k in d})
-    return tuple(digit_canvases(s, **d) for s in ("train", "test"))
+    return tuple(canvases_for(s, model.config.image_size, card.get("data")) for s in ("train", "test"))
 
 
 def genotype_plan(supernet, genotype: Genotype) -> Plan:
@@ -132,7 +131,7 @@ def search(model, flops: float = 0.5, method: str = "tas", space="width,depth", 
         if adapter_space == "decoder":   # a language model's batch is 8 windows; its weights take small SGD steps
             opts = {**DECODER_TAS, **opts}
     searcher = SEARCHERS.create(method, flops=flops, seed=seed, **opts)
-    with (art.run() if art is not None else _nothing()):
+    with (art.run() if art is not None else nullcontext()):
         if adapter_space == "decoder":
             result = _search_decoder(src, dense, searcher, spaces, seed, tokens, lr, global_batch, criterion,
                                      search_windows, search_seqlen, evaluate, eval_windows_n, data)
@@ -157,7 +156,8 @@ def _space_family(model) -> str:
 
 
 def _search_images(dense, searcher, spaces, align, distill, kd, kd_epochs, inherit, seed, data, evaluate):
-    from ..distill.classifier import TrainConfig, evaluate as score, train_classifier
+    from ..distill.classifier import TrainConfig, train_classifier
+    from ..eval.images import classifier_score as score
 
     supernet = supernet_for(dense, spaces, align)
     train, test = image_splits(dense, data)
@@ -184,20 +184,14 @@ def _search_decoder(src, dense, searcher, spaces, seed, tokens, lr, global_batch
                     search_seqlen, evaluate, eval_windows_n, data):
     from ..data.tokens import TokenWindows, calibration_samples, eval_windows
     from ..errors import DataError
-    from .width import _activation_stats, _taylor_grads
+    from .width import rank_units
 
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; a decoder search needs one")
     corpus = data or "stdlib"
     timings = {}
     t0 = time.perf_counter()
-    from ..prune.width import WIDTH_CRITERIA, unit_scores
-
-    needs = WIDTH_CRITERIA.get(criterion).needs
-    samples = calibration_samples(corpus, src.tokenizer, 32, 256, seed)
-    stats = _activation_stats(dense, samples, 8)[0] if "calibration" in needs else None
-    grads = _taylor_grads(dense, samples, 8) if "gradients" in needs else None
-    scores = unit_scores(dense, criterion, stats, grads)
+    scores, _ = rank_units(dense, calibration_samples(corpus, src.tokenizer, 32, 256, seed), criterion)
     supernet = supernet_for(dense, spaces, scores=scores, seqlen=256)
     windows = TokenWindows(calibration_samples(corpus, src.tokenizer, search_windows, search_seqlen, seed + 1))
     info(f"{supernet.space.describe()}; {searcher.name} at {searcher.config.flops:.0%} of the blocks' "
@@ -233,14 +227,6 @@ def _search_decoder(src, dense, searcher, spaces, seed, tokens, lr, global_batch
     plan.meta.update({"distill": bool(steps), "kd": bool(steps), "tokens": steps * global_batch * 256,
                       "criterion": criterion, "inherit": True})
     return SearchResult(genotype, student.eval(), plan, metrics, curve, None, timings, src.tokenizer)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _write(art, result: SearchResult, src, dense) -> Path:

@@ -84,13 +84,19 @@ def _taylor_grads(model, samples, batch_size) -> dict:
     return grads
 
 
-def prune_once(model, samples, remove: int, criterion: str, adaptive: bool, batch_size: int = 8,
-               amplitude: float = 1.0) -> list[LayerCut]:
+def rank_units(model, samples, criterion: str, importance: bool = False, batch_size: int = 8):
+    """(unit scores per block, block importance or None): the statistics `criterion` needs, from `samples`
+    (the importance −cos(h_in, h_out) too when asked)."""
     needs = WIDTH_CRITERIA.get(criterion).needs
-    need_stats = "calibration" in needs or adaptive
+    need_stats = "calibration" in needs or importance
     stats, imp = _activation_stats(model, samples, batch_size) if need_stats else (None, None)
     grads = _taylor_grads(model, samples, batch_size) if "gradients" in needs else None
-    scores = unit_scores(model, criterion, stats, grads)
+    return unit_scores(model, criterion, stats, grads), imp
+
+
+def prune_once(model, samples, remove: int, criterion: str, adaptive: bool, batch_size: int = 8,
+               amplitude: float = 1.0) -> list[LayerCut]:
+    scores, imp = rank_units(model, samples, criterion, adaptive, batch_size)
     return plan_cuts(model, scores, remove, adaptive, imp, amplitude=amplitude)
 
 

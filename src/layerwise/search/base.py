@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import Field
+from torch import nn
 
 from ..registry import Method, MethodConfig, Registry
 
@@ -33,6 +34,37 @@ class Genotype:
     def to_dict(self) -> dict:
         return {"choices": self.choices, "flops": self.flops, "full_flops": self.full_flops,
                 "flops_ratio": self.ratio, "method": self.method, "notes": self.notes, "history": self.history}
+
+
+class Supernet(nn.Module):
+    """What every supernet shares: the architecture logits (`alphas` per width dim, `betas` per depth
+    dim), the argmax genotype, and FLOPs of genotypes (memoised: the search asks at every step, mostly
+    for the same argmax). Subclasses build `width_dims`, `depth_dims`, the logits, and implement
+    `_search_logits`, `expected_flops`, `_genotype_flops` and `full_flops`."""
+
+    def __init__(self):
+        super().__init__()
+        self._flops_cache: dict = {}
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas) + list(self.betas)
+
+    def argmax_genotype(self) -> dict:
+        g = {w.name: w.candidates[int(a.argmax())] for w, a in zip(self.width_dims, self.alphas)}
+        g.update({d.name: d.candidates[int(b.argmax())] for d, b in zip(self.depth_dims, self.betas)})
+        return g
+
+    def genotype_flops(self, genotype: dict) -> int:
+        key = tuple(sorted(genotype.items()))
+        if key not in self._flops_cache:
+            self._flops_cache[key] = self._genotype_flops(genotype)
+        return self._flops_cache[key]
+
+    def forward_search(self, x, tau: float, generator=None, cost: bool = True):
+        """(logits, expected FLOPs or None) of sampled widths and Gumbel-mixed depths; the weight step
+        needs no cost term, so it skips computing one."""
+        logits = self._search_logits(x, tau, generator)
+        return logits, (self.expected_flops() if cost else None)
 
 
 class ShapeSearch(Method):

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..models.adapters.space import SearchSpace
 from ..models.resnet import (CifarResNetConfig, CifarResNetForImageClassification, conv_out, resnet_flops)
+from .base import Supernet
 from .relax import ALIGN, gumbel_softmax, sample_two, zero_pad
 
 
@@ -85,7 +86,7 @@ class SearchBlock(nn.Module):
         return F.relu(y + s)
 
 
-class SearchCifarResNet(nn.Module):
+class SearchCifarResNet(Supernet):
     def __init__(self, model: CifarResNetForImageClassification, space: SearchSpace, align: str = "cwi"):
         super().__init__()
         if space.family != "cifar_resnet":
@@ -108,19 +109,11 @@ class SearchCifarResNet(nn.Module):
         self._wi = {w.name: i for i, w in enumerate(space.widths)}
 
     # --- parameters ----------------------------------------------------------------------------
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.alphas) + list(self.betas)
-
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
     # --- genotypes ---------------------------------------------------------------------------
-    def argmax_genotype(self) -> dict:
-        g = {w.name: w.candidates[int(a.argmax())] for w, a in zip(self.width_dims, self.alphas)}
-        g.update({d.name: d.candidates[int(b.argmax())] for d, b in zip(self.depth_dims, self.betas)})
-        return g
-
     def genotype_config(self, genotype: dict) -> CifarResNetConfig:
         stages = []
         for d in self.depth_dims:
@@ -132,7 +125,7 @@ class SearchCifarResNet(nn.Module):
                                  stage_strides=c.stage_strides, stem_width=genotype["stem"], block_widths=stages,
                                  id2label=c.id2label, label2id=c.label2id)
 
-    def genotype_flops(self, genotype: dict) -> int:
+    def _genotype_flops(self, genotype: dict) -> int:
         return resnet_flops(self.genotype_config(genotype))
 
     def removed_units(self, genotype: dict, dim) -> list[int]:
@@ -162,8 +155,7 @@ class SearchCifarResNet(nn.Module):
         feats = x.mean(dim=(2, 3))
         return F.linear(feats, self.classifier.weight[:, :feats.shape[1]], self.classifier.bias)
 
-    def forward_search(self, pixels: torch.Tensor, tau: float, generator: torch.Generator | None = None):
-        """(logits, expected FLOPs) with sampled widths and Gumbel-mixed depths."""
+    def _search_logits(self, pixels: torch.Tensor, tau: float, generator: torch.Generator | None = None):
         picks = [sample_two(a, tau, generator) for a in self.alphas]
         x = F.relu(self.stem.run(pixels, picks[self._wi["stem"]], self.align))
         for d, beta in zip(self.depth_dims, self.betas):
@@ -177,7 +169,7 @@ class SearchCifarResNet(nn.Module):
                 q = gumbel_softmax(beta, tau, generator)
                 width = max(e.shape[1] for e in exits)
                 x = sum(qd * self.align(e, width) for qd, e in zip(q, exits))
-        return self._head(x), self.expected_flops()
+        return self._head(x)
 
     # --- expected cost ---------------------------------------------------------------------------
     def _width_dist(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:

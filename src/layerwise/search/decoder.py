@@ -23,6 +23,7 @@ from ..models.adapters import get_adapter
 from ..models.adapters.layout import layouts, module_at
 from ..models.adapters.space import SearchSpace
 from ..models.adapters.surgery import LayerCut
+from .base import Supernet
 from .relax import gumbel_softmax, sample_two
 
 
@@ -35,7 +36,7 @@ def block_flops(hidden: int, head_dim: int, rep: int, groups: float, channels: f
     return proj + attn + mlp
 
 
-class SearchDecoder(nn.Module):
+class SearchDecoder(Supernet):
     def __init__(self, model: nn.Module, space: SearchSpace, scores: list[dict] | None = None, seqlen: int = 256):
         super().__init__()
         if space.family != "decoder":
@@ -103,9 +104,6 @@ class SearchDecoder(nn.Module):
         return (mixed,) + tuple(args[1:])
 
     # --- parameters ------------------------------------------------------------------------------
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.alphas) + list(self.betas)
-
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
@@ -114,11 +112,6 @@ class SearchDecoder(nn.Module):
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
 
     # --- genotypes -------------------------------------------------------------------------------
-    def argmax_genotype(self) -> dict:
-        g = {w.name: w.candidates[int(a.argmax())] for w, a in zip(self.width_dims, self.alphas)}
-        g.update({d.name: d.candidates[int(b.argmax())] for d, b in zip(self.depth_dims, self.betas)})
-        return g
-
     def _kept(self, genotype: dict) -> list[int]:
         keep = set(range(len(self.lays)))
         for d in self.depth_dims:
@@ -128,7 +121,7 @@ class SearchDecoder(nn.Module):
     def _widths(self, genotype: dict, block: int) -> tuple[int, int]:
         return genotype[f"layers.{block}.attn"], genotype[f"layers.{block}.mlp"]
 
-    def genotype_flops(self, genotype: dict) -> int:
+    def _genotype_flops(self, genotype: dict) -> int:
         total = 0
         for i in self._kept(genotype):
             lay = self.lays[i]
@@ -143,18 +136,17 @@ class SearchDecoder(nn.Module):
     def expected_flops(self) -> torch.Tensor:
         dims = {w.name: (F.softmax(a, -1), torch.tensor(w.candidates, dtype=torch.float32))
                 for w, a in zip(self.width_dims, self.alphas)}
-        keep = torch.ones(len(self.lays))
+        keep = {}                      # block → P(the depth keeps it); blocks of no depth dim stay
         for d, b in zip(self.depth_dims, self.betas):
             p = F.softmax(b, -1)
             vals = torch.tensor(d.candidates)
             for rank, i in enumerate(d.blocks, 1):
-                keep = keep.clone()
                 keep[i] = p[vals >= rank].sum()
         total = 0
         for lay in self.lays:
             pg, vg = dims[f"layers.{lay.block}.attn"]
             pc, vc = dims[f"layers.{lay.block}.mlp"]
-            total = total + keep[lay.block] * block_flops(lay.hidden, lay.head_dim, lay.rep, pg @ vg, pc @ vc,
+            total = total + keep.get(lay.block, 1.0) * block_flops(lay.hidden, lay.head_dim, lay.rep, pg @ vg, pc @ vc,
                                                           self.seqlen)
         return total
 
@@ -179,14 +171,14 @@ class SearchDecoder(nn.Module):
         finally:
             self._exits = {}
 
-    def forward_search(self, ids: torch.Tensor, tau: float, generator: torch.Generator | None = None):
+    def _search_logits(self, ids: torch.Tensor, tau: float, generator: torch.Generator | None = None):
         self._unit_masks({w.name: sample_two(a, tau, generator) for w, a in zip(self.width_dims, self.alphas)})
         self._depth = None
         for d, b in zip(self.depth_dims, self.betas):   # one stack in a decoder
             if len(d.candidates) > 1:
                 self._depth = (list(d.candidates), gumbel_softmax(b, tau, generator))
         try:
-            return self._logits(ids), self.expected_flops()
+            return self._logits(ids)
         finally:
             self._depth = None
 
@@ -204,12 +196,9 @@ class SearchDecoder(nn.Module):
     # --- export ----------------------------------------------------------------------------------
     def cuts(self, genotype: dict) -> list[LayerCut]:
         """The width-pruning cuts of a genotype: the units ranked at or beyond each kept width."""
-        out = []
-        for lay in self.lays:
-            g, c = self._widths(genotype, lay.block)
-            out.append(LayerCut(lay.block, sorted(int(u) for u in (self.ranks[(lay.block, "kv_group")] >= g).nonzero()),
-                                sorted(int(u) for u in (self.ranks[(lay.block, "mlp_channel")] >= c).nonzero())))
-        return out
+        removed = {(w.block, w.unit): self.removed_units(genotype, w) for w in self.width_dims}
+        return [LayerCut(lay.block, removed[(lay.block, "kv_group")], removed[(lay.block, "mlp_channel")])
+                for lay in self.lays]
 
     def removed_units(self, genotype: dict, dim) -> list[int]:
         """Units a width choice removes: those ranked at or beyond the kept width."""

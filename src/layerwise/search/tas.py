@@ -66,7 +66,7 @@ class TAS(ShapeSearch):
                 for xw, yw in w_set.batches(cfg.batch_size, gen):
                     for group in opt_w.param_groups:
                         group["lr"] = cfg.weight_lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                    logits, _ = supernet.forward_search(xw, tau, gen)
+                    logits, _ = supernet.forward_search(xw, tau, gen, cost=False)
                     loss_w = supernet.task_loss(logits, yw)
                     opt_w.zero_grad(set_to_none=True)
                     loss_w.backward()

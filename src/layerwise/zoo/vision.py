@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from ..console import info
-from ..data.images import digit_canvases
-from ..distill.classifier import TrainConfig, evaluate, train_classifier
+from ..data.images import canvases_for
+from ..distill.classifier import TrainConfig, train_classifier
+from ..eval.images import classifier_score
 from ..io.artifacts import Artifact
 from ..models.resnet import CifarResNetConfig, CifarResNetForImageClassification, resnet_flops
 from ..utils.threads import configure_threads
@@ -20,8 +21,7 @@ from .specs import ZooSpec
 
 
 def image_data(spec: ZooSpec, split: str):
-    d = spec.extra["data"]
-    return digit_canvases(split, size=d["size"], copies=d["copies"], noise=d["noise"], seed=d["seed"])
+    return canvases_for(split, spec.config["image_size"], spec.extra["data"])
 
 
 def build(spec: ZooSpec) -> CifarResNetForImageClassification:
@@ -50,7 +50,7 @@ def train_image_classifier(spec: ZooSpec, art: Artifact, threads: int | None, ep
     t0 = time.perf_counter()
     result = train_classifier(model, train, cfg, validation=val, description=f"train {spec.name}")
     wall = time.perf_counter() - t0
-    v, t = evaluate(model, val), evaluate(model, test)
+    v, t = classifier_score(model, val), classifier_score(model, test)
     settings = training_settings(spec, nthreads, wall)
     settings.update({"optimizer": f"SGD Nesterov momentum {cfg.momentum}, weight decay {cfg.weight_decay}",
                      "schedule": "cosine to 0 (per step), no warm-up", "grad_clip": None})
