@@ -88,10 +88,36 @@ def test_cholesky_retries_with_more_damping():
     X = torch.randn(10, 32, generator=g)  # rank 10 < 32
     H = X.T @ X
     H = H - 0.05 * float(torch.diag(H).mean()) * torch.eye(32)  # indefinite: 1% damping is not enough
-    U, damp = damped_inverse_cholesky(H, 0.01)
+    U, damp = damped_inverse_cholesky(lambda: H.clone(), 0.01)
     assert damp == pytest.approx(0.1) and torch.isfinite(U).all()
     with pytest.raises(LayerwiseError, match="not positive definite"):
-        damped_inverse_cholesky(-torch.eye(8), 0.01)
+        damped_inverse_cholesky(lambda: -torch.eye(8), 0.01)
+
+
+def test_inverse_cholesky_factor_matches_float64_reference():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(400, 96, generator=g) * torch.rand(96, generator=g) * 5
+    H = X.T @ X * (2 / 400)
+    H[5, :] = H[:, 5] = 0                      # a dead input
+    U, damp = damped_inverse_cholesky(lambda: H.clone(), 0.01)
+    R = H.double().clone()
+    R[5, 5] = 1
+    R += 0.01 * float(torch.diag(R).mean()) * torch.eye(96, dtype=torch.float64)
+    ref = torch.linalg.cholesky(torch.linalg.inv(R), upper=True)
+    assert damp == 0.01 and U.dtype == torch.float32
+    assert torch.allclose(U.double(), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 3), st.data())
+def test_lowest_in_matrix_equals_the_first_k_of_a_stable_sort(r, c, levels, data):
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 10**6)))
+    # few distinct values (ties, zeros of an earlier mask) or continuous ones
+    score = torch.randint(0, levels + 1, (r, c), generator=g).float() if levels else torch.randn(r, c, generator=g)
+    k = data.draw(st.integers(0, r * c))
+    ref = torch.zeros(r * c, dtype=torch.bool)
+    ref[torch.argsort(score.reshape(-1), stable=True)[:k]] = True
+    assert torch.equal(lowest_in_matrix(score, k), ref.view(r, c))
 
 
 # --- whole models ------------------------------------------------------------------------------

@@ -55,48 +55,46 @@ class GPTQ(Quantizer):
                                                        "zero: error feedback never revives them")
 
     def quantize(self, weight, stats, spec: QuantSpec) -> QuantResult:
-        W = weight.float().clone()
-        r, c = W.shape
-        H = stats.hessian.clone()
-        perm = torch.argsort(torch.diag(H), descending=True, stable=True) if self.config.act_order else torch.arange(c)
-        W = W[:, perm]
-        H = H[perm][:, perm]
-        M = (W == 0) if self.config.preserve_zeros and bool((W == 0).any()) else None
-        U, damp = damped_inverse_cholesky(H, self.config.percdamp)
+        r, c = weight.shape
+        if self.config.act_order:
+            perm = torch.argsort(torch.diag(stats.H), descending=True, stable=True)
+            U, damp = damped_inverse_cholesky(lambda: stats.hessian[perm][:, perm], self.config.percdamp)
+        else:
+            perm = torch.arange(c)
+            U, damp = damped_inverse_cholesky(lambda: stats.hessian, self.config.percdamp)
+        # The sweep runs on Wᵀ (column t of W is the contiguous row t), as in SparseGPT.
+        Wt = weight.detach().float()[:, perm].t().contiguous()
+        M = (Wt == 0) if self.config.preserve_zeros and bool((Wt == 0).any()) else None
         g = spec.group(c)
         ng = spec.groups(c)
-        scales = torch.empty(r, ng)
-        zeros = torch.empty(r, ng)
-        Q = torch.empty(r, c)
+        scales = torch.empty(ng, r)
+        zeros = torch.empty(ng, r)
+        Qt = torch.empty(c, r)
         B = self.config.blocksize
         s = z = None
         for i1 in range(0, c, B):
             i2 = min(i1 + B, c)
-            W1 = W[:, i1:i2].clone()
-            Err = torch.zeros_like(W1)
+            W1 = Wt[i1:i2]
+            Err = torch.empty_like(W1)
             U1 = U[i1:i2, i1:i2]
             for t in range(i2 - i1):
                 col = i1 + t
                 if col % g == 0:
                     k = col // g
                     # The group's grid comes from its columns as updated so far (this block's part
-                    # from W1, later blocks' part from W).
+                    # is already in Wt, later blocks' part has had the lazy updates up to here).
                     end = min(c, col + g)
-                    grp = torch.cat([W1[:, t:], W[:, i2:end]], 1)[:, : end - col]
-                    if M is not None:
-                        grp = grp.masked_fill(M[:, col:end], 0.0)
-                    s, z = find_params(grp, spec)
-                    scales[:, k], zeros[:, k] = s, z
-                w = W1[:, t] if M is None else W1[:, t].masked_fill(M[:, col], 0.0)
+                    grp = Wt[col:end] if M is None else Wt[col:end].masked_fill(M[col:end], 0.0)
+                    s, z = find_params(grp.t(), spec)
+                    scales[k], zeros[k] = s, z
+                w = W1[t] if M is None else W1[t].masked_fill(M[col], 0.0)
                 qc = quantize_col(w, s, z, spec.maxq)
-                dq = dequant(qc, s, z)
-                err = (w - dq) / U1[t, t]
-                W1[:, t:] -= err.view(-1, 1) * U1[t, t:].view(1, -1)
-                Q[:, col] = qc
-                Err[:, t] = err
-            W[:, i1:i2] = W1
+                err = torch.sub(w, dequant(qc, s, z), out=Err[t]).div_(U1[t, t])
+                W1[t + 1:].sub_(U1[t, t + 1:].view(-1, 1) * err.view(1, -1))
+                Qt[col] = qc
             if i2 < c:
-                W[:, i2:] -= Err @ U[i1:i2, i2:]
+                Wt[i2:].sub_(U[i1:i2, i2:].t() @ Err)
+        Q, scales, zeros = Qt.t(), scales.t().contiguous(), zeros.t().contiguous()
         inv = torch.argsort(perm)
         g_idx = (torch.arange(c, dtype=torch.int32) // g)[inv]
         return QuantResult(Q[:, inv].to(torch.uint8), scales, zeros, g_idx, spec,
