@@ -3,7 +3,12 @@ Python (the project's venv or the peer's): load the model, compress it with the 
 (timing only the compression call), score it on the given evaluation windows with the same code in
 both environments, and report time, peak RSS and perplexity as JSON.
 
-    python _peer_job.py layerwise|llmcompressor METHOD MODEL_DIR CALIB.pt EVAL.pt OUT.json
+    python _peer_job.py layerwise|layerwise-stream|llmcompressor METHOD MODEL_DIR CALIB.pt EVAL.pt|- OUT.json
+
+`layerwise-stream` compresses the model directory block by block into a temporary output directory
+(one block in memory; the time includes writing and verifying the result). METHOD `forward` times one
+plain forward pass of the calibration ids instead (the floor the compression passes are measured
+against). EVAL `-` skips the perplexity (random-weight models).
 """
 from __future__ import annotations
 
@@ -27,12 +32,21 @@ def perplexity(model, windows: torch.Tensor, batch: int = 16) -> float:
     return math.exp(nll / n)
 
 
-def run_layerwise(model, method: str, calib: torch.Tensor):
+@torch.no_grad()
+def forward_pass(model, calib: torch.Tensor, batch: int = 8):
+    for s in range(0, calib.shape[0], batch):
+        model(input_ids=calib[s:s + batch], use_cache=False)
+    return model
+
+
+def run_layerwise(model, method: str, calib: torch.Tensor, out: str | None = None):
     from layerwise.pipeline.prune import prune
     from layerwise.pipeline.quantize import quantize
 
     n, L = calib.shape
     kw = dict(calib=calib, nsamples=n, seqlen=L)
+    if out is not None:
+        kw.update(out=out, stream=True)
     if method == "sparsegpt50":
         return prune(model, method="sparsegpt", sparsity=0.5, **kw).model
     if method == "wanda50":
@@ -73,18 +87,34 @@ def run_llmcompressor(model, method: str, calib: torch.Tensor):
 
 def main():
     tool, method, model_dir, calib_f, eval_f, out_f = sys.argv[1:7]
+    import tempfile
+
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(2)
-    calib, windows = torch.load(calib_f), torch.load(eval_f)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    calib = torch.load(calib_f)
+    windows = None if eval_f == "-" else torch.load(eval_f)
+    stream = tool == "layerwise-stream"
+    model = model_dir if stream else AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t0 = time.perf_counter()
-    model = (run_layerwise if tool == "layerwise" else run_llmcompressor)(model, method, calib)
-    seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    model.eval()
-    ppl = perplexity(model, windows)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        if method == "forward":
+            model = forward_pass(model, calib)
+        elif tool == "llmcompressor":
+            model = run_llmcompressor(model, method, calib)
+        else:
+            model = run_layerwise(model, method, calib, out=f"{tmp}/out" if stream else None)
+        seconds = time.perf_counter() - t0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if stream and windows is not None:
+            from layerwise import load
+
+            model = load(f"{tmp}/out").model
+        ppl = None
+        if windows is not None:
+            model.eval()
+            ppl = perplexity(model, windows)
     json.dump({"tool": tool, "method": method, "seconds": seconds, "peak_rss_mb": rss,
                "rss_after_load_mb": rss_loaded, "perplexity": ppl}, open(out_f, "w"))
 

@@ -39,7 +39,8 @@ class PlanRow:
     # Filled in by the action:
     zeros_planned: int | None = None
     zeros: int | None = None
-    recon_error: float | None = None  # ‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖² on calibration inputs (≤4096 tokens unless Hessian-based)
+    # ‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖² on calibration inputs (≤2048 tokens unless Hessian-based; ≤256 output rows)
+    recon_error: float | None = None
     damping: float | None = None
     seconds: float | None = None
 

@@ -17,15 +17,20 @@ def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     v = values.to(torch.int64)
     n, k = v.shape
     words = math.ceil(n * bits / 32)
-    out = torch.zeros(words, k, dtype=torch.int64)
-    pos = torch.arange(n) * bits
-    w_idx, b_off = pos // 32, pos % 32
-    for j in range(n):  # per value row: at most two words touched; vectorized over the k columns
-        out[w_idx[j]] |= (v[j] << b_off[j]) & 0xFFFFFFFF
-        spill = int(b_off[j]) + bits - 32
+    out = torch.zeros(words + 1, k, dtype=torch.int64)       # one spare word for the last spill
+    # The layout repeats every `period` values (`span` words): one vectorized step per position in
+    # the period instead of one per row (4864 rows of a down projection → at most 32 steps).
+    period = 32 // math.gcd(bits, 32)
+    span = period * bits // 32
+    for j in range(min(period, n)):
+        rows = v[j::period]
+        word = (j * bits) // 32 + span * torch.arange(rows.shape[0])
+        off = (j * bits) % 32
+        out[word] |= (rows << off) & 0xFFFFFFFF
+        spill = off + bits - 32
         if spill > 0:
-            out[w_idx[j] + 1] |= v[j] >> (bits - spill)
-    return _to_int32(out)
+            out[word + 1] |= rows >> (bits - spill)
+    return _to_int32(out[:words])
 
 
 def unpack_rows(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
