@@ -21,6 +21,15 @@ import time
 import torch
 
 
+def peak_rss_mb() -> float:
+    """This process image's peak RSS (VmHWM). Not ru_maxrss: Linux carries that across fork and exec,
+    so a job would inherit the peak of the benchmark process that started it."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, batch: int = 16) -> float:
     nll, n = 0.0, 0
@@ -96,7 +105,7 @@ def main():
     windows = None if eval_f == "-" else torch.load(eval_f)
     stream = tool == "layerwise-stream"
     model = model_dir if stream else AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_loaded = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         if method == "forward":
@@ -106,7 +115,7 @@ def main():
         else:
             model = run_layerwise(model, method, calib, out=f"{tmp}/out" if stream else None)
         seconds = time.perf_counter() - t0
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss = peak_rss_mb()
         if stream and windows is not None:
             from layerwise import load
 

@@ -1,7 +1,8 @@
 """Peak memory of pruning a model with 4x the blocks of another of the same width.
 
 Streaming (the default for a model directory) keeps one block in memory; `--in-memory` loads
-everything. Each run is a fresh subprocess; peak RSS is its ru_maxrss.
+everything. Each run is a fresh subprocess; peak RSS is its VmHWM (ru_maxrss would include the peak of this
+process, which Linux carries across fork and exec).
 
     python benchmarks/prune_memory.py [--hidden 512] [--method wanda]
 """
@@ -23,7 +24,8 @@ from layerwise.pipeline.prune import prune
 args = json.loads(sys.argv[1])
 r = prune(args["src"], method=args["method"], sparsity=0.5, nsamples=16, seqlen=64, out=args["out"],
           stream=None if args["stream"] else False, tokenizer="zoo:llama-tiny")
-print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(json.dumps({"peak_mb": int(hwm.split()[1]) / 1024,
                   "sparsity": r.plan.measured_sparsity()}))
 """
 

@@ -303,7 +303,7 @@ def test_quantize_target_refuses_grids_the_runtime_cannot_hold(args, needle, tmp
     assert not (tmp_path / "o").exists()
 
 
-# --- K-quants for 2/3-bit codes -----------------------------------------------------------------------------
+# --- K-quants for 2/3/4/5/6-bit codes -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bits, s", [(2, 15 * 2**-6), (3, 31 * 2**-6), (6, 127 * 2**-10)])
 def test_k_quant_layout_keeps_the_codes(bits, s):
@@ -329,6 +329,64 @@ def test_k_quant_error_is_only_scale_rounding(bits):
     back = dequantize(b, t).reshape(ref.shape)
     assert np.abs(back - ref).max() <= 0.06 * np.abs(ref).max()
     assert np.array_equal(np.sign(back), np.sign(ref))               # every code keeps its side of zero
+
+
+@pytest.mark.parametrize("bits", [4, 5])
+@pytest.mark.parametrize("sym", [True, False])
+def test_q4k_q5k_layout_keeps_the_codes(bits, sym):
+    """Sub-block scales d·sc and mins dmin·m that six bits hold exactly (one sub-block of each super-block at
+    the maximum 63): the bytes decode, by gguf's own dequantizer, to exactly the codes' weights."""
+    from layerwise.export.ggml_blocks import k_fits, pack_k
+
+    g = torch.Generator().manual_seed(bits + 10 * sym)
+    r, c = 3, 512
+    q = torch.randint(0, 2 ** bits, (r, c), generator=g)
+    sc = torch.randint(1, 64, (r, c // 32), generator=g).float()
+    sc[:, ::8] = 63
+    scales = sc * 2**-10
+    # symmetric z = 2^(b−1), or a zero point of 1: either way m = sc and dmin = z·d exactly
+    z = torch.full_like(sc, 2.0 ** (bits - 1) if sym else 1.0)
+    cd = Codes(q, scales, z, torch.arange(c) // 32, bits)
+    assert k_fits(cd)
+    t, b = pack_k(cd)
+    assert t == f"Q{bits}_K" and b.shape == (r, 2 * {4: 144, 5: 176}[bits])
+    assert np.array_equal(dequantize(b, t).reshape(r, c), cd.dequantize().numpy())
+
+
+@pytest.mark.parametrize("bits", [4, 5])
+def test_q4k_q5k_error_is_only_scale_rounding_on_asymmetric_gptq_grids(bits):
+    from layerwise.export.ggml_blocks import exact_type, pack_k
+
+    w = torch.randn(6, 768, generator=torch.Generator().manual_seed(0)) * 0.05
+    c = codes_of(w, bits, 32, False)
+    assert exact_type(c) == "Q8_0"                  # exact, but 8.5 bits per weight; Q4_K/Q5_K: 4.5/5.5
+    t, b = pack_k(c)
+    ref = c.dequantize().numpy()
+    back = dequantize(b, t).reshape(ref.shape)
+    assert np.abs(back - ref).max() <= 0.03 * np.abs(ref).max()
+
+
+def test_asymmetric_4_bit_result_exports_as_q4k(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from layerwise import zoo
+    from layerwise.export import export
+
+    tok = zoo.load_tokenizer("llama-tiny")
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok),
+                                     max_position_embeddings=256))
+    m.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    assert main(["quantize", str(tmp_path / "m"), "--bits", "4", "--high", "4", "--low", "4", "--asym",
+                 "--group-size", "32", "--nsamples", "4", "--seqlen", "32", "--out", str(tmp_path / "q")]) == 0
+    exact = export(str(tmp_path / "q"), "gguf", tmp_path / "exact.gguf")
+    small = export(str(tmp_path / "q"), "gguf", tmp_path / "k.gguf", k_quants=True)
+    k = [r for r in small.records if r.source == "codes"]
+    assert {r.type for r in exact.records if r.source == "codes"} == {"Q8_0"}
+    assert {r.type for r in k} == {"Q4_K"} and all(0 < r.max_abs_error < 0.02 for r in k)
+    assert exact.bytes - small.bytes == sum((272 - 144) * r.shape[0] * r.shape[1] // 256 for r in k)  # per 256 w.
 
 
 @needs_llamacpp

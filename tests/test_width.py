@@ -5,13 +5,16 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from layerwise import zoo
 from layerwise.cli import main
 from layerwise.io.structured import save_model
 from layerwise.io.load import load_model
 from layerwise.pipeline.width import block_params, prune_once, stage_tokens, width
-from layerwise.prune.width import LayerCut, apply_mask, layouts, plan_cuts, removed_params, shrink, unit_scores
+from layerwise.prune.width import (LayerCut, apply_mask, keep_multiples, layouts, plan_cuts, removed_params, shrink,
+                                   unit_scores)
 
 
 def model(arch="llama", layers=3, bias=False):
@@ -96,6 +99,34 @@ def test_adaptive_prunes_important_layers_least():
     assert max(removed_params(m, [c]) for c in flat) - min(removed_params(m, [c]) for c in flat) <= 3 * 64
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(0, 100)), min_size=1, max_size=12), st.integers(1, 8))
+def test_keep_multiples_rounds_each_layer_and_keeps_the_total(layers, n):
+    full = [n * u + extra % n if extra % 3 else n * u for u, extra in layers]   # some widths not multiples
+    kept = [max(1, f * (extra % 101) // 100) for f, (_, extra) in zip(full, layers)]
+    got = keep_multiples(kept, full, n)
+    assert all(1 <= g <= f and (g % n == 0 or g == f) for g, f in zip(got, full))
+    assert all(g == f for g, k, f in zip(got, kept, full) if k == f)
+    # no cap or floor in the way: the total is the nearest multiple-sum to the exact one
+    if all(n <= k <= (f // n) * n - n for k, f in zip(kept, full)):
+        assert abs(sum(got) - sum(kept)) <= n / 2 + 1e-9
+
+
+def test_width_rounds_mlp_channels_to_multiples(tmp_path):
+    m = model(layers=4)
+    scores = unit_scores(m, "magnitude")
+    P0 = block_params(m)
+    cuts = plan_cuts(m, scores, int(0.37 * P0), adaptive=True, importance=[0.9, 0.1, 0.2, 0.5], multiple_of=16)
+    inter = layouts(m)[0].intermediate
+    assert all((inter - len(c.remove_channels)) % 16 == 0 for c in cuts)
+    exact = removed_params(m, plan_cuts(m, scores, int(0.37 * P0), adaptive=True, importance=[0.9, 0.1, 0.2, 0.5]))
+    assert abs(removed_params(m, cuts) - exact) <= 8 * layouts(m)[0].channel_params
+    r = width("zoo:llama-tiny", params=0.6, multiple_of=32, nsamples=4, seqlen=32, criterion="magnitude",
+              out=tmp_path / "w")
+    sizes = [w.mlp.gate_proj.out_features for w in load_model(str(tmp_path / "w")).model.model.layers]
+    assert all(s % 32 == 0 for s in sizes) and abs(r.params_after / r.params_before - 0.6) < 0.03
+
+
 def test_stage_shards_grow_linearly():
     s = stage_tokens(100, 4)
     assert sum(s) == 100 and s == sorted(s) and s[0] == 10 and s[-1] == 40
@@ -119,6 +150,8 @@ def test_incremental_with_distillation(tmp_path):
     (["--params", "0"], "--params"),
     (["--criterion", "random"], "unknown width criterion"),
     (["--incremental", "--step", "0"], "--step"),
+    (["--multiple-of", "0"], "--multiple-of"),
+    (["--multiple-of", "100000"], "--multiple-of"),
 ])
 def test_cli_bad_input(args, needle, tmp_path, capsys):
     code = main(["width", "zoo:llama-tiny", "--out", str(tmp_path / "o")] + args)

@@ -18,8 +18,9 @@ def export_cmd(
                                       "output directory for compressed-tensors."),
     float_type: str = typer.Option("f16", "--float-type", help="Tensors that are not quantized: f32 | f16 | bf16, "
                                    "or q8_0 | q5_0 | q4_0 to round float block linears as llama-quantize would."),
-    k_quants: bool = typer.Option(False, "--k-quants", help="gguf: 2/3/6-bit codes as Q2_K/Q3_K/Q6_K (smaller; "
-                                  "scales rounded, error reported) instead of exactly as Q4_0/Q8_0."),
+    k_quants: bool = typer.Option(False, "--k-quants", help="gguf: 2/3/6-bit codes as Q2_K/Q3_K/Q6_K and "
+                                  "asymmetric 4/5-bit codes as Q4_K/Q5_K (smaller; scales rounded, error reported) "
+                                  "instead of exactly as Q4_0/Q8_0."),
     runtime: str = typer.Option("vllm", "--runtime", help="compressed-tensors: vllm (4/8 bits, one width per fused "
                                 "q/k/v and gate/up) | transformers (2-8 bits)."),
     overwrite: bool = typer.Option(False, "--overwrite"),

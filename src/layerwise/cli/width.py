@@ -40,6 +40,9 @@ def width_cmd(
                                                "verified first and the old one kept as a backup until it is."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer if the model has none."),
     evaluate: bool = typer.Option(False, "--eval", help="Validation perplexity before and after."),
+    multiple_of: int = typer.Option(1, "--multiple-of", help="Keep a multiple of N MLP channels per layer (e.g. 64 "
+                                    "or 128: matrix kernels run whole tiles); the budget is met as closely as "
+                                    "multiples of N allow."),
 ):
     """Remove attention heads (whole KV groups) and MLP channels; the saved matrices are smaller.
 
@@ -49,7 +52,8 @@ def width_cmd(
 
     res = width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental, step=step,
                 tokens=tokens, heal=heal, heal_options=parse_options(heal_option, "--heal-option"), lr=lr, global_batch=global_batch, seed=seed, calib=calib, nsamples=nsamples,
-                out=out, plan=plan, overwrite=overwrite, overwrite_source=overwrite_source, work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate)
+                out=out, plan=plan, overwrite=overwrite, overwrite_source=overwrite_source, work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate,
+                multiple_of=multiple_of)
     from rich.table import Table
 
     from ..prune.width import widths

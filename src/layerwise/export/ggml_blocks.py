@@ -117,16 +117,18 @@ def dequantize(data: np.ndarray, qtype: str) -> np.ndarray:
     return quants.dequantize(data, T[qtype])
 
 
-# --- K-quants for 2-, 3- and 6-bit codes -------------------------------------------------------------------------
+# --- K-quants for 2-, 3-, 4-, 5- and 6-bit codes ---------------------------------------------------------------
 # Super-blocks of 256 weights in 16 sub-blocks of 16. The codes are kept; what is lossy is the per-sub-block
 # scale, which K-quants store as a small integer times one fp16 per super-block:
 #   Q2_K: w = d·sc·q − dmin·m,  q ∈ [0, 3], sc and m 4-bit      (a 2-bit grid s·(q − 2): sc·d ≈ s, m·dmin ≈ 2s)
 #   Q3_K: w = d·(sc − 32)·v,    v ∈ [−4, 3], sc 6-bit           (a 3-bit grid s·(q − 4): v = q − 4)
 #   Q6_K: w = d·sc·v,           v ∈ [−32, 31], sc int8           (a 6-bit grid s·(q − 32): v = q − 32)
+#   Q4_K / Q5_K: 8 sub-blocks of 32, w = d·sc·q − dmin·m, q ∈ [0, 15] / [0, 31], sc and m 6-bit
+#                (any 4/5-bit grid s·(q − z), symmetric or not: sc·d ≈ s, m·dmin ≈ s·z)
 # Inside a super-block, weight e sits in half n = e // 128, shift j = (e % 128) // 32 and byte l = e % 32;
 # its sub-block is 8n + 2j + l // 16.
 QK = 256
-K_TYPES = {2: "Q2_K", 3: "Q3_K", 6: "Q6_K"}
+K_TYPES = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K"}
 
 
 def _k_layout():
@@ -137,11 +139,14 @@ def _k_layout():
 
 
 def k_fits(c: Codes) -> bool:
-    """Codes a K-quant can carry: 2, 3 or 6 bits, symmetric, rows of whole super-blocks, one scale per 16."""
+    """Codes a K-quant can carry: rows of whole super-blocks, and one scale per sub-block (16 weights for
+    2/3/6 bits, which must be symmetric; 32 for 4/5 bits, symmetric or not)."""
     rows, cols = c.q.shape
-    if c.bits not in K_TYPES or cols % QK or not bool((c.zeros == 2 ** (c.bits - 1)).all()):
+    if c.bits not in K_TYPES or cols % QK:
         return False
-    sub = c.g_idx.long().view(-1, 16)
+    if c.bits not in (4, 5) and not bool((c.zeros == 2 ** (c.bits - 1)).all()):
+        return False
+    sub = c.g_idx.long().view(-1, 32 if c.bits in (4, 5) else 16)
     return bool((sub == sub[:, :1]).all())
 
 
@@ -175,9 +180,45 @@ def _pack_q6k(q: np.ndarray, s: np.ndarray) -> np.ndarray:
     return out.reshape(rows, -1)
 
 
+def _six_bit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative sub-block values [rows, nb, 8] → (fp16 super-block factor [rows, nb], 6-bit ints)."""
+    f = (x.max(-1) / 63).astype(np.float16)
+    ff = np.where(f.astype(np.float32) > 0, f.astype(np.float32), 1.0)[..., None]
+    return f, np.clip(np.rint(x / ff), 0, 63).astype(np.uint8)
+
+
+def _pack_q45k(c: Codes) -> tuple[str, np.ndarray]:
+    """Q4_K / Q5_K: weight 64k + l (l < 32) sits in the low nibble of qs[32k + l], weight 64k + 32 + l in its
+    high nibble; Q5_K keeps their fifth bits in qh[l] at bits 2k and 2k + 1. Sub-block j = weight // 32 uses
+    (sc_j, m_j), six bits each, packed into 12 bytes as ggml's get_scale_min_k4 reads them."""
+    rows, cols = c.q.shape
+    nb = cols // QK
+    q = c.q.numpy().astype(np.uint8).reshape(rows, nb, 4, 2, 32)           # [.., chunk k, half, lane l]
+    g = c.g_idx.long()[::32]
+    s = c.scales.float()[:, g].numpy().reshape(rows, nb, 8)
+    mn = (c.scales.float() * c.zeros.float())[:, g].numpy().reshape(rows, nb, 8)
+    d, sc = _six_bit(s)
+    dmin, m = _six_bit(np.maximum(mn, 0))
+    scales = np.zeros((rows, nb, 12), dtype=np.uint8)
+    scales[..., 0:4] = sc[..., :4] | ((sc[..., 4:] >> 4) << 6)
+    scales[..., 4:8] = m[..., :4] | ((m[..., 4:] >> 4) << 6)
+    scales[..., 8:12] = (sc[..., 4:] & 0x0F) | ((m[..., 4:] & 0x0F) << 4)
+    qs = ((q[..., 0, :] & 0x0F) | ((q[..., 1, :] & 0x0F) << 4)).reshape(rows, nb, 128)
+    head = [d[..., None].view(np.uint8).reshape(rows, nb, 2), dmin[..., None].view(np.uint8).reshape(rows, nb, 2),
+            scales]
+    if c.bits == 4:
+        return "Q4_K", np.concatenate([*head, qs], axis=2).reshape(rows, -1)
+    hi = (q >> 4) & 1                                                       # [.., k, half, l]
+    shift = (2 * np.arange(4)[:, None] + np.arange(2)[None, :]).astype(np.uint8)[..., None]
+    qh = (hi << shift).sum(axis=(2, 3), dtype=np.uint32).astype(np.uint8)   # [.., 32]
+    return "Q5_K", np.concatenate([*head, qh, qs], axis=2).reshape(rows, -1)
+
+
 def pack_k(c: Codes) -> tuple[str, np.ndarray]:
-    """(type, bytes [rows, nb · block bytes]) of 2/3/6-bit codes as Q2_K / Q3_K / Q6_K (scales rounded, codes
+    """(type, bytes [rows, nb · block bytes]) of 2/3/4/5/6-bit codes as Q2_K … Q6_K (scales rounded, codes
     kept)."""
+    if c.bits in (4, 5):
+        return _pack_q45k(c)
     rows, cols = c.q.shape
     nb = cols // QK
     q = c.q.numpy().astype(np.int64).reshape(rows, nb, QK)

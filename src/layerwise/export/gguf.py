@@ -196,7 +196,9 @@ def _encode(name, gname, obj, float_type: str, k_quants: bool = False) -> tuple[
         ref = obj.dequantize()
         cols = obj.q.shape[1]
         qtype = exact_type(obj)
-        if k_quants and k_fits(obj):
+        # K-quants where they are smaller than the exact type: not for 4/5-bit grids that Q4_0 / Q5_0 hold
+        # bit for bit at the size of Q4_K / Q5_K
+        if k_quants and k_fits(obj) and not (obj.bits in (4, 5) and qtype in ("Q4_0", "Q5_0")):
             qtype, data = pack_k(obj)
             note = "K-quant: codes kept, sub-block scales rounded"
             return data, qtype, TensorRecord(name, gname, list(ref.shape), qtype, "codes", False, 0.0, note)
@@ -283,8 +285,9 @@ def _verify(tmp: Path, res: GGUFExport, refs: dict) -> None:
 def export_gguf(model: str, out: str | os.PathLike | None = None, *, float_type: str = "f16",
                 overwrite: bool = False, k_quants: bool = False) -> GGUFExport:
     """Write `model` (a layerwise result directory, zoo:NAME or a save_pretrained directory) as GGUF.
-    `k_quants`: 2-, 3- and 6-bit codes go into Q2_K / Q3_K / Q6_K (2.6 / 3.4 / 6.6 bits per weight, codes
-    kept, scales rounded) instead of exactly into Q4_0 / Q8_0 (4.5 / 8.5); rows must hold whole 256-blocks."""
+    `k_quants`: 2-, 3- and 6-bit codes go into Q2_K / Q3_K / Q6_K (2.6 / 3.4 / 6.6 bits per weight) instead of
+    exactly into Q4_0 / Q8_0 (4.5 / 8.5), and asymmetric 4- and 5-bit codes into Q4_K / Q5_K (4.5 / 5.5)
+    instead of exactly into Q8_0: codes kept, scales rounded; rows must hold whole 256-blocks."""
     from ..io.artifacts import check_not_overlapping, io_reason
     from ..io.load import load_model
     from ..utils.hf import quiet

@@ -95,9 +95,9 @@ def rank_units(model, samples, criterion: str, importance: bool = False, batch_s
 
 
 def prune_once(model, samples, remove: int, criterion: str, adaptive: bool, batch_size: int = 8,
-               amplitude: float = 1.0) -> list[LayerCut]:
+               amplitude: float = 1.0, multiple_of: int = 1) -> list[LayerCut]:
     scores, imp = rank_units(model, samples, criterion, adaptive, batch_size)
-    return plan_cuts(model, scores, remove, adaptive, imp, amplitude=amplitude)
+    return plan_cuts(model, scores, remove, adaptive, imp, amplitude=amplitude, multiple_of=multiple_of)
 
 
 def stage_tokens(total_steps: int, stages: int) -> list[int]:
@@ -114,15 +114,16 @@ def width(model, *, params: float = 0.6, adaptive: bool = False, criterion: str 
           nsamples: int = 32, seqlen: int = 256, seed: int = 0, out: str | Path | None = None,
           overwrite: bool = False, work_dir: str | Path | None = None, tokenizer=None, evaluate: bool = False,
           eval_windows_n: int = 200, amplitude: float = 1.0, mask_only: bool = False,
-          overwrite_source: bool = False, plan=None) -> WidthResult:
-    """Keep `params` of the block parameters (0 < params < 1), or replay the cuts of a width `plan`."""
+          overwrite_source: bool = False, plan=None, multiple_of: int = 1) -> WidthResult:
+    """Keep `params` of the block parameters (0 < params < 1), or replay the cuts of a width `plan`.
+    `multiple_of`: every layer keeps a multiple of this many MLP channels."""
     art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, overwrite_source, plan=plan)
     with art.run() if art is not None else nullcontext():
         return _width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental,
                       step=step, tokens=tokens, lr=lr, global_batch=global_batch, train_seqlen=train_seqlen,
                       heal=heal, heal_options=heal_options, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, art=art,
                       work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate, eval_windows_n=eval_windows_n,
-                      amplitude=amplitude, mask_only=mask_only, plan=plan)
+                      amplitude=amplitude, mask_only=mask_only, plan=plan, multiple_of=multiple_of)
 
 
 def _heal_stage(healer, student, teacher, cfg: TrainConfig, tokenizer, work: Path, k: int,
@@ -181,12 +182,14 @@ def _check_options(params, criterion, incremental, step, tokens, global_batch, n
 
 def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr, global_batch, train_seqlen,
            heal, heal_options, calib, nsamples, seqlen, seed, art, work_dir, tokenizer, evaluate, eval_windows_n,
-           amplitude, mask_only, plan) -> WidthResult:
+           amplitude, mask_only, plan, multiple_of) -> WidthResult:
     out = art.out if art is not None else None
     quiet()
     t_start = time.perf_counter()
     healer = _check_options(params, criterion, incremental, step, tokens, global_batch, nsamples, seqlen, lr, heal,
                             heal_options)
+    if multiple_of < 1:
+        raise ConfigError(f"--multiple-of must be >= 1 (got {multiple_of})")
     src = resolve(model, tokenizer, load=True)
     if src.tokenizer is None:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
@@ -214,7 +217,8 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
         before = widths(student)
         if plan is None:
             samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed + k - 1)
-            cuts = prune_once(student, samples, cur - goal, criterion, adaptive, amplitude=amplitude)
+            cuts = prune_once(student, samples, cur - goal, criterion, adaptive, amplitude=amplitude,
+                              multiple_of=multiple_of)
         else:
             cuts = _replayed_cuts(plan, k)
         if mask_only:
@@ -247,7 +251,7 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
         res.out = _write(art, res, src, dict(params=params, adaptive=adaptive, criterion=criterion,
                                                           incremental=incremental, step=step, tokens=tokens,
                                                           heal=healer.config_dict() if steps_total else "none",
-                                                          seed=seed, stages=n_stages))
+                                                          seed=seed, stages=n_stages, multiple_of=multiple_of))
     return res
 
 

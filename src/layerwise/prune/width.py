@@ -127,14 +127,15 @@ def unit_scores(model: nn.Module, criterion: str, stats: dict | None = None, gra
 
 def plan_cuts(model: nn.Module, scores: list[dict], remove_params: int, adaptive: bool,
               importance: list[float] | None = None, max_layer_removal: float = 0.9,
-              amplitude: float = 1.0) -> list[LayerCut]:
+              amplitude: float = 1.0, multiple_of: int = 1) -> list[LayerCut]:
     """Remove `remove_params` block parameters in total.
 
     Uniform: every layer gives up the same share. Adaptive (Adapt-Pruner): a layer's share is scaled
     by (1 − A·J_l), J_l = its importance −cos(h_in, h_out) centred and scaled to [−1, 1], so the layers
     that change their input most are pruned least. Within a layer, ⌊share · G⌋ KV groups go (whole
     groups; never the last), then MLP channels make up the layer's parameter count; the lowest-scoring
-    units go first.
+    units go first. `multiple_of` N > 1: every layer keeps a multiple of N MLP channels (or all of
+    them), the total kept as close to the budget as multiples of N allow (kernels run whole tiles).
     """
     from ..allocate.budget import fit_budget
 
@@ -154,16 +155,44 @@ def plan_cuts(model: nn.Module, scores: list[dict], remove_params: int, adaptive
     else:
         ratios = np.full(len(lays), target)
     counts = fit_budget(sizes, ratios, target, 0.0, max_layer_removal, what="parameter share removed")
-    cuts = []
-    for lay, sc, n_rm in zip(lays, scores, counts):
+    g_rms, c_rms = [], []
+    for lay, n_rm in zip(lays, counts):
         share = n_rm / lay.params
-        g_rm = min(int(np.floor(share * lay.kv_heads + 1e-9)), lay.kv_heads - 1)
-        rest = n_rm - g_rm * lay.group_params
-        c_rm = int(np.clip(round(rest / lay.channel_params), 0, lay.intermediate - 1))
+        g_rms.append(min(int(np.floor(share * lay.kv_heads + 1e-9)), lay.kv_heads - 1))
+        rest = n_rm - g_rms[-1] * lay.group_params
+        c_rms.append(int(np.clip(round(rest / lay.channel_params), 0, lay.intermediate - 1)))
+    if multiple_of > 1:
+        kept = keep_multiples([lay.intermediate - c for lay, c in zip(lays, c_rms)],
+                              [lay.intermediate for lay in lays], multiple_of)
+        c_rms = [lay.intermediate - k for lay, k in zip(lays, kept)]
+    cuts = []
+    for lay, sc, g_rm, c_rm in zip(lays, scores, g_rms, c_rms):
         groups = sorted(int(i) for i in np.argsort(np.asarray(sc["groups"]), kind="stable")[:g_rm])
         channels = sorted(int(i) for i in np.argsort(np.asarray(sc["channels"]), kind="stable")[:c_rm])
         cuts.append(LayerCut(lay.block, groups, channels))
     return cuts
+
+
+def keep_multiples(kept: list[int], full: list[int], n: int) -> list[int]:
+    """Round each layer's kept count to a multiple of `n` (at least n, at most its full width; a full
+    width that is not a multiple stays whole), the total as close to sum(kept) as the multiples allow:
+    floors first, then one more multiple for the largest remainders."""
+    if n < 1:
+        raise ConfigError(f"--multiple-of must be >= 1 (got {n})")
+    if any(f < n for f in full):
+        raise ConfigError(f"--multiple-of {n} exceeds a layer's width ({min(full)} MLP channels)")
+    units = [k / n for k in kept]
+    top = [f // n for f in full]
+    base = [min(max(1, int(np.floor(u))), t) for u, t in zip(units, top)]
+    extra = int(round(sum(units))) - sum(base)
+    order = sorted(range(len(kept)), key=lambda i: (-(units[i] - np.floor(units[i])), i))
+    for i in order:
+        if extra <= 0:
+            break
+        if base[i] < top[i]:
+            base[i] += 1
+            extra -= 1
+    return [f if k == f else b * n for b, k, f in zip(base, kept, full)]
 
 
 def removed_params(model: nn.Module, cuts: list[LayerCut]) -> int:
