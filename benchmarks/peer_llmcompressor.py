@@ -103,8 +103,10 @@ def render(rows: list[dict], a) -> str:
             + md_table(["method", "ppl layerwise", "ppl llm-compressor", "quality", "s layerwise",
                         "s llm-compressor", "their time / ours", "time", "peak MB layerwise",
                         "peak MB llm-compressor", "memory"], table)
-            + "\n\nThis is the 3.4M-parameter reference model, where fixed costs dominate; the 0.5B and 1.5B "
-            "shapes of the scaling part are not measured yet.")
+            + "\n\nThis is the 3.4M-parameter reference model, where fixed costs dominate (peak RSS is each job's "
+            "VmHWM; an earlier version of this table read ru_maxrss, which Linux carries over from the parent "
+            "process, so its layerwise peaks were the benchmark driver's). The 0.5B and 1.5B block shapes are in "
+            "the section *Peer: llm-compressor at the 0.5B and 1.5B block shapes*.")
 
 
 def main():

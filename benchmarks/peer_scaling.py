@@ -5,11 +5,13 @@ model in memory, and streamed block by block from the model directory) and in ll
 one plain forward pass of the same 16 × 512 calibration ids; time of the compression call, peak RSS.
 
 Each job is a fresh process (benchmarks/_peer_job.py) run by the tool's own Python; tools alternate
-within a method. `--blocks` sets the depth of each shape (full depth: 24 and 28): time grows linearly
-with depth for all three, the streamed peak does not grow with depth, the in-memory peaks grow with
-the model's bytes (reported).
+within a method. `--blocks` sets the depth of each shape (full depth: 24 and 28), `--tools` and
+`--methods` what runs, `--append` keeps the results of other shapes and depths.
 
-    bash benchmarks/peer_llmcompressor_venv.sh && python benchmarks/peer_scaling.py --blocks 0.5b=6,1.5b=3
+    bash benchmarks/peer_llmcompressor_venv.sh
+    python benchmarks/peer_scaling.py --blocks 0.5b=24 --methods sparsegpt50,gptq_w4g128 \
+        --tools layerwise-stream,llmcompressor
+    python benchmarks/peer_scaling.py --blocks 1.5b=2 --append
 """
 from __future__ import annotations
 
@@ -84,9 +86,10 @@ def measure(a, rows: list[dict]) -> None:
             meta = {"shape": shape, "blocks": int(nb), "params": params,
                     "vocab": json.loads((d / "config.json").read_text())["vocab_size"],
                     "model_mb": sum(f.stat().st_size for f in d.glob("*.safetensors")) / 2**20}
+            tools = [t for t in TOOLS if t in a.tools.split(",")]
             plan = [("forward", t) for t in ("layerwise", "llmcompressor")]
             for k, method in enumerate(a.methods.split(",")):
-                order = TOOLS if k % 2 == 0 else TOOLS[::-1]      # alternate who goes first
+                order = tools if k % 2 == 0 else tools[::-1]      # alternate who goes first
                 plan += [(method, t) for t in order]
             for method, tool in plan:
                 r = job(pythons[tool], tool, method, d, calib, root / "job.json")
@@ -97,8 +100,8 @@ def measure(a, rows: list[dict]) -> None:
 
 def render(rows: list[dict], a) -> str:
     out = []
-    for shape in dict.fromkeys(r["shape"] for r in rows):
-        rs = [r for r in rows if r["shape"] == shape]
+    for shape, nb in dict.fromkeys((r["shape"], r["blocks"]) for r in rows):
+        rs = [r for r in rows if (r["shape"], r["blocks"]) == (shape, nb)]
         by = {(r["method"], r["tool"]): r for r in rs}
         m0 = rs[0]
         hidden, mlp, full, heads, kv = SHAPES[shape]
@@ -107,11 +110,15 @@ def render(rows: list[dict], a) -> str:
         for m in METHODS:
             if (m, "llmcompressor") not in by:
                 continue
-            lw, st, pc = by[(m, "layerwise")], by[(m, "layerwise-stream")], by[(m, "llmcompressor")]
-            table.append([METHODS[m], lw["seconds"], st["seconds"], pc["seconds"], lw["seconds"] / pc["seconds"],
-                          st["seconds"] / pc["seconds"], lw["seconds"] / fwd["layerwise"],
-                          pc["seconds"] / fwd["llmcompressor"], lw["peak_rss_mb"], st["peak_rss_mb"],
-                          pc["peak_rss_mb"], st["peak_rss_mb"] / pc["peak_rss_mb"]])
+            pc = by[(m, "llmcompressor")]
+            lw, st = by.get((m, "layerwise")), by.get((m, "layerwise-stream"))
+            cell = lambda r, k: "–" if r is None else r[k]                       # noqa: E731
+            ratio = lambda r: "–" if r is None else r["seconds"] / pc["seconds"]  # noqa: E731
+            ours = lw or st
+            table.append([METHODS[m], cell(lw, "seconds"), cell(st, "seconds"), pc["seconds"], ratio(lw), ratio(st),
+                          ours["seconds"] / fwd["layerwise"], pc["seconds"] / fwd["llmcompressor"],
+                          cell(lw, "peak_rss_mb"), cell(st, "peak_rss_mb"), pc["peak_rss_mb"],
+                          "–" if st is None else st["peak_rss_mb"] / pc["peak_rss_mb"]])
         out.append(
             f"**Qwen2.5-{shape.upper()} block shape** (hidden {hidden}, MLP {mlp}, {heads}/{kv} heads), "
             f"{m0['blocks']} of {full} blocks: {m0['params'] / 1e6:.0f}M parameters, {m0['model_mb']:.0f} MiB "
@@ -126,18 +133,21 @@ def render(rows: list[dict], a) -> str:
             "the 3-repetition medians on `zoo:llama-12l` are in the section above). Time = the compression "
             "call; streamed = `prune`/`quantize` reading the model directory block by block and writing the "
             "result (its time includes writing and the verification reload); peak RSS = the whole process, "
-            "libraries included (~0.37 GB). Fewer blocks than the real models to keep the run under an hour "
-            "here: time is linear in depth for all three, the streamed peak does not depend on depth, the "
-            "in-memory peaks grow with the model's bytes.\n\n" + "\n\n".join(out))
+            "libraries included (~0.37 GB). The 0.5B shape runs at its full depth (SparseGPT and GPTQ, streamed "
+            "against llm-compressor: the goal's configuration); the 1.5B shape with 2 of its 28 blocks, every "
+            "method and mode, to keep the whole run near an hour here: time is linear in depth for all three "
+            "plus a fixed part; in-memory peaks grow with the model's bytes.\n\n" + "\n\n".join(out))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", default="0.5b=24,1.5b=28", help="depth per shape, e.g. 0.5b=6,1.5b=3")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--tools", default=",".join(TOOLS), help="a subset of " + ",".join(TOOLS))
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--peer-python", default=str(HERE / ".venv-llmcompressor" / "bin" / "python"))
+    ap.add_argument("--append", action="store_true", help="keep results/ rows of other shapes and depths")
     ap.add_argument("--render-only", action="store_true", help="rewrite the section from results/ without measuring")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
@@ -146,14 +156,18 @@ def main():
     else:
         if not Path(a.peer_python).exists():
             raise SystemExit(f"{a.peer_python} not found: run `bash benchmarks/peer_llmcompressor_venv.sh` first")
-        rows = []
+        rows = json.loads(RESULTS.read_text()) if a.append and RESULTS.exists() else []
+        sizes = {(k, int(v)) for k, v in (kv.split("=") for kv in a.blocks.split(","))}
+        rows = [r for r in rows if (r["shape"], r["blocks"]) not in sizes]
         measure(a, rows)
     body = render(rows, a)
     print(body)
     if not a.no_write:
         update_section("peer_scaling", body, "Peer: llm-compressor at the 0.5B and 1.5B block shapes",
                        commands=["bash benchmarks/peer_llmcompressor_venv.sh",
-                                 f"python benchmarks/peer_scaling.py --blocks {a.blocks}"])
+                                 "python benchmarks/peer_scaling.py --blocks 0.5b=24 --methods sparsegpt50,gptq_w4g128 "
+                                 "--tools layerwise-stream,llmcompressor",
+                                 "python benchmarks/peer_scaling.py --blocks 1.5b=2 --append"])
 
 
 if __name__ == "__main__":

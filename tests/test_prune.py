@@ -300,3 +300,18 @@ def test_cli_prune_end_to_end(tmp_path, capsys):
     assert {"forward_s", "stats_s", "solve_s"} <= set(man["timings"])
     code = main(["prune", "zoo:llama-tiny", "--out", str(out), "--nsamples", "4", "--seqlen", "32"])
     assert code == 2 and "already exists" in capsys.readouterr().err
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 3), st.data())
+def test_lowest_per_row_equals_a_stable_sort_per_row(r, c, levels, data):
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 10**6)))
+    score = torch.randint(0, levels + 1, (r, c), generator=g).float() if levels else torch.randn(r, c, generator=g)
+    if data.draw(st.booleans()):
+        score[0, 0] = float("nan")
+    k_row = row_counts(r, data.draw(st.integers(0, r * c)))
+    order = torch.argsort(score, dim=1, stable=True)
+    ref = torch.zeros(r, c, dtype=torch.bool)
+    for i in range(r):
+        ref[i, order[i, : int(k_row[i])]] = True
+    assert torch.equal(lowest_per_row(score, k_row), ref)

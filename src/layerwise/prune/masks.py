@@ -56,11 +56,26 @@ def row_counts(rows: int, k: int) -> torch.Tensor:
 
 
 def lowest_per_row(score: torch.Tensor, k_row: torch.Tensor) -> torch.Tensor:
+    """The k_row[i] smallest entries of each row i, ties broken by column: the first k of a stable
+    argsort per row, found by selection (one kthvalue per distinct count; row_counts gives two)."""
     r, c = score.shape
-    order = torch.argsort(score, dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(c).expand(r, c).contiguous())
-    return rank < k_row.view(-1, 1)
+    if bool(torch.isnan(score).any()):            # NaNs sort last: only the reference order is right
+        order = torch.argsort(score, dim=1, stable=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(c).expand(r, c).contiguous())
+        return rank < k_row.view(-1, 1)
+    mask = torch.zeros(r, c, dtype=torch.bool)
+    for k in torch.unique(k_row).tolist():
+        rows = (k_row == k).nonzero().squeeze(1)
+        if k >= c:
+            mask[rows] = True
+        elif k > 0:
+            s = score[rows]
+            v = torch.kthvalue(s, k, dim=1, keepdim=True).values
+            less = s < v
+            eq = s == v
+            mask[rows] = less | (eq & (eq.cumsum(1) <= k - less.sum(1, keepdim=True)))
+    return mask
 
 
 def nm_mask(score: torch.Tensor, n_keep: int, m: int) -> torch.Tensor:
