@@ -104,8 +104,8 @@ def render(rows: list[dict], a) -> str:
                         "s llm-compressor", "their time / ours", "time", "peak MB layerwise",
                         "peak MB llm-compressor", "memory"], table)
             + "\n\nThis is the 3.4M-parameter reference model, where fixed costs dominate (peak RSS is each job's "
-            "VmHWM; an earlier version of this table read ru_maxrss, which Linux carries over from the parent "
-            "process, so its layerwise peaks were the benchmark driver's). The 0.5B and 1.5B block shapes are in "
+            "VmHWM; earlier versions read ru_maxrss, which on Linux also counts the peak of the process that "
+            "started the job). The 0.5B and 1.5B block shapes are in "
             "the section *Peer: llm-compressor at the 0.5B and 1.5B block shapes*.")
 
 

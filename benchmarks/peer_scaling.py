@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import md_table, update_section  # noqa: E402
+from peer_llmcompressor import verdict  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {  # hidden, MLP, full depth, heads, KV heads
@@ -119,6 +120,16 @@ def render(rows: list[dict], a) -> str:
                           ours["seconds"] / fwd["layerwise"], pc["seconds"] / fwd["llmcompressor"],
                           cell(lw, "peak_rss_mb"), cell(st, "peak_rss_mb"), pc["peak_rss_mb"],
                           "–" if st is None else st["peak_rss_mb"] / pc["peak_rss_mb"]])
+        verdicts = []
+        for m in METHODS:
+            if (m, "llmcompressor") not in by:
+                continue
+            pc = by[(m, "llmcompressor")]
+            for tool, label in (("layerwise", "in memory"), ("layerwise-stream", "streamed")):
+                if (m, tool) in by:
+                    r = by[(m, tool)]
+                    verdicts.append(f"{METHODS[m]} {label}: time {verdict(r['seconds'], pc['seconds'], tol=0.1)}, "
+                                    f"memory {verdict(r['peak_rss_mb'], pc['peak_rss_mb'], tol=0.1)}")
         out.append(
             f"**Qwen2.5-{shape.upper()} block shape** (hidden {hidden}, MLP {mlp}, {heads}/{kv} heads), "
             f"{m0['blocks']} of {full} blocks: {m0['params'] / 1e6:.0f}M parameters, {m0['model_mb']:.0f} MiB "
@@ -126,7 +137,8 @@ def render(rows: list[dict], a) -> str:
             f"{fwd['llmcompressor']:.1f} s (llm-compressor's).\n\n"
             + md_table(["method", "s in memory", "s streamed", "s llm-compressor", "in memory / peer",
                         "streamed / peer", "× forward (ours)", "× forward (peer)", "peak MB in memory",
-                        "peak MB streamed", "peak MB llm-compressor", "streamed / peer memory"], table))
+                        "peak MB streamed", "peak MB llm-compressor", "streamed / peer memory"], table)
+            + "\n\nVerdicts (layerwise's, level within 10%): " + "; ".join(verdicts) + ".")
     return (f"Random-weight Qwen2 models, vocabulary {rows[0].get('vocab', 4096)} (the zoo tokenizer's), "
             f"{a.nsamples} × {a.seqlen} calibration ids from one file read by every job; one job per "
             "(method, tool), a fresh process each, tools alternating, one repetition (each job takes minutes; "
