@@ -366,19 +366,26 @@ def test_q4k_q5k_error_is_only_scale_rounding_on_asymmetric_gptq_grids(bits):
     assert np.abs(back - ref).max() <= 0.03 * np.abs(ref).max()
 
 
-def test_asymmetric_4_bit_result_exports_as_q4k(tmp_path):
+def _wide_llama(path):
+    """A random 2-block Llama whose linears hold whole 256-weight K-quant super-blocks, with the zoo tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from layerwise import zoo
-    from layerwise.export import export
 
     tok = zoo.load_tokenizer("llama-tiny")
     torch.manual_seed(0)
     m = LlamaForCausalLM(LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok),
                                      max_position_embeddings=256))
-    m.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    m.save_pretrained(path)
+    tok.save_pretrained(path)
+    return tok
+
+
+def test_asymmetric_4_bit_result_exports_as_q4k(tmp_path):
+    from layerwise.export import export
+
+    _wide_llama(tmp_path / "m")
     assert main(["quantize", str(tmp_path / "m"), "--bits", "4", "--high", "4", "--low", "4", "--asym",
                  "--group-size", "32", "--nsamples", "4", "--seqlen", "32", "--out", str(tmp_path / "q")]) == 0
     exact = export(str(tmp_path / "q"), "gguf", tmp_path / "exact.gguf")
@@ -391,19 +398,11 @@ def test_asymmetric_4_bit_result_exports_as_q4k(tmp_path):
 
 @needs_llamacpp
 def test_k_quant_export_runs_in_llamacpp(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from layerwise import load, zoo
+    from layerwise import load
     from layerwise.export import export
     from layerwise.export.llamacpp import compare
 
-    tok = zoo.load_tokenizer("llama-tiny")
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok),
-                                     max_position_embeddings=256))
-    m.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    tok = _wide_llama(tmp_path / "m")
     assert main(["quantize", str(tmp_path / "m"), "--bits", "2.5", "--high", "3", "--low", "2", "--order",
                  "0,1", "--group-size", "32", "--nsamples", "4", "--seqlen", "32", "--out", str(tmp_path / "q")]) == 0
     exact = export(str(tmp_path / "q"), "gguf", tmp_path / "exact.gguf")
