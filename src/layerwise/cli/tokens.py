@@ -15,6 +15,8 @@ def tokens_cmd(
     model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id (Llama-like)."),
     method: str = registry_option("ftp", "--method", "-m", registry=TOKEN_SELECTORS, prefix="Token selector: "),
     sparsity: float = typer.Option(0.3, "--sparsity", help="Mean share of tokens the blocks SKIP, in [0, 1)."),
+    r: Optional[int] = typer.Option(None, "--r", help="Image encoders (ViT): tokens merged (tome) or dropped "
+                                    "(random) after each block's attention; default: from --sparsity."),
     schedule: str = typer.Option("ga", "--schedule", help="Per-block shares: ga (searched) | uniform."),
     site: int = typer.Option(2, "--site", help="Block where a removing selector (fastv) acts."),
     steps: int = typer.Option(300, "--steps", help="Router training steps (trainable selectors)."),
@@ -35,9 +37,11 @@ def tokens_cmd(
     overwrite: bool = typer.Option(False, "--overwrite"),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer if the model has none."),
 ):
-    """Token-wise pruning: each block computes only the tokens its selector keeps; the others skip it.
+    """Token-wise pruning: each block computes only the tokens its selector keeps; the others skip it
+    (decoders) or leave the sequence after the block's attention (image encoders: ToMe merging, random drop).
 
-    Example: layerwise tokens zoo:filler-lm --method ftp --sparsity 0.4 --schedule ga --out runs/ftp40
+    Examples: layerwise tokens zoo:filler-lm --method ftp --sparsity 0.4 --schedule ga --out runs/ftp40;
+    layerwise tokens zoo:vit-digits --method tome --r 6 --out runs/vit-tome6
     """
     from ..pipeline.tokens import tokens
 
@@ -45,14 +49,15 @@ def tokens_cmd(
                  seqlen=seqlen, population=population, generations=generations, retune=not no_retune,
                  options=parse_options(option, "--option"), seed=seed, calib=calib, plan=plan, out=out,
                  overwrite=overwrite, work_dir=work_dir, tokenizer=tokenizer,
-                 processes=processes)
+                 processes=processes, r=r)
     from rich.table import Table
 
     t = Table(title=f"{method} on {model}: schedule", title_justify="left")
-    for c in ("block", "tokens skipped"):
+    counts = getattr(res, "r", None)
+    for c in ("block", "tokens skipped") if counts is None else ("block", "tokens leaving"):
         t.add_column(c, justify="right")
-    for i, d in enumerate(res.drop):
-        t.add_row(str(i), f"{d:.1%}")
+    for i, d in enumerate(res.drop if counts is None else counts):
+        t.add_row(str(i), f"{d:.1%}" if counts is None else str(d))
     console.print(t)
     console.print(", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items()))
     if res.out:

@@ -65,22 +65,28 @@ def _raw_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def digit_canvases(split: str = "train", size: int = 12, copies: int = 2, noise: float = 0.2,
-                   seed: int = 0) -> ImageSet:
-    """Digits at random offsets in `size`×`size` canvases with Gaussian noise, normalised."""
+                   seed: int = 0, scale: int = 1) -> ImageSet:
+    """Digits (each pixel repeated `scale`×`scale` times) at random offsets in `size`×`size` canvases
+    with Gaussian noise, normalised."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
-    if size < 8:
-        raise ConfigError(f"canvas size {size} is smaller than a digit (8)")
+    if not isinstance(scale, int) or scale < 1:
+        raise ConfigError(f"digit scale must be a positive integer (got {scale!r})")
+    d = 8 * scale
+    if size < d:
+        raise ConfigError(f"canvas size {size} is smaller than a digit ({d})")
     x, y = _raw_digits()
     lo, hi = SPLITS[split]
     x, y = x[lo:hi], y[lo:hi]
+    if scale > 1:
+        x = x.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     g = torch.Generator().manual_seed(seed * 1000 + list(SPLITS).index(split))
     n = len(y) * copies
     canvas = torch.zeros(n, 1, size, size)
-    offs = torch.randint(0, size - 8 + 1, (n, 2), generator=g)
+    offs = torch.randint(0, size - d + 1, (n, 2), generator=g)
     for i in range(n):
         r, c = int(offs[i, 0]), int(offs[i, 1])
-        canvas[i, 0, r:r + 8, c:c + 8] = x[i % len(y)]
+        canvas[i, 0, r:r + d, c:c + d] = x[i % len(y)]
     canvas += noise * torch.randn(canvas.shape, generator=g)
     canvas = (canvas - 0.1) / 0.3
     return ImageSet(canvas, y.repeat(copies), f"digits{size}/{split}")
@@ -91,4 +97,4 @@ def canvases_for(split: str, image_size: int, recipe: dict | None = None) -> Ima
     does not state takes the defaults at the model's input size."""
     r = recipe or {}
     return digit_canvases(split, size=r.get("size", image_size), copies=r.get("copies", 2),
-                          noise=r.get("noise", 0.2), seed=r.get("seed", 0))
+                          noise=r.get("noise", 0.2), seed=r.get("seed", 0), scale=r.get("scale", 1))

@@ -1,6 +1,7 @@
 """Training and knowledge distillation of image classifiers (zoo CNNs, searched networks).
 
-One loop: SGD with Nesterov momentum, cosine learning rate to 0, batch-norm in training mode. With a
+One loop: SGD with Nesterov momentum (CNNs) or AdamW with a linear warm-up (vision transformers),
+cosine learning rate to 0, batch-norm in training mode. With a
 teacher it minimises `(1 − α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))` (TAS, with the KL
 direction of its code: the teacher's softened distribution is the target). Deterministic: the
 shuffle of epoch e depends only on (seed, e).
@@ -30,6 +31,28 @@ class TrainConfig:
     temperature: float = 4.0
     seed: int = 0
     eval_every: int = 0            # epochs between validation points (0: only at the end)
+    optimizer: str = "sgd"         # "sgd" (Nesterov) | "adamw"
+    warmup_epochs: float = 0.0
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        # no decay on norms, biases and embeddings-like vectors (the usual ViT recipe)
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        rest = [p for p in model.parameters() if p.dim() < 2]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                  {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999))
+    if cfg.optimizer != "sgd":
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                           weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 @dataclass
@@ -42,8 +65,7 @@ def train_classifier(model: nn.Module, train, cfg: TrainConfig, teacher: nn.Modu
                      validation=None, description: str = "train") -> TrainResult:
     """Train `model` in place on `train` (an `ImageSet`), with KD from `teacher` when given."""
     torch.manual_seed(cfg.seed)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                          weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     if teacher is not None:
@@ -57,7 +79,7 @@ def train_classifier(model: nn.Module, train, cfg: TrainConfig, teacher: nn.Modu
             running, n = 0.0, 0
             for x, y in train.batches(cfg.batch_size, g):
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                    group["lr"] = lr_at(cfg, step, total, steps_per_epoch)
                 logits = logits_of(model, x)
                 loss = F.cross_entropy(logits, y)
                 if teacher is not None:

@@ -192,6 +192,9 @@ class LazyStore(BlockStore):
         self.model = model
         self.adapter = get_adapter(model)
         self._files = self._index()
+        from ..models.files import checkpoint_renames
+
+        self._renamed = checkpoint_renames(model, self._files)
         if not (self.src / "layerwise_model.json").exists():
             from ..models.files import check_model_dir, check_shapes
 
@@ -227,6 +230,8 @@ class LazyStore(BlockStore):
     def _key(self, name: str) -> str | None:
         if name in self._files:
             return name
+        if name in self._renamed:
+            return self._renamed[name]
         prefix = getattr(self.model, "base_model_prefix", "")
         for cand in (f"{prefix}.{name}", name[len(prefix) + 1:] if name.startswith(prefix + ".") else None):
             if cand and cand in self._files:

@@ -110,14 +110,41 @@ def check_model_dir(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     return tensors
 
 
+def checkpoint_renames(model, keys) -> dict[str, str]:
+    """{model parameter name: checkpoint key} for keys stored under another name than the module's.
+
+    transformers 5 renamed modules of some families (ViT: `encoder.layer.N.attention.attention.query`
+    became `layers.N.attention.q_proj`) and still saves under the old names, converting on load; a
+    streamed run reads checkpoints itself, so it applies the same renamings. Only pure renamings:
+    conversions that split or fuse tensors are not followed (their tensors are then reported missing).
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, apply_renamings
+
+        renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    except Exception:  # pragma: no cover  (an older transformers: no renamings to follow)
+        return {}
+    if not renamings:
+        return {}
+    out = {}
+    for k in keys:
+        new = apply_renamings(k, renamings)
+        if new != k:
+            out[new] = k
+    return out
+
+
 def check_shapes(model, tensors: dict, path: Path) -> None:
     """Every checkpoint tensor that the model (built from the config) has must have the model's shape."""
     if not tensors:
         return
     own = {n: tuple(p.shape) for n, p in list(model.named_parameters()) + list(model.named_buffers())}
     prefix = getattr(model, "base_model_prefix", "")
+    renamed = {v: k for k, v in checkpoint_renames(model, tensors).items()}
     for name, (_, shape) in tensors.items():
-        for cand in (name, f"{prefix}.{name}", name[len(prefix) + 1:] if name.startswith(prefix + ".") else None):
+        for cand in (renamed.get(name, name), name, f"{prefix}.{name}",
+                     name[len(prefix) + 1:] if name.startswith(prefix + ".") else None):
             if cand in own:
                 if own[cand] != tuple(shape):
                     raise ModelLoadError(f"{path}: tensor '{name}' has shape {list(shape)} but the config "

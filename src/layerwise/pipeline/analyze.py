@@ -5,16 +5,15 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from ..data.tokens import calibration_samples
 from ..engine import InMemoryStore, LazyStore
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..utils.checks import count
 from ..scores.analyze import Analysis, ESDOptions, analyze_store
 from ..scores.base import SCORES, parse_scores
 from ..scores.esd import XMIN_RULES
 from ..utils.hf import quiet
 from .output import guard_output
-from .source import resolve
+from .source import calibration_inputs, resolve
 
 
 def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsamples: int = 32,
@@ -37,10 +36,8 @@ def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsampl
     with art.run() if art is not None else nullcontext():
         need_memory = any(SCORES[n].source == "loss" for n in names)
         src = resolve(model, tokenizer, load=need_memory)
-        if src.tokenizer is None:
-            raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
         store = InMemoryStore(src.loaded.model) if src.loaded is not None else LazyStore(src.path, None)
-        samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
+        samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed, src.spec, store.adapter)
         an = analyze_store(store, samples, names, batch_size=batch_size,
                            esd_opts=ESDOptions(xmin=xmin, farms_rows=farms_rows, farms_windows=farms_windows,
                                                       reference_exact=reference_exact),

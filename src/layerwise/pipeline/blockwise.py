@@ -138,7 +138,7 @@ def _run(stage, src, output, plan, *, calib, nsamples, seqlen, seed, resume, bat
     replay = plan is not None
     if replay:
         stage.validate(plan, {r.name: r.shape for r in store.adapter.all_linears()})
-    samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed, src.spec)
+    samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed, src.spec, store.adapter)
     before_plans = [s.new_plan(store, samples, src.spec, batch_size=batch_size, seed=seed, fused=k > 0)
                     for k, s in enumerate(before)]
     t0 = time.perf_counter()

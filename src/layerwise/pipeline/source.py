@@ -64,13 +64,17 @@ def resolve(model, tokenizer=None, load: bool = True) -> Source:
     return Source(model, lm.path, lm, tok)
 
 
-def calibration_inputs(calib, tokenizer, nsamples: int, seqlen: int, seed: int, spec: str) -> torch.Tensor:
-    """Calibration batches: sampled from a corpus by name (needs the tokenizer), or given as a tensor
-    whose first dimension is the sample (any model input: token ids, pixels, features)."""
+def calibration_inputs(calib, tokenizer, nsamples: int, seqlen: int, seed: int, spec: str,
+                       adapter=None) -> torch.Tensor:
+    """Calibration batches: sampled from a corpus by name (needs the tokenizer), images for a model that
+    takes pixels (the digit canvases it was trained on), or given as a tensor whose first dimension is
+    the sample (any model input: token ids, pixels, features)."""
     if isinstance(calib, torch.Tensor):
         if calib.dim() < 1 or calib.shape[0] < 1:
             raise DataError(f"calibration tensor of shape {tuple(calib.shape)} has no samples")
         return calib
+    if adapter is not None and any(f.kind == "pixels" for f in adapter.inputs) and hasattr(adapter, "image_shape"):
+        return calibration_images(calib, adapter, nsamples, seed, spec)
     if tokenizer is None:
         hint = ""
         d = model_dir(spec)
@@ -102,3 +106,22 @@ def model_dir(model) -> Path | None:
             return None
     p = Path(model).expanduser()
     return p if p.exists() else None
+
+
+def calibration_images(calib: str, adapter, nsamples: int, seed: int, spec: str) -> torch.Tensor:
+    """`nsamples` training canvases (a seeded draw) at the model's input size, as its card describes them."""
+    import json
+
+    from ..data.images import canvases_for
+
+    if calib not in ("stdlib", "digits"):
+        raise DataError(f"image models calibrate on 'digits' (scikit-learn digit canvases) or a tensor of images; "
+                        f"got --calib {calib}")
+    d = model_dir(spec)
+    card = json.loads((d / "card.json").read_text()) if d is not None and (d / "card.json").is_file() else {}
+    _, size, _ = adapter.image_shape()
+    images = canvases_for("train", size, card.get("data"))
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:nsamples]
+    pixels = images.pixels[idx]
+    adapter.check_pixels(pixels)
+    return pixels

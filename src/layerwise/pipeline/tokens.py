@@ -1,4 +1,5 @@
-"""`layerwise tokens`: token-wise pruning of a decoder by one registered selector.
+"""`layerwise tokens`: token-wise pruning of a decoder by one registered selector (image encoders:
+`tokens_encoder.py`).
 
 The per-block schedule (share of tokens each block skips) is uniform or searched (a genetic
 algorithm with FTP's static router); a trainable selector's router is then trained with the model
@@ -94,7 +95,7 @@ def tokens(model, *, method: str = "ftp", sparsity: float = 0.3, schedule: str =
            steps: int = 300, batch: int = 8, seqlen: int = 128, population: int = 8, generations: int = 10,
            retune: bool = True, s_max: float = 0.9, seed: int = 0, options: dict | None = None, calib="stdlib",
            eval_sequences: int = 256, out=None, overwrite: bool = False, work_dir=None, tokenizer=None,
-           plan=None, processes: int = 1) -> TokensResult:
+           plan=None, processes: int = 1, r: int | None = None) -> TokensResult:
     """Token-prune `model` with `method` at mean token sparsity `sparsity`; see the module docstring."""
     quiet()
     if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
@@ -110,14 +111,26 @@ def tokens(model, *, method: str = "ftp", sparsity: float = 0.3, schedule: str =
         plan = Plan.load(plan)
     art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, plan=plan)
     with art.run() if art is not None else nullcontext():
-        return _tokens(model, selector, sparsity, schedule, site, steps, batch, seqlen, population, generations,
-                       retune, s_max, seed, calib, eval_sequences, art, work_dir, tokenizer, plan, processes)
+        src = resolve(model, tokenizer, load=True)
+        if _is_encoder(src.loaded.model):
+            from .tokens_encoder import encoder_tokens
+
+            return encoder_tokens(src, selector, sparsity=sparsity, r=r, plan=plan, seed=seed, art=art)
+        if r is not None:
+            raise ConfigError("--r (tokens merged per block) applies to image encoders; decoders take --sparsity")
+        return _tokens(src, selector, sparsity, schedule, site, steps, batch, seqlen, population, generations,
+                       retune, s_max, seed, calib, eval_sequences, art, work_dir, plan, processes)
 
 
-def _tokens(model, selector, sparsity, schedule, site, steps, batch, seqlen, population, generations, retune,
-            s_max, seed, calib, eval_sequences, art, work_dir, tokenizer, plan, processes) -> TokensResult:
+def _is_encoder(model) -> bool:
+    from ..models.adapters import get_adapter
+
+    return hasattr(get_adapter(model), "block_parts")
+
+
+def _tokens(src, selector, sparsity, schedule, site, steps, batch, seqlen, population, generations, retune,
+            s_max, seed, calib, eval_sequences, art, work_dir, plan, processes) -> TokensResult:
     t0 = time.perf_counter()
-    src = resolve(model, tokenizer, load=True)
     lm = src.loaded.model.eval()
     routing_check = TokenRouting(lm, selector, [0.0] * _num_blocks(lm))   # adapter support, before any work
     L = len(routing_check.drop)

@@ -38,3 +38,26 @@ def forward_flops(model, kept: list[list[int]], seq_len: int, *, att_feature: st
 def dense_flops(model, batch: int, seq_len: int) -> int:
     L = get_adapter(model).num_blocks
     return forward_flops(model, [[seq_len] * batch for _ in range(L)], seq_len)
+
+
+def encoder_flops(model, tokens: list[int], merged: list[int] | None = None, heads_metric: bool = False) -> int:
+    """FLOPs of one image through a ViT-style encoder (2 per multiply-add): block l runs its attention on
+    tokens[l] tokens and its MLP on merged[l] (the count after the block's merge; tokens[l] without one),
+    plus the bipartite matching of a merge (an (n/2)² similarity of the head-averaged keys) when
+    `heads_metric`. The classifier head is counted on the CLS token."""
+    from ..models.adapters import get_adapter
+
+    ad = get_adapter(model)
+    c = model.config
+    d, m = c.hidden_size, c.intermediate_size
+    total = 0
+    for l, block in enumerate(ad.block_list()):
+        n = tokens[l]
+        n2 = merged[l] if merged is not None else n
+        q = block.attention.q_proj.out_features
+        total += 2 * n * 4 * d * q + 4 * n * n * q         # q, k, v, o projections; QKᵀ and AV
+        total += 2 * n2 * 2 * d * m                          # fc1, fc2
+        if heads_metric and n2 < n:
+            hd = block.attention.head_dim
+            total += 2 * (n // 2) * ((n + 1) // 2) * hd
+    return total + 2 * d * getattr(c, "num_labels", 0)

@@ -1,5 +1,6 @@
 """The token-routed checkpoint: a stock model directory plus `token_routing.json` (selector, its
-config, the per-block schedule, the mode) and, for trained selectors, `token_router.safetensors`.
+config, the per-block schedule — shares skipped by a decoder's blocks, or tokens leaving an encoder
+after each block (`kind: encoder`) — the mode) and, for trained selectors, `token_router.safetensors`.
 `layerwise.load` returns the model with its routing installed; stock `from_pretrained` still loads
 the dense model it was made from.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from ..io.formats import Format, register_format
 
 MARKER = "token_routing.json"
@@ -20,8 +21,12 @@ VERSION = 1
 
 def write(directory: Path, routing) -> None:
     sel = routing.selector
-    meta = {"version": VERSION, "selector": sel.config_dict(), "drop": routing.drop, "mode": routing.mode,
-            "kv_policy": "decode_dense_last"}
+    if hasattr(routing, "r"):
+        meta = {"version": VERSION, "kind": "encoder", "selector": sel.config_dict(), "r": routing.r,
+                "mode": routing.mode}
+    else:
+        meta = {"version": VERSION, "kind": "decoder", "selector": sel.config_dict(), "drop": routing.drop,
+                "mode": routing.mode, "kv_policy": "decode_dense_last"}
     (Path(directory) / MARKER).write_text(json.dumps(meta, indent=1) + "\n")
     if getattr(sel, "router", None) is not None:
         from safetensors.torch import save_file
@@ -55,14 +60,25 @@ def load(path: Path, dtype: torch.dtype) -> torch.nn.Module:
     from ..models.adapters import model_class
     from transformers import AutoConfig
 
+    from .merging import EncoderReduction
     from .routing import TokenRouting
 
-    meta = json.loads((path / MARKER).read_text())
+    try:
+        meta = json.loads((path / MARKER).read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path / MARKER} is not valid JSON: {e}") from e
     if meta.get("version") != VERSION:
         raise ModelLoadError(f"{path / MARKER}: version {meta.get('version')!r} is not supported")
     config = AutoConfig.from_pretrained(path)
     model = model_class(config).from_pretrained(path, dtype=dtype).eval()
-    TokenRouting(model, selector_from(meta, model, path), meta["drop"], mode=meta.get("mode", "gather")).install()
+    sel = selector_from(meta, model, path)
+    try:
+        if meta.get("kind") == "encoder":
+            EncoderReduction(model, sel, meta["r"], mode=meta.get("mode", "gather")).install()
+        else:
+            TokenRouting(model, sel, meta["drop"], mode=meta.get("mode", "gather")).install()
+    except (KeyError, ConfigError) as e:
+        raise ModelLoadError(f"{path / MARKER} does not fit the model in {path}: {e}") from e
     return model
 
 

@@ -21,6 +21,7 @@ TOKEN_SELECTORS: Registry[type["TokenSelector"]] = Registry("token selector", "-
 
 class TokenSelector(Method):
     removes: ClassVar[bool] = False
+    removes_in_encoder: ClassVar[bool] = False       # in an encoder: drop tokens (True) or merge them
     restore: ClassVar[str] = "skip"                  # "copy_prev": a dropped token takes its partner's update
     needs_attention: ClassVar[str | None] = None     # "all": attention received; "last": of the last query
     trainable: ClassVar[bool] = False
@@ -54,10 +55,25 @@ def _first(site: Site) -> torch.Tensor:
 @TOKEN_SELECTORS.register
 class RandomSelector(TokenSelector):
     name = "random"
-    description = "Random tokens skip each block (seeded per block; the floor every method must beat)."
+    description = ("Random tokens skip each block of a decoder, or leave an encoder (ViT) after a block's "
+                   "attention (seeded per block; the floor every method must beat).")
+    removes_in_encoder = True
 
     class Config(MethodConfig):
         seed: int = 0
+
+    def encoder_reduce(self, h, metric, size, alive, r: int, index: int, mode: str):
+        from .merging import random_keep
+
+        g = torch.Generator().manual_seed(self.config.seed * 1000 + index)
+        B = h.shape[0]
+        pos = alive.nonzero()[:, 1].view(B, -1)            # every image keeps as many tokens
+        keep = pos.gather(1, random_keep(B, pos.shape[1], r, g).to(pos.device))
+        if mode == "mask":
+            return h, size, torch.zeros_like(alive).scatter(1, keep, True)
+        c = h.shape[-1]
+        return (h.gather(1, keep[..., None].expand(-1, -1, c)), size.gather(1, keep[..., None]),
+                torch.ones(keep.shape, dtype=torch.bool, device=h.device))
 
     def scores(self, site):
         # one draw per (block, position among the real tokens): padding does not change a sample's choice
@@ -97,10 +113,20 @@ class FastVSelector(TokenSelector):
 @TOKEN_SELECTORS.register
 class MergeSelector(TokenSelector):
     name = "tome"
-    description = ("ToMe-style merging, causal-safe: a token most similar (cosine of block inputs) to the token "
-                   "before it is merged into it: not computed, it takes its partner's update. Merges only "
-                   "backwards, never averages into earlier tokens.")
+    description = ("ToMe. In an encoder (ViT): bipartite soft matching of the head-averaged keys after each "
+                   "block's attention, merged tokens averaged by size, proportional attention. In a decoder, "
+                   "causal-safe: a token most similar (cosine of block inputs) to the token before it is not "
+                   "computed and takes its partner's update (merges only backwards).")
     restore: ClassVar[str] = "copy_prev"
+
+    class Config(MethodConfig):
+        prop_attn: bool = True        # encoders: add log(size) to the attention logits of every key
+
+    def encoder_reduce(self, h, metric, size, alive, r: int, index: int, mode: str):
+        from .merging import tome_reduce
+
+        h, size = tome_reduce(h, metric, size, r)
+        return h, size, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
 
     def scores(self, site):
         h = torch.nn.functional.normalize(site.hidden.float(), dim=-1)

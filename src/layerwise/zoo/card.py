@@ -74,10 +74,12 @@ def image_card_markdown(card: dict) -> str:
     t, e, d = card["training"], card["eval"], card["data"]
     return "\n".join([
         f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
-        f"| architecture | `{card['architecture']}` (layerwise.models.resnet, a transformers PreTrainedModel) |",
+        f"| architecture | `{card['architecture']}` " + ("(stock transformers) |" if card["architecture"].startswith("ViT")
+                                                     else "(layerwise.models.resnet, a transformers PreTrainedModel) |"),
         f"| parameters | {card['parameters']:,}; {card['flops_per_image'] / 1e6:.2f} MFLOPs per image |",
         "| config | " + ", ".join(f"{k}={v}" for k, v in sorted(card["config"].items())) + " |",
-        f"| data | {d['source']}: {d['definition']}; canvas {d['size']}x{d['size']}, noise {d['noise']}, "
+        f"| data | {d['source']}: {d['definition']}; canvas {d['size']}x{d['size']}"
+        + (f", digits scaled x{d['scale']}" if d.get("scale", 1) > 1 else "") + f", noise {d['noise']}, "
         f"{d['copies']} canvases per digit; {d['train_images']} train / {d['validation_images']} validation / "
         f"{d['test_images']} test images |",
         f"| seed | {t['seed']} |",

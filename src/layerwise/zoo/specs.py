@@ -89,3 +89,17 @@ register(ZooSpec(
     corpus="digits", batch_size=64, steps=60, lr=0.1, warmup=0, weight_decay=5e-4, seed=0,
     extra={"task": "image-classification", "data": {"size": 12, "copies": 2, "noise": 0.2, "seed": 0}},
 ))
+
+register(ZooSpec(
+    name="vit-digits",
+    description=("6-block ViT (hidden 64, 4 heads, MLP 192, 2x2 patches: 64 patch tokens + CLS) classifying "
+                 "scikit-learn digits upsampled to noisy 16x16 canvases (one patch per digit pixel; the blank "
+                 "borders and strokes make near-duplicate patches): the test bed of token merging and dropping"),
+    architecture="vit",
+    config=dict(image_size=16, patch_size=2, num_channels=1, hidden_size=64, num_hidden_layers=6,
+                num_attention_heads=4, intermediate_size=192, hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0, qkv_bias=True, layer_norm_eps=1e-6),
+    corpus="digits", batch_size=64, steps=40, lr=1e-3, warmup=0, weight_decay=0.05, seed=0,
+    extra={"task": "image-classification", "data": {"size": 16, "scale": 2, "copies": 4, "noise": 0.2, "seed": 0},
+           "optimizer": "adamw", "warmup_epochs": 2},
+))
