@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import FIG, ROOT, md_table, update_section  # noqa: E402
+from common import FIG, ROOT, command_line, md_table, update_section  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "vit_tokens.json"
 
@@ -155,7 +155,7 @@ def render(res: dict) -> str:
                      f"{tome['speedup']:.2f}", f"{rs:.2f}"])
     n_seeds = len([row for row in q if row["r"] == q[0]["r"] and row["method"].startswith("random")])
     body = ["### Quality: zoo:vit-digits (6 blocks, 65 tokens, test canvases)", "",
-            f"r tokens leave after each block's attention; random drop over {n_seeds} seeds (mean ± spread). "
+            f"r tokens leave after each block's attention; random drop over {n_seeds} seeds (mean ± standard deviation, and the worst seed). "
             "Speed-ups: images/s against the dense model at batch "
             f"{res['quality_batch']}, medians of alternating runs.", "",
             md_table(["r", "FLOPs ToMe", "FLOPs random", "dense acc", "ToMe acc", "ToMe acc (no prop-attn)",
@@ -202,14 +202,15 @@ def main() -> None:
         res = json.loads(RESULTS.read_text())
     else:
         res = {"quality": quality(args), "speed": speed(args), "quality_batch": args.quality_batch,
-               "speed_batch": args.speed_batch}
+               "speed_batch": args.speed_batch, "commands": [command_line()]}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(res, indent=1))
     plot(res["quality"])
     body = render(res)
     print(body)
     if not args.no_write:
-        update_section("vit_tokens", body, "ViT token reduction: ToMe vs random drop (quality and images/s)")
+        update_section("vit_tokens", body, "ViT token reduction: ToMe vs random drop (quality and images/s)",
+                       commands=res.get("commands") or ["python benchmarks/vit_tokens.py"])
 
 
 if __name__ == "__main__":

@@ -73,3 +73,19 @@ def test_retraining_vit_digits_reproduces_the_shipped_weights(tmp_path):
     assert new.keys() == old.keys()
     assert all(torch.equal(new[k], old[k]) for k in new)
     assert card["eval"]["test"]["accuracy"] > 0.9
+
+
+def test_retraining_llava_quadrants_reproduces_the_shipped_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from layerwise import zoo
+    from layerwise.zoo.train import train
+
+    card = zoo.info("llava-quadrants")
+    if (os.cpu_count() or 1) != 2:
+        pytest.skip("bit-exact reproduction needs the card's thread count (2)")
+    out = train("llava-quadrants", tmp_path / "m", threads=card["training"]["threads"])
+    new, old = load_file(out / "model.safetensors"), load_file(zoo.path("llava-quadrants") / "model.safetensors")
+    assert new.keys() == old.keys()
+    assert all(torch.equal(new[k], old[k]) for k in new)
+    assert card["eval"]["test"]["accuracy"] > 0.8

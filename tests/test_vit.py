@@ -222,3 +222,25 @@ def test_tokens_command_bad_input_exits_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_prune_quantize_and_analyze_run_on_the_zoo_vit(tmp_path):
+    """The block-by-block commands calibrate a ViT on its own digit canvases, streamed from safetensors
+    (transformers' legacy key names followed), and the results still classify."""
+    import layerwise
+    from layerwise.data.images import canvases_for
+    from layerwise.eval.images import classifier_score
+
+    out = tmp_path / "w50"
+    assert main(["prune", "zoo:vit-digits", "--method", "wanda", "--sparsity", "0.5", "--nsamples", "32",
+                 "--out", str(out)]) in (0, None)
+    q = tmp_path / "q4"
+    assert main(["quantize", "zoo:vit-digits", "--bits", "4", "--quantizer", "gptq", "--nsamples", "32",
+                 "--out", str(q)]) in (0, None)
+    assert main(["analyze", "zoo:vit-digits", "--scores", "lim,bi", "--nsamples", "16"]) in (0, None)
+    lm = layerwise.load("zoo:vit-digits")
+    test = canvases_for("test", 16, lm.card["data"])
+    dense = classifier_score(lm.model, test).accuracy
+    pruned = classifier_score(layerwise.load(str(out)).model, test).accuracy
+    quant = classifier_score(layerwise.load(str(q)).model, test).accuracy
+    assert dense > 0.9 and 0.5 < pruned < dense + 0.01 and quant > dense - 0.05

@@ -17,6 +17,8 @@ def tokens_cmd(
     sparsity: float = typer.Option(0.3, "--sparsity", help="Mean share of tokens the blocks SKIP, in [0, 1)."),
     r: Optional[int] = typer.Option(None, "--r", help="Image encoders (ViT): tokens merged (tome) or dropped "
                                     "(random) after each block's attention; default: from --sparsity."),
+    keep_ratio: Optional[float] = typer.Option(None, "--keep-ratio", help="Vision-language models: share of the "
+                                               "vision tokens kept at --site, in (0, 1]; default 1 - --sparsity."),
     schedule: str = typer.Option("ga", "--schedule", help="Per-block shares: ga (searched) | uniform."),
     site: int = typer.Option(2, "--site", help="Block where a removing selector (fastv) acts."),
     steps: int = typer.Option(300, "--steps", help="Router training steps (trainable selectors)."),
@@ -41,7 +43,8 @@ def tokens_cmd(
     (decoders) or leave the sequence after the block's attention (image encoders: ToMe merging, random drop).
 
     Examples: layerwise tokens zoo:filler-lm --method ftp --sparsity 0.4 --schedule ga --out runs/ftp40;
-    layerwise tokens zoo:vit-digits --method tome --r 6 --out runs/vit-tome6
+    layerwise tokens zoo:vit-digits --method tome --r 6 --out runs/vit-tome6;
+    layerwise tokens zoo:llava-quadrants --method fastv --site 1 --keep-ratio 0.25 --out runs/fastv25
     """
     from ..pipeline.tokens import tokens
 
@@ -49,7 +52,7 @@ def tokens_cmd(
                  seqlen=seqlen, population=population, generations=generations, retune=not no_retune,
                  options=parse_options(option, "--option"), seed=seed, calib=calib, plan=plan, out=out,
                  overwrite=overwrite, work_dir=work_dir, tokenizer=tokenizer,
-                 processes=processes, r=r)
+                 processes=processes, r=r, keep_ratio=keep_ratio)
     from rich.table import Table
 
     t = Table(title=f"{method} on {model}: schedule", title_justify="left")

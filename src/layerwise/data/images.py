@@ -8,6 +8,7 @@ digit yields `copies` canvases. Everything is a pure function of (split, seed): 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,7 @@ class ImageSet:
                 ImageSet(self.pixels[ib], self.labels[ib], self.name + "/b"))
 
 
+@functools.lru_cache(maxsize=1)
 def _raw_digits() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from sklearn.datasets import load_digits

@@ -95,7 +95,7 @@ def tokens(model, *, method: str = "ftp", sparsity: float = 0.3, schedule: str =
            steps: int = 300, batch: int = 8, seqlen: int = 128, population: int = 8, generations: int = 10,
            retune: bool = True, s_max: float = 0.9, seed: int = 0, options: dict | None = None, calib="stdlib",
            eval_sequences: int = 256, out=None, overwrite: bool = False, work_dir=None, tokenizer=None,
-           plan=None, processes: int = 1, r: int | None = None) -> TokensResult:
+           plan=None, processes: int = 1, r: int | None = None, keep_ratio: float | None = None) -> TokensResult:
     """Token-prune `model` with `method` at mean token sparsity `sparsity`; see the module docstring."""
     quiet()
     if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
@@ -118,6 +118,13 @@ def tokens(model, *, method: str = "ftp", sparsity: float = 0.3, schedule: str =
             return encoder_tokens(src, selector, sparsity=sparsity, r=r, plan=plan, seed=seed, art=art)
         if r is not None:
             raise ConfigError("--r (tokens merged per block) applies to image encoders; decoders take --sparsity")
+        if _is_vlm(src.loaded.model):
+            from .tokens_vlm import vlm_tokens
+
+            return vlm_tokens(src, selector, keep_ratio=1 - sparsity if keep_ratio is None else keep_ratio,
+                              site=site, plan=plan, seed=seed, art=art)
+        if keep_ratio is not None:
+            raise ConfigError("--keep-ratio (vision tokens kept) applies to vision-language models")
         return _tokens(src, selector, sparsity, schedule, site, steps, batch, seqlen, population, generations,
                        retune, s_max, seed, calib, eval_sequences, art, work_dir, plan, processes)
 
@@ -126,6 +133,12 @@ def _is_encoder(model) -> bool:
     from ..models.adapters import get_adapter
 
     return hasattr(get_adapter(model), "block_parts")
+
+
+def _is_vlm(model) -> bool:
+    from ..models.adapters import get_adapter
+
+    return hasattr(get_adapter(model), "vision_tokens")
 
 
 def _tokens(src, selector, sparsity, schedule, site, steps, batch, seqlen, population, generations, retune,

@@ -19,7 +19,7 @@ from ..console import info
 from ..errors import ConfigError
 from ..plan import Plan, TokenRow
 from ..tokens.flops import encoder_flops
-from ..tokens.merging import EncoderReduction, check_schedule, constant_r, token_counts
+from ..tokens.merging import EncoderReduction, check_schedule, constant_r
 
 
 def schedule(adapter, selector, sparsity: float, r: int | None, plan: Plan | None) -> list[int]:

@@ -63,8 +63,9 @@ def remove_blocks(model: nn.Module, remove: set[int] | list[int]) -> nn.Module:
     parent = adapter._resolve(model, parent_path) if parent_path else model
     setattr(parent, attr, new)
     renumber(new)
-    cfg = model.config
     key = adapter.config_num_blocks_key()
+    sub, _, key = key.rpartition(".")        # "text_config.num_hidden_layers": the decoder's own config
+    cfg = getattr(model.config, sub) if sub else model.config
     for name, val in list(cfg.to_dict().items()):
         if isinstance(val, list) and len(val) == L and name not in ("architectures",):
             setattr(cfg, name, [val[i] for i in keep])

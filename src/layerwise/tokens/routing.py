@@ -43,6 +43,9 @@ class Site:
     real: torch.Tensor              # [B, N] True for real (not padding) tokens
     att: torch.Tensor | None        # [B, N] attention received at the latest block that computed the token
     num_blocks: int
+    # [B, N] the tokens a selector may drop (a vision-language model's vision tokens); None: every token.
+    # The share `drop` is then a share of these; the others are always kept.
+    candidates: torch.Tensor | None = None
 
     @property
     def positions(self) -> torch.Tensor:
@@ -53,7 +56,8 @@ class Site:
 
     def keep_counts(self) -> torch.Tensor:
         n = self.real.sum(1)
-        return (n - torch.round(self.drop * n.float()).long()).clamp_min(1)
+        pool = n if self.candidates is None else (self.candidates & self.real).sum(1)
+        return (n - torch.round(self.drop * pool.float()).long()).clamp_min(1)
 
 
 @dataclass
@@ -62,6 +66,7 @@ class ForwardState:
     offset: int = 0                          # absolute index of this forward's first token
     att: torch.Tensor | None = None
     alive: torch.Tensor | None = None        # after a permanent removal: tokens still in the model
+    candidates: torch.Tensor | None = None   # [B, T] tokens selectors may drop (vision tokens); None: all
     kept: dict = field(default_factory=dict)  # site -> keep mask (recorded for statistics)
     gates: dict = field(default_factory=dict)  # site -> gates (soft mode)
 
@@ -72,6 +77,8 @@ def keep_from_scores(scores: torch.Tensor, site: Site) -> torch.Tensor:
     s = scores.float().masked_fill(~site.real, float("-inf"))
     first = site.real.float().argmax(dim=1)
     s = s.scatter(1, first[:, None], float("inf"))
+    if site.candidates is not None:
+        s = s.masked_fill(site.real & ~site.candidates, float("inf"))
     order = torch.argsort(-s, dim=1, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order).contiguous())
@@ -98,6 +105,9 @@ class TokenRouting:
             raise ConfigError(f"token routing needs rotary attention hook points; the {self.adapter.name} adapter "
                               "has none")
         self.state = ForwardState()
+        # a vision-language model: selectors choose among its vision tokens only
+        self.vision_only = hasattr(self.adapter, "vision_tokens")
+        self._pending_candidates = None
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sticky: dict[int, torch.Tensor] | None = None
         self._hooks: list = []
@@ -113,6 +123,8 @@ class TokenRouting:
             block._layerwise_forward = orig
             block.forward = types.MethodType(self._wrapper(i, orig), block)
         owner = self.adapter.blocks_owner()
+        if self.vision_only:
+            self._hooks.append(self.model.register_forward_pre_hook(self._candidates, with_kwargs=True))
         self._hooks.append(owner.register_forward_pre_hook(self._begin, with_kwargs=True))
         self.model._layerwise_tokens = self
         self._installed = True
@@ -160,7 +172,16 @@ class TokenRouting:
             real = torch.ones(b, offset + n, dtype=torch.bool, device=(ids if ids is not None else emb).device)
         if offset == 0:
             self.kv.clear()
-        self.state = ForwardState(real=real, offset=offset)
+        cand = self._pending_candidates
+        self._pending_candidates = None
+        self.state = ForwardState(real=real, offset=offset,
+                                  candidates=cand if cand is not None and cand.shape[1] == offset + n else None)
+
+    def _candidates(self, module, args, kwargs):
+        """Vision-language models: note which tokens of this forward are vision tokens (from the ids the
+        top-level model receives; its decoder only sees embeddings)."""
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._pending_candidates = self.adapter.vision_tokens(ids) if isinstance(ids, torch.Tensor) else None
 
     def _wrapper(self, i: int, orig):
         routing = self
@@ -202,9 +223,13 @@ class TokenRouting:
             return keep & real if not bool((keep | ~real).all()) else None
         keep = None
         if self.drop[i] > 0:
-            site = Site(i, hidden, self.drop[i], real, st.att, len(self.drop))
+            cand = st.candidates[:, st.offset:st.offset + hidden.shape[1]] if st.candidates is not None else None
+            if self.vision_only and cand is None:
+                raise ConfigError("vision-token pruning needs the model's input_ids (the <image> placeholders) in "
+                                  "the forward call")
+            site = Site(i, hidden, self.drop[i], real, st.att, len(self.drop), cand)
             keep = self.selector.keep(site)
-            if getattr(self.selector, "removes", False):
+            if getattr(self.selector, "removes", False) or self.vision_only:   # vision tokens go for good
                 st.alive = keep if st.alive is None else st.alive & keep
                 keep = st.alive
         elif st.alive is not None:

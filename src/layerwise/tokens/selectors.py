@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import Method, MethodConfig, Registry
 from .routing import Site, keep_from_scores
 
@@ -97,7 +98,8 @@ class StaticSelector(TokenSelector):
 class FastVSelector(TokenSelector):
     name = "fastv"
     description = ("FastV: at its block, keep the tokens the last query attends to most (hooked q/k of the block "
-                   "before); the others are removed for every later block.")
+                   "before); the others are removed for every later block. In a vision-language model only vision "
+                   "tokens are candidates.")
     removes = True
     needs_attention = "last"
 
@@ -248,4 +250,45 @@ class MoDSelector(_Routed):
 
         self.router = HiddenRouter(model.config.hidden_size, self.config.hidden,
                                    blocks=get_adapter(model).num_blocks)
+        return self.router
+
+
+class CoViPALConfig(MethodConfig):
+    text: bool = True                 # False: the query-agnostic ablation (the module sees vision tokens only)
+    dim: int = Field(128, ge=8, le=1024)
+    layers: int = Field(1, ge=1, le=4)
+    guide: int = -1                   # stage-1 guidance block (negative: from the end); deeper than the site
+    stage1_steps: int = Field(800, ge=0)
+    stage2_steps: int = Field(300, ge=0)
+    lr: float = Field(3e-3, gt=0)
+    batch: int = Field(16, ge=1)
+
+
+@TOKEN_SELECTORS.register
+class CoViPALSelector(TokenSelector):
+    name = "covipal"
+    description = ("CoViPAL: a plug-in module scores the vision tokens from the hidden states of vision and text "
+                   "tokens entering its block and keeps the top share, the others removed for every later block; "
+                   "trained with the model frozen (stage 1: attention of the text at a deeper block; stage 2: "
+                   "end to end with log-retention key biases). Vision-language models.")
+    removes = True
+    trainable = True
+    needs = frozenset({"training"})
+    Config = CoViPALConfig
+
+    def scores(self, site):
+        if site.candidates is None:
+            raise ConfigError("covipal prunes the vision tokens of a vision-language model")
+        with torch.no_grad():
+            return self.router(site.hidden, site.candidates, site.real)
+
+    def build(self, model) -> nn.Module:
+        from ..models.adapters import get_adapter
+        from .covipal import PPM
+
+        ad = get_adapter(model)
+        if not hasattr(ad, "vision_tokens"):
+            raise ConfigError(f"covipal prunes vision tokens; the {ad.name} adapter describes none")
+        c = self.config
+        self.router = PPM(ad.text_config().hidden_size, ad.num_vision_tokens(), c.dim, c.layers, text=c.text)
         return self.router

@@ -114,7 +114,33 @@ def task_card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def vlm_card_markdown(card: dict) -> str:
+    t, e, task = card["training"], card["eval"], card["task"]
+    cfg = card["config"]
+    return "\n".join([
+        f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
+        f"| architecture | `{card['architecture']}` (stock transformers) |",
+        f"| parameters | {card['parameters']:,} |",
+        "| vision tower | " + ", ".join(f"{k}={v}" for k, v in sorted(cfg["vision"].items())) + " |",
+        "| decoder | " + ", ".join(f"{k}={v}" for k, v in sorted(cfg["text"].items())) + " |",
+        f"| task | `{task['name']}`: {task['definition']}; canvas {task['canvas']}x{task['canvas']}, noise "
+        f"{task['noise']}, {task['vision_tokens']} vision tokens, sequence `{task['sequence']}`, vocabulary "
+        f"{task['vocabulary']}; {task['generated']} |",
+        f"| seed | {t['seed']} |",
+        f"| steps | {t['steps']:,} × {t['batch_size']} questions (answer token supervised) |",
+        f"| auxiliary loss | {t.get('auxiliary', 'none')} |",
+        f"| optimizer | {t['optimizer']}, lr {t['lr']}, {t['schedule']}, clip {t['grad_clip']} |",
+        f"| wall time | {t['wall_time_s'] / 60:.1f} min on {t['machine']}, {t['threads']} threads, {t['precision']} |",
+        f"| stack | Python {t['python']}, torch {t['torch']}, transformers {t['transformers']} |",
+        f"| validation answer accuracy | **{e['validation']['accuracy']:.4f}** ({e['validation']['questions']} questions) |",
+        f"| test answer accuracy | {e['test']['accuracy']:.4f} (NLL {e['test']['nll']:.4f}) |",
+        "", f"Retrain: `layerwise zoo train {card['name']} --out DIR` (bit-identical on the same machine type).",
+        "", "![training curve](curve.png)", ""])
+
+
 def card_markdown(card: dict) -> str:
+    if card.get("task", {}).get("name") == "quadrant-vqa":
+        return vlm_card_markdown(card)
     if "task" in card:
         return task_card_markdown(card)
     if "flops_per_image" in card:

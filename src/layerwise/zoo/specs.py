@@ -103,3 +103,18 @@ register(ZooSpec(
     extra={"task": "image-classification", "data": {"size": 16, "scale": 2, "copies": 4, "noise": 0.2, "seed": 0},
            "optimizer": "adamw", "warmup_epochs": 2},
 ))
+
+register(ZooSpec(
+    name="llava-quadrants",
+    description=("LLaVA-style vision-language model (stock LlavaForConditionalGeneration: 2-block CLIP vision tower "
+                 "on 2x2 patches of a 16x16 canvas = 64 vision tokens, 2-layer projector, 4-block Llama decoder "
+                 "with GQA 4/2) answering which digit sits in the quadrant the question names: the relevant "
+                 "quarter of the vision tokens is known (the test bed of vision-token pruning)"),
+    architecture="llava",
+    config={"vision": dict(image_size=16, patch_size=2, num_channels=1, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4),
+            "text": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)},
+    corpus="quadrants", batch_size=32, steps=3000, lr=2e-3, warmup=100, weight_decay=0.05, eval_every=250,
+    seed=0, extra={"task": "quadrant-vqa", "data": {"size": 16, "noise": 0.2}, "aux_weight": 1.0},
+))

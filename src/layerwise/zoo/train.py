@@ -100,6 +100,10 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
             from .vision import train_image_classifier
 
             return train_image_classifier(spec, art, threads, steps)
+        if spec.extra.get("task") == "quadrant-vqa":
+            from .vlm import train_vlm
+
+            return train_vlm(spec, art, threads, steps)
         return _train(name, art, work_dir, steps, threads, stop_after)
 
 

@@ -2,7 +2,11 @@
 (CLIP vision tower, two-layer projector, Llama decoder with GQA) answering which digit sits in the
 quadrant a question names (`data.quadrants`).
 
-Only the answer token is supervised. Deterministic: weights from the seed, batch k from (seed, k).
+The answer token is supervised, plus an auxiliary loss that trains the vision side directly: a
+linear probe (training only, not saved) reads the digit of every quadrant from the mean of that
+quadrant's projected vision tokens. Without it, the decoder sees the average of four digits until its
+attention learns where to look, and training stalls at chance (measured: 500 steps at 2.30 nats).
+Deterministic: weights from the seed, batch k from (seed, k).
 """
 from __future__ import annotations
 
@@ -75,6 +79,15 @@ def accuracy(model, spec: ZooSpec, split: str, n: int = 512, batch_size: int = 1
     return {"accuracy": right / total, "nll": nll / total, "questions": total}
 
 
+def _probe_loss(probe, feats: torch.Tensor, quadrant_of: torch.Tensor, b: qd.QuadrantBatch) -> torch.Tensor:
+    """Cross-entropy of the digit in every quadrant, read from the mean of its projected vision tokens."""
+    digits = b.digits - qd.DIGIT0
+    loss = 0.0
+    for q in range(4):
+        loss = loss + F.cross_entropy(probe(feats[:, quadrant_of == q].mean(1)), digits[:, q])
+    return loss / 4
+
+
 def train_vlm(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | None) -> Path:
     from .card import write_card_files
     from .train import training_settings
@@ -85,8 +98,13 @@ def train_vlm(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | No
     nparams = sum(p.numel() for p in model.parameters())
     info(f"{spec.name}: {nparams / 1e6:.3f}M parameters, {steps} steps of {spec.batch_size} questions, "
          f"{nthreads} threads")
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
+    probe = torch.nn.Linear(model.config.text_config.hidden_size, 10)
+    quadrant_of = qd.patch_quadrants(spec.extra["data"]["size"], spec.config["vision"]["patch_size"])
+    feats: list = []
+    model.model.multi_modal_projector.register_forward_hook(lambda m, a, out: feats.append(out))
+    params = list(model.parameters()) + list(probe.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
                              {"params": rest, "weight_decay": 0.0}], lr=spec.lr, betas=spec.betas)
     curve, t0 = [], time.perf_counter()
@@ -99,17 +117,20 @@ def train_vlm(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | No
             for g in opt.param_groups:
                 g["lr"] = lr
             b = batch(spec, step, spec.batch_size)
+            feats.clear()
             loss = F.cross_entropy(answer_logits(model, b), b.answer - qd.DIGIT0)
+            loss = loss + spec.extra["aux_weight"] * _probe_loss(probe, feats[0], quadrant_of, b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
             opt.step()
             if (step + 1) % spec.eval_every == 0 or step + 1 == steps:
                 v = accuracy(model, spec, "validation", 256)
-                curve.append({"step": step + 1, "train_loss": float(loss), "val_accuracy": v["accuracy"],
+                curve.append({"step": step + 1, "train_loss": float(loss.detach()), "val_accuracy": v["accuracy"],
                               "val_nll": v["nll"]})
+                info(f"step {step + 1}: loss {curve[-1]['train_loss']:.4f}, validation accuracy {v['accuracy']:.4f}")
                 model.train()
-            prog.update(task, advance=1, info=f"loss {float(loss):.3f}")
+            prog.update(task, advance=1, info=f"loss {float(loss.detach()):.3f}")
     model.eval()
     wall = time.perf_counter() - t0
     val, test = accuracy(model, spec, "validation"), accuracy(model, spec, "test")
@@ -123,6 +144,8 @@ def train_vlm(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | No
                      "vocabulary": len(qd.VOCAB), "generated": "every batch a pure function of (split, seed, step); "
                      "digits split by image (train 1000 / validation 300 / test 497 digits)"},
             "training": {"seed": spec.seed, "steps": steps, "batch_size": spec.batch_size,
+                         "auxiliary": f"quadrant digit probe on mean projected vision tokens, weight "
+                                      f"{spec.extra['aux_weight']} (training only)",
                          **training_settings(spec, nthreads, wall)},
             "eval": {"validation": val, "test": test}, "curve": curve}
     tmp = art.begin()

@@ -214,14 +214,18 @@ def causal_config(config) -> bool:
 
 
 def model_class(config):
-    """The transformers auto class that builds a model of this config: causal LMs and image
-    classifiers with their head, everything else (encoders) bare."""
+    """The transformers auto class that builds a model of this config: causal LMs, image classifiers and
+    vision-language generators with their head, everything else (encoders) bare."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
 
     if causal_config(config):
         return AutoModelForCausalLM
     if any(a.endswith("ForImageClassification") for a in (getattr(config, "architectures", None) or [])):
         return AutoModelForImageClassification
+    if any(a.endswith("ForConditionalGeneration") for a in (getattr(config, "architectures", None) or [])):
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
     return AutoModel
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from .base import Adapter, InputField, register
+from .decoders import LlamaLikeAdapter
 from .layout import Member
 
 _BLOCK_PATHS = ("vit.layers", "layers", "vit.encoder.layer", "encoder.layer")
@@ -101,3 +102,58 @@ class ViTAdapter(Adapter):
         _, size, _ = self.image_shape()
         return (f"{self.name} adapter: {self.num_blocks} encoder blocks at {self.blocks_path}, "
                 f"{size}x{size} images, {self.num_tokens()} tokens")
+
+
+@register
+class LlavaAdapter(LlamaLikeAdapter):
+    """LLaVA-style vision-language models: the Llama decoder's blocks (its vision tower is a CLIP encoder),
+    inputs token ids with `<image>` placeholders plus pixels; the vision tokens are the placeholder span."""
+
+    name = "llava"
+    model_types = ("llava",)
+    blocks_path = "model.language_model.layers"
+    final_norm_path = "model.language_model.norm"
+    head_path = "lm_head"
+    inputs = (InputField("input_ids", "tokens", ("batch", "seq"), "int64"),
+              InputField("pixel_values", "pixels", ("batch", "channels", "height", "width")))
+    default_ignore = ("lm_head", "embed", "vision_tower", "multi_modal_projector")
+
+    def text_config(self):
+        return self.model.config.text_config
+
+    def attention_layout(self) -> dict:
+        c = self.text_config()
+        heads = c.num_attention_heads
+        kv = getattr(c, "num_key_value_heads", None) or heads
+        return {"heads": heads, "kv_heads": kv, "head_dim": getattr(c, "head_dim", None) or c.hidden_size // heads}
+
+    def config_widths(self) -> tuple[int, int]:
+        return self.attention_layout()["kv_heads"], self.text_config().intermediate_size
+
+    def image_shape(self) -> tuple[int, int, int]:
+        v = self.model.config.vision_config
+        return v.num_channels, v.image_size, v.image_size
+
+    def num_vision_tokens(self) -> int:
+        v = self.model.config.vision_config
+        return (v.image_size // v.patch_size) ** 2
+
+    def vision_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, N] True at the `<image>` placeholders (where the projected vision features go)."""
+        return input_ids == self.model.config.image_token_id
+
+    def example_inputs(self, batch: int = 2, length: int = 8, seed: int = 0) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        c = self.model.config
+        P = self.num_vision_tokens()
+        text = torch.randint(0, c.text_config.vocab_size, (batch, max(length, 2)), generator=g)
+        text[text == c.image_token_id] = 0
+        ids = torch.cat([text[:, :1], torch.full((batch, P), c.image_token_id), text[:, 1:]], dim=1)
+        return {"input_ids": ids, "pixel_values": torch.randn(batch, *self.image_shape(), generator=g)}
+
+    def config_num_blocks_key(self) -> str:
+        return "text_config.num_hidden_layers"
+
+    def describe(self) -> str:
+        return (f"{self.name} adapter: {self.num_blocks} decoder blocks at {self.blocks_path}, "
+                f"{self.num_vision_tokens()} vision tokens per image")
