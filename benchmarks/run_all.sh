@@ -21,6 +21,8 @@ $PY benchmarks/width_minilm.py                                # needs: pip insta
 $PY benchmarks/tokens_filler.py --seeds 5
 $PY benchmarks/tokens_vs_depth.py --steps 200 --sparsities 0.15,0.25,0.35 --remove 1,2,3,4
 $PY benchmarks/tokens_speed.py
+$PY benchmarks/vit_tokens.py
+$PY benchmarks/vlm_tokens.py
 $PY benchmarks/search_cnn.py --no-speed && $PY benchmarks/search_cnn.py --speed-only   # needs: pip install -e ".[peers]"
 $PY benchmarks/search_llm.py --seeds 0,1 --search-epochs 4
 $PY benchmarks/deploy_gguf.py                                 # needs: pip install -e ".[deploy]"

@@ -212,6 +212,7 @@ def test_tokens_command_saves_a_reduced_vit_that_reloads(tmp_path, monkeypatch):
     (["--method", "tome", "--r", "40"], "at most"),
     (["--method", "fastv", "--r", "2"], "decoders only"),
     (["--method", "tome", "--sparsity", "0.001"], "below what removing one token"),
+    (["--method", "tome", "--keep-ratio", "0.5"], "applies to vision-language models"),
 ])
 def test_tokens_command_bad_input_exits_2(tmp_path, capsys, argv, message):
     src = tmp_path / "vit"

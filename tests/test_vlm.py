@@ -156,3 +156,20 @@ def test_query_agnostic_module_ignores_the_question():
         assert torch.allclose(ppm(h, vision, real)[vision], ppm(h2, vision, real)[vision], atol=1e-6)
         full = PPM(64, 64, dim=16, text=True).eval()
         assert not torch.allclose(full(h, vision, real)[vision], full(h2, vision, real)[vision], atol=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "tome"], "takes fastv, random or covipal"),
+    (["--method", "fastv", "--keep-ratio", "1.5"], "keep-ratio"),
+    (["--method", "fastv", "--site", "0"], "--site"),
+    (["--method", "covipal", "--option", "guide=1", "--site", "1"], "guidance block"),
+    (["--method", "fastv", "--r", "3"], "--r"),
+])
+def test_vlm_tokens_command_bad_input_exits_2(tmp_path, capsys, argv, message):
+    from layerwise.cli import main
+
+    code = main(["tokens", "zoo:llava-quadrants", *argv, "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

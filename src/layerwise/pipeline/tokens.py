@@ -115,6 +115,10 @@ def tokens(model, *, method: str = "ftp", sparsity: float = 0.3, schedule: str =
         if _is_encoder(src.loaded.model):
             from .tokens_encoder import encoder_tokens
 
+            if keep_ratio is not None:
+                raise ConfigError("--keep-ratio (vision tokens kept) applies to vision-language models; image "
+                                  "encoders take --r or --sparsity")
+
             return encoder_tokens(src, selector, sparsity=sparsity, r=r, plan=plan, seed=seed, art=art)
         if r is not None:
             raise ConfigError("--r (tokens merged per block) applies to image encoders; decoders take --sparsity")
