@@ -245,3 +245,24 @@ def test_prune_quantize_and_analyze_run_on_the_zoo_vit(tmp_path):
     pruned = classifier_score(layerwise.load(str(out)).model, test).accuracy
     quant = classifier_score(layerwise.load(str(q)).model, test).accuracy
     assert dense > 0.9 and 0.5 < pruned < dense + 0.01 and quant > dense - 0.05
+
+
+def test_width_depth_and_ecoflap_run_on_the_zoo_vit(tmp_path):
+    """Width (wanda units, no healing), depth (Block Influence) and ECoFLaP's zeroth-order allocation on the
+    ViT; `layerwise eval` of the results finds the source's canvases through the manifest."""
+    import layerwise
+    from layerwise.eval.evaluate import evaluate
+
+    w, d, e = tmp_path / "w", tmp_path / "d", tmp_path / "e"
+    assert main(["width", "zoo:vit-digits", "--keep-params", "0.7", "--criterion", "wanda", "--nsamples", "16",
+                 "--out", str(w)]) in (0, None)
+    assert main(["depth", "zoo:vit-digits", "--remove", "1", "--select", "bi", "--nsamples", "16",
+                 "--out", str(d)]) in (0, None)
+    assert main(["prune", "zoo:vit-digits", "--method", "wanda", "--sparsity", "0.5", "--allocation", "ecoflap",
+                 "--nsamples", "16", "--out", str(e)]) in (0, None)
+    assert layerwise.load(str(d)).model.config.num_hidden_layers == 5
+    for out in (w, d, e):
+        rep = evaluate(str(out), data="digits", speed=False)
+        assert rep.extra["images"] == 1200 and rep.extra["accuracy"] > 0.5
+    assert main(["width", "zoo:vit-digits", "--keep-params", "0.7", "--criterion", "wanda", "--tokens", "1000",
+                 "--out", str(tmp_path / "x")]) == 2

@@ -101,6 +101,30 @@ def _is_image_model(model) -> bool:
         return False
 
 
+def image_recipe(lm, depth: int = 8) -> dict | None:
+    """The canvases an image model is evaluated on: its card's data section, or, for a compressed model,
+    that of the model its manifest says it was made from (followed through chains of outputs)."""
+    import json
+    from pathlib import Path
+
+    if lm.card and lm.card.get("data"):
+        return lm.card["data"]
+    path = lm.path
+    for _ in range(depth):
+        if path is None or not (Path(path) / "manifest.json").is_file():
+            return None
+        try:
+            spec = json.loads((Path(path) / "manifest.json").read_text()).get("options", {}).get("model")
+        except (OSError, ValueError):
+            return None
+        from ..pipeline.source import model_dir
+
+        path = model_dir(spec) if isinstance(spec, str) else None
+        if path is not None and (path / "card.json").is_file():
+            return json.loads((path / "card.json").read_text()).get("data")
+    return None
+
+
 def _evaluate_images(lm, data, split, batch_size, reference, speed, t0) -> EvalReport:
     """Image classifiers: accuracy and NLL on the digit canvases, agreement with a reference, images/s."""
     from ..data.images import SPLITS, canvases_for
@@ -114,7 +138,7 @@ def _evaluate_images(lm, data, split, batch_size, reference, speed, t0) -> EvalR
         raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
     net = lm.model.eval()
     c = net.config
-    images = canvases_for(split, c.image_size, (lm.card or {}).get("data"))
+    images = canvases_for(split, c.image_size, image_recipe(lm))
     ref = _as_loaded(reference) if reference is not None else None
     report = EvalReport(model=lm.source, data="digits", split=split, kind="image-classifier",
                         parameters=count_parameters(net), nonzero_parameters=count_parameters(net, nonzero=True),

@@ -113,12 +113,17 @@ def load_structured(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{path} has no safetensors weights")
+    from ..models.files import checkpoint_renames
+
     for f in files:
         with safe_open(str(f), "pt") as handle:
-            for k in handle.keys():
+            keys = list(handle.keys())
+            name_of = {v: k for k, v in checkpoint_renames(model, keys).items()}   # legacy key → module name
+            for k in keys:
                 t = handle.get_tensor(k)
                 try:
-                    set_module_tensor_to_device(model, k, "cpu", value=t.to(dtype) if t.is_floating_point() else t)
+                    set_module_tensor_to_device(model, name_of.get(k, k), "cpu",
+                                                value=t.to(dtype) if t.is_floating_point() else t)
                 except (ValueError, AttributeError) as e:
                     raise ModelLoadError(f"{path}: tensor {k} does not fit the per-layer widths: {e}") from e
     model.tie_weights()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..console import info
-from ..data.tokens import calibration_samples, eval_windows
+from ..data.tokens import eval_windows
 from ..distill.driver import TrainConfig
 from ..distill.objectives import HEALERS
 from ..engine import InMemoryStore, run_sequential
@@ -34,7 +34,7 @@ from ..scores.similarity import mean_token_cosine
 from ..models.files import check_model_dir
 from ..utils.hf import quiet
 from .output import guard_output
-from .source import resolve
+from .source import calibration_inputs, resolve
 
 
 
@@ -55,18 +55,20 @@ class DepthResult:
 def collect_states(model: nn.Module, samples: torch.Tensor, probe_tokens: int = 4096, seed: int = 0,
                    batch_size: int = 8) -> tuple[list[torch.Tensor], list[float]]:
     """Subsampled residual-stream states h_0..h_L (same tokens for all) and Block Influence."""
-    n, L = samples.shape
-    g = torch.Generator().manual_seed(seed)
-    positions = torch.arange(n * L).view(n, L)[:, 1:].reshape(-1)  # skip position 0 (attention sink)
-    idx = positions[torch.randperm(positions.numel(), generator=g)[:probe_tokens]].sort().values
     states: dict[int, torch.Tensor] = {}
     bi: dict[int, float] = {}
+    pick: list[torch.Tensor] = []
 
     def flat(xs):
-        return torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])[idx].float()
+        return torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])[pick[0]].float()
 
     def observe(i, inputs, outputs):
         if i == 0:
+            # the probe tokens, from block 0's input (token ids or patches: a sample's tokens are its length)
+            n, L = sum(x.shape[0] for x in inputs), inputs[0].shape[1]
+            g = torch.Generator().manual_seed(seed)
+            positions = torch.arange(n * L).view(n, L)[:, 1:].reshape(-1)  # skip position 0 (sink / CLS)
+            pick.append(positions[torch.randperm(positions.numel(), generator=g)[:probe_tokens]].sort().values)
             states[0] = flat(inputs)
         states[i + 1] = flat(outputs)
         bi[i] = 1.0 - mean_token_cosine(inputs, outputs)
@@ -162,16 +164,21 @@ def _depth(model, *, remove, select, seed, heal, heal_options, steps, lr, global
         raise ConfigError(f"--family (one training, several ratios) needs an interval selector "
                           f"({', '.join(n for n in DEPTH_SELECTORS if DEPTH_SELECTORS.get(n).intervals)})")
     src = resolve(model, tokenizer, load=True)
-    if src.tokenizer is None:
-        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
     teacher = _freeze(src.loaded.model)
     from ..models.adapters import get_adapter
 
-    L = get_adapter(teacher).num_blocks
+    adapter = get_adapter(teacher)
+    pixels = any(f.kind == "pixels" for f in adapter.inputs)
+    if pixels and (healer.trains or evaluate or family):
+        raise ConfigError(f"{src.spec} takes images: depth healing, --family and --eval are for language models; "
+                          "evaluate the result with `layerwise eval`")
+    if src.tokenizer is None and not pixels:
+        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
+    L = adapter.num_blocks
     if plan is not None:
         plan.validate_blocks(L, source)
     k = parse_remove(remove, L) if plan is None else len(plan.removed_blocks())
-    samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed)
+    samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed, src.spec, adapter)
     t0 = time.perf_counter()
     states, bi = collect_states(teacher, samples, probe_tokens, seed)
     dmap = depth_map(states, bi, max_len=max_len, protect_head=protect, protect_tail=protect)
@@ -272,7 +279,8 @@ def _write(art, res: DepthResult, src, select, healer, k, seed, timings) -> Path
     L = res.dmap.num_blocks
     tmp = art.begin()
     res.model.save_pretrained(tmp)
-    src.tokenizer.save_pretrained(tmp)
+    if src.tokenizer is not None:
+        src.tokenizer.save_pretrained(tmp)
     depth_plan(res, select, healer, L).save(tmp / "plan.json")
     if res.curve:
         write_json(tmp / "training_curve.json", res.curve)

@@ -156,7 +156,7 @@ class OutputDir:
         from ..io.verify import check_reload, check_streamed_reload
 
         if store.fully_in_memory:
-            return check_reload(store.model, self.partial, {"input_ids": sample_ids})
+            return check_reload(store.model, self.partial, store.adapter.model_inputs(sample_ids))
         if res.final_hidden is None or res.propagate != "pruned":
             return "not checked (dense propagation)"
         dtype = next(p for p in store.model.parameters() if not p.is_meta).dtype

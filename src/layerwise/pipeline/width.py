@@ -14,7 +14,7 @@ from torch import nn
 
 from ..plan import Plan, UnitRow
 from ..console import info
-from ..data.tokens import calibration_samples, eval_windows
+from ..data.tokens import eval_windows
 from ..distill.driver import TrainConfig
 from ..distill.objectives import HEALERS
 from ..engine import InMemoryStore, run_sequential
@@ -23,10 +23,11 @@ from ..utils.checks import count, positive
 from ..prune.width import (WIDTH_CRITERIA, LayerCut, apply_mask, layouts, plan_cuts, removed_params, shrink,
                            unit_scores, widths)
 from ..scores.similarity import mean_token_cosine
+from ..models.adapters import get_adapter
 from ..models.files import check_model_dir
 from ..utils.hf import quiet
 from .output import guard_output
-from .source import resolve
+from .source import calibration_inputs, resolve
 
 @dataclass
 class WidthResult:
@@ -191,9 +192,14 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
     if multiple_of < 1:
         raise ConfigError(f"--multiple-of must be >= 1 (got {multiple_of})")
     src = resolve(model, tokenizer, load=True)
-    if src.tokenizer is None:
-        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
     teacher = src.loaded.model.eval()
+    adapter = get_adapter(teacher)
+    pixels = any(f.kind == "pixels" for f in adapter.inputs)
+    if pixels and (tokens or evaluate):
+        raise ConfigError(f"{src.spec} takes images: width healing (--tokens) and --eval are for language models; "
+                          "evaluate the result with `layerwise eval`")
+    if src.tokenizer is None and not pixels:
+        raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
     for p in teacher.parameters():
         p.requires_grad_(False)
     if isinstance(plan, (str, Path)):
@@ -216,7 +222,7 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
         t0 = time.perf_counter()
         before = widths(student)
         if plan is None:
-            samples = calibration_samples(calib, src.tokenizer, nsamples, seqlen, seed + k - 1)
+            samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed + k - 1, src.spec, adapter)
             cuts = prune_once(student, samples, cur - goal, criterion, adaptive, amplitude=amplitude,
                               multiple_of=multiple_of)
         else:

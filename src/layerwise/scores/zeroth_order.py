@@ -4,6 +4,9 @@ For each tensor P, for each calibration batch: draw a seeded direction z, evalua
 P + εz and P − εz, accumulate |L₊ − L₋| / 2ε (the magnitude of the directional derivative, an
 estimate of ‖∇_P L‖ up to a constant). The tensor is restored by copy, so weights end bit-identical.
 The same batches are used for every tensor; directions depend only on (seed, tensor, batch).
+The loss: a causal LM's next-token loss; an image classifier's cross-entropy against the dense
+model's own predictions (calibration images carry no labels, and this measures how far a tensor's
+perturbation moves the model from what it computes).
 """
 from __future__ import annotations
 
@@ -20,13 +23,15 @@ def _loss(model, ids: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _tail_loss(adapter, start: int, batch, ids: torch.Tensor) -> float:
+def _tail_loss(adapter, start: int, batch, ids: torch.Tensor, targets: torch.Tensor | None = None) -> float:
     """The LM loss recomputed from block `start`'s cached input: a perturbation of a tensor in block
     `start` cannot change anything before it, so blocks 0..start−1 need not run again."""
     h = batch["inputs"][start]
     for blk in adapter.block_list()[start:]:
         h = adapter.call_block(blk, h, batch["args"], batch["kwargs"])
     logits = adapter.logits_from_hidden(h)
+    if targets is not None:
+        return float(torch.nn.functional.cross_entropy(logits.float(), targets).double())
     model = adapter.model
     # The model's own loss arithmetic: |L₊ − L₋|/2ε amplifies any difference in rounding.
     return float(model.loss_function(logits=logits, labels=ids, vocab_size=model.config.vocab_size).double())
@@ -41,7 +46,7 @@ def _block_inputs(model, adapter, ids: torch.Tensor) -> dict:
     for blk in adapter.block_list():
         inputs.append(h)
         h = adapter.call_block(blk, h, b.args, b.kwargs)
-    return {"inputs": inputs, "args": b.args, "kwargs": b.kwargs}
+    return {"inputs": inputs, "final": h, "args": b.args, "kwargs": b.kwargs}
 
 
 @torch.no_grad()
@@ -50,13 +55,16 @@ def zeroth_order_scores(model, linears, samples: torch.Tensor, n_samples: int = 
     """`linears`: LinearRef list. Returns {linear name: score} (higher = more important)."""
     from ..models.loader import is_causal_lm
 
-    if not is_causal_lm(model):
-        raise ConfigError("the zeroth_order score needs a causal LM loss; this model has no LM head")
     from ..models.adapters import get_adapter
 
     adapter = get_adapter(model)
+    classifier = any(f.kind == "pixels" for f in adapter.inputs) and adapter.head_path is not None
+    if not is_causal_lm(model) and not classifier:
+        raise ConfigError("the zeroth_order score needs a causal LM loss or an image classifier's head; this model "
+                          "has neither")
     batches = [samples[i:i + batch_size] for i in range(0, min(n_samples, samples.shape[0]), batch_size)]
     cached = [_block_inputs(model, adapter, ids) for ids in batches] if adapter.head_path else None
+    targets = [adapter.logits_from_hidden(c["final"]).argmax(-1) for c in cached] if classifier else None
     scores: dict[str, float] = {}
     for t, ref in enumerate(track(linears, "zeroth-order scores")):
         P = ref.module.weight
@@ -66,10 +74,11 @@ def zeroth_order_scores(model, linears, samples: torch.Tensor, n_samples: int = 
             g = torch.Generator().manual_seed(seed * 1_000_003 + t * 1009 + b)
             z = torch.randn(P.shape, generator=g, dtype=torch.float32).to(P.dtype)
             P.add_(z, alpha=eps)
-            lp = _tail_loss(adapter, ref.block, cached[b], ids) if cached else _loss(model, ids)
+            tgt = targets[b] if targets else None
+            lp = _tail_loss(adapter, ref.block, cached[b], ids, tgt) if cached else _loss(model, ids)
             P.copy_(orig)
             P.sub_(z, alpha=eps)
-            lm = _tail_loss(adapter, ref.block, cached[b], ids) if cached else _loss(model, ids)
+            lm = _tail_loss(adapter, ref.block, cached[b], ids, tgt) if cached else _loss(model, ids)
             P.copy_(orig)
             total += abs(lp - lm) / (2 * eps)
         scores[ref.name] = total
