@@ -100,8 +100,6 @@ def load_structured(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    from ..models.adapters.layout import layouts
-    from ..models.adapters.surgery import LayerCut, shrink
     from ..models.adapters import model_class
 
     path = Path(path)
