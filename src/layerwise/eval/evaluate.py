@@ -101,6 +101,23 @@ def _is_image_model(model) -> bool:
         return False
 
 
+def _local_dir(spec):
+    """The directory a manifest's model spec names (zoo:NAME or a path), or None."""
+    from pathlib import Path
+
+    from ..models.shipped import path as shipped_path
+
+    if not isinstance(spec, str):
+        return None
+    if spec.startswith("zoo:"):
+        try:
+            return shipped_path(spec[4:])
+        except Exception:  # an unknown name: no recipe to follow
+            return None
+    p = Path(spec).expanduser()
+    return p if p.is_dir() else None
+
+
 def image_recipe(lm, depth: int = 8) -> dict | None:
     """The canvases an image model is evaluated on: its card's data section, or, for a compressed model,
     that of the model its manifest says it was made from (followed through chains of outputs)."""
@@ -117,9 +134,7 @@ def image_recipe(lm, depth: int = 8) -> dict | None:
             spec = json.loads((Path(path) / "manifest.json").read_text()).get("options", {}).get("model")
         except (OSError, ValueError):
             return None
-        from ..pipeline.source import model_dir
-
-        path = model_dir(spec) if isinstance(spec, str) else None
+        path = _local_dir(spec)
         if path is not None and (path / "card.json").is_file():
             return json.loads((path / "card.json").read_text()).get("data")
     return None
