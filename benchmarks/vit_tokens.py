@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,22 +28,12 @@ from common import FIG, ROOT, command_line, md_table, update_section  # noqa: E4
 RESULTS = ROOT / "benchmarks" / "results" / "vit_tokens.json"
 
 
-@torch.inference_mode()
 def alternating(model, reductions: dict, pixels, repeats: int) -> dict:
     """images/s of the dense model and of every reduction, A B C A B C ... after a warm-up round."""
-    times = {k: [] for k in ["dense", *reductions]}
-    for k in range(repeats + 1):
-        for key in times:
-            red = reductions.get(key)
-            if red is not None:
-                red.install()
-            t0 = time.perf_counter()
-            model(pixel_values=pixels)
-            if k:
-                times[key].append(time.perf_counter() - t0)
-            if red is not None:
-                red.remove()
-    return {k: pixels.shape[0] / statistics.median(v) for k, v in times.items()}
+    from layerwise.eval.speed import interleaved_times
+
+    t = interleaved_times(lambda: model(pixel_values=pixels), {"dense": None, **reductions}, repeats)
+    return {k: pixels.shape[0] / v for k, v in t.items()}
 
 
 def quality(args) -> list[dict]:

@@ -122,34 +122,25 @@ def _vmhwm() -> float:
 
 
 def speed(args) -> list[dict]:
+    from layerwise.eval.speed import interleaved_times
+
     rows = []
     for n in args.vision_tokens:
         model = big_llava(n)
         x = big_inputs(n)
         routings = {m: _routing(model, m) for m in ("dense", "fastv", "covipal")}
-        times = {m: [] for m in routings}
-        with torch.inference_mode():
-            for k in range(args.repeats + 1):
-                for m, r in routings.items():
-                    if r is not None:
-                        r.install()
-                    t0 = time.perf_counter()
-                    model(**x)
-                    if k:
-                        times[m].append(time.perf_counter() - t0)
-                    if r is not None:
-                        r.remove()
-        del model
+        times = interleaved_times(lambda: model(**x), routings, args.repeats)
+        model = routings = None          # freed before the peak-memory processes start
         ctx = mp.get_context("spawn")
-        for m in routings:
+        for m in times:
             q = ctx.Queue()
             p = ctx.Process(target=_peak_job, args=(n, m, q))
             p.start()
             base, peak = q.get()
             p.join()
-            t = statistics.median(times[m])
+            t = times[m]
             rows.append({"vision_tokens": n, "method": m, "prefill_s": t, "peak_mb": peak, "forward_mb": peak - base,
-                         "speedup": statistics.median(times["dense"]) / t})
+                         "speedup": times["dense"] / t})
             print(f"{n} vision tokens {m:8s}: prefill {t * 1000:.1f} ms (x{rows[-1]['speedup']:.2f}), peak {peak:.0f} MB "
                   f"(+{peak - base:.0f} MB over the loaded model)", flush=True)
     return rows

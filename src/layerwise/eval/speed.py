@@ -144,6 +144,27 @@ def side_by_side(models: dict, prompt: torch.Tensor, repeats: int = 5, decode_to
     return {n: {k: statistics.median(v) for k, v in r.items()} for n, r in runs.items()}
 
 
+@torch.inference_mode()
+def interleaved_times(call, variants: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of `call()` under each variant — None (the model as it is) or an object with
+    install()/remove() (token routing, encoder reduction) — run A B C A B C … after one warm-up round,
+    so machine noise hits every variant alike."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for k in range(repeats + 1):
+        for key, variant in variants.items():
+            if variant is not None:
+                variant.install()
+            try:
+                t0 = time.perf_counter()
+                call()
+                if k:
+                    times[key].append(time.perf_counter() - t0)
+            finally:
+                if variant is not None:
+                    variant.remove()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def measure_speed(model, ids: torch.Tensor, causal: bool, decode_len: int = 64, repeats: int = 5,
                   attention_mask: torch.Tensor | None = None) -> SpeedResult:
     """`ids`: [1, L] prompt tokens. Prefill = one forward of L tokens; decode = cached greedy steps."""

@@ -287,20 +287,10 @@ def evaluate_tokens(model, selector, drop: list[float], data: TaskData) -> dict:
 @torch.no_grad()
 def _dense_over_routed(model, selector, drop: list[float], call, repeats: int) -> float:
     """Dense / routed time of `call()`, medians of alternating runs after a warm-up round."""
-    import statistics
+    from ..eval.speed import interleaved_times
 
-    routing = TokenRouting(model, selector, drop)
-    times = {"dense": [], "routed": []}
-    for k in range(repeats + 1):
-        for key in times:
-            if key == "routed":
-                routing.install()
-            t0 = time.perf_counter()
-            call()
-            if k:
-                times[key].append(time.perf_counter() - t0)
-            routing.remove()
-    return statistics.median(times["dense"]) / statistics.median(times["routed"])
+    t = interleaved_times(call, {"dense": None, "routed": TokenRouting(model, selector, drop)}, repeats)
+    return t["dense"] / t["routed"]
 
 
 def prefill_speedup(model, selector, drop: list[float], ids: torch.Tensor, repeats: int = 3) -> float:

@@ -8,7 +8,6 @@ model measured side by side; the result reloads with `layerwise.load`.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
@@ -63,22 +62,12 @@ def evaluate_reduction(model, reduction: EncoderReduction, images, batch: int = 
             "flops_ratio": flops / encoder_flops(model, [n] * len(att))}
 
 
-@torch.inference_mode()
-def images_per_second(model, reduction: EncoderReduction | None, pixels: torch.Tensor,
-                      repeats: int = 7) -> dict:
+def images_per_second(model, reduction: EncoderReduction, pixels: torch.Tensor, repeats: int = 7) -> dict:
     """Dense and reduced images/s on one batch, alternating runs after a warm-up round (medians)."""
-    times = {"dense": [], "reduced": []}
-    for k in range(repeats + 1):
-        for key in times:
-            if key == "reduced" and reduction is not None:
-                reduction.install()
-            t0 = time.perf_counter()
-            model(pixel_values=pixels)
-            if k:
-                times[key].append(time.perf_counter() - t0)
-            if reduction is not None:
-                reduction.remove()
-    out = {f"images_per_s_{k}": pixels.shape[0] / statistics.median(v) for k, v in times.items()}
+    from ..eval.speed import interleaved_times
+
+    t = interleaved_times(lambda: model(pixel_values=pixels), {"dense": None, "reduced": reduction}, repeats)
+    out = {f"images_per_s_{k}": pixels.shape[0] / v for k, v in t.items()}
     out["speedup"] = out["images_per_s_reduced"] / out["images_per_s_dense"]
     return out
 

@@ -69,20 +69,12 @@ def _digit0() -> int:
     return DIGIT0
 
 
-@torch.inference_mode()
 def prefill_speed(model, selector, drop: list[float], inputs: dict, repeats: int = 5) -> dict:
-    times = {"dense": [], "pruned": []}
-    routing = TokenRouting(model, selector, drop)
-    for k in range(repeats + 1):
-        for key in times:
-            if key == "pruned":
-                routing.install()
-            t0 = time.perf_counter()
-            model(**inputs, use_cache=False)
-            if k:
-                times[key].append(time.perf_counter() - t0)
-            routing.remove()
-    return {"prefill_speedup": statistics.median(times["dense"]) / statistics.median(times["pruned"])}
+    from ..eval.speed import interleaved_times
+
+    t = interleaved_times(lambda: model(**inputs, use_cache=False),
+                          {"dense": None, "pruned": TokenRouting(model, selector, drop)}, repeats)
+    return {"prefill_speedup": t["dense"] / t["pruned"]}
 
 
 def vlm_tokens(src, selector, *, keep_ratio: float, site: int, plan: Plan | None, seed: int, art, draws: int = 5):
