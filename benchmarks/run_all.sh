@@ -23,6 +23,7 @@ $PY benchmarks/tokens_vs_depth.py --steps 200 --sparsities 0.15,0.25,0.35 --remo
 $PY benchmarks/tokens_speed.py
 $PY benchmarks/vit_tokens.py
 $PY benchmarks/vlm_tokens.py
+$PY benchmarks/vit_allocation.py
 $PY benchmarks/search_cnn.py --no-speed && $PY benchmarks/search_cnn.py --speed-only   # needs: pip install -e ".[peers]"
 $PY benchmarks/search_llm.py --seeds 0,1 --search-epochs 4
 $PY benchmarks/deploy_gguf.py                                 # needs: pip install -e ".[deploy]"
