@@ -330,20 +330,14 @@ def token_plan(res: TokensResult) -> Plan:
 
 def _write(art, res: TokensResult, src, data) -> Path:
     from ..io import build_manifest, write_json
-    from ..io.verify import check_reload
-    from ..tokens import format as token_format
+    from ..tokens.format import save_routed
 
     tmp = art.begin()
-    res.model.save_pretrained(tmp)
-    if src.tokenizer is not None:
-        src.tokenizer.save_pretrained(tmp)
-    routing = TokenRouting(res.model, res.selector, res.drop)
-    token_format.write(tmp, routing)
+    reload = save_routed(tmp, res.model, src.tokenizer, TokenRouting(res.model, res.selector, res.drop),
+                         {"input_ids": data.calib[:2]}, "token-routed model")
     token_plan(res).save(tmp / "plan.json")
     if res.curve:
         write_json(tmp / "router_curve.json", res.curve)
-    with routing:
-        reload = check_reload(res.model, tmp, {"input_ids": data.calib[:2]}, what="token-routed model")
     manifest = build_manifest("tokens", {"model": src.spec, "selector": res.selector.config_dict(),
                                          "schedule": res.drop}, None, res.timings, res.metrics,
                               {"sites": len(res.drop), "mean_token_sparsity": nominal_sparsity(res.selector, res.drop)})

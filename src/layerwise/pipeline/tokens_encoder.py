@@ -111,15 +111,11 @@ def encoder_plan(res, reduction: EncoderReduction) -> Plan:
 
 def _write(art, res, reduction: EncoderReduction, src, pixels: torch.Tensor) -> Path:
     from ..io import build_manifest, write_json
-    from ..io.verify import check_reload
-    from ..tokens import format as token_format
+    from ..tokens.format import save_routed
 
     tmp = art.begin()
-    res.model.save_pretrained(tmp)
-    token_format.write(tmp, reduction)
+    reload = save_routed(tmp, res.model, None, reduction, {"pixel_values": pixels}, "token-reduced encoder")
     encoder_plan(res, reduction).save(tmp / "plan.json")
-    with reduction:
-        reload = check_reload(res.model, tmp, {"pixel_values": pixels}, what="token-reduced encoder")
     manifest = build_manifest("tokens", {"model": src.spec, "selector": res.selector.config_dict(), "r": res.r},
                               None, res.timings, res.metrics, {"blocks": len(res.r),
                                                               "token_sparsity": res.metrics["token_sparsity"]})

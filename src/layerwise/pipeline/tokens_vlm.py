@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..console import info
+from ..data.quadrants import DIGIT0
 from ..errors import ConfigError
 from ..plan import Plan, TokenRow
 from ..tokens import TokenRouting
@@ -46,9 +47,9 @@ def evaluate_vlm(model, selector, drop: list[float], spec, draws: int = 5, quest
     for k in range(draws):
         b = batch(spec, 0, questions, "test", seed=20_000 + k)
         y = b.answer
-        dense_acc.append(float((answer_logits(model, b).argmax(-1) + _digit0() == y).float().mean()))
+        dense_acc.append(float((answer_logits(model, b).argmax(-1) + DIGIT0 == y).float().mean()))
         with TokenRouting(model, selector, drop, record=True) as r:
-            acc.append(float((answer_logits(model, b).argmax(-1) + _digit0() == y).float().mean()))
+            acc.append(float((answer_logits(model, b).argmax(-1) + DIGIT0 == y).float().mean()))
             kept = r.state.kept.get(site) if site is not None else None
         if kept is not None:
             vis = (b.ids == model.config.image_token_id)
@@ -61,12 +62,6 @@ def evaluate_vlm(model, selector, drop: list[float], spec, draws: int = 5, quest
     if recall:
         out["oracle_recall"] = statistics.mean(recall)
     return out
-
-
-def _digit0() -> int:
-    from ..data.quadrants import DIGIT0
-
-    return DIGIT0
 
 
 def prefill_speed(model, selector, drop: list[float], inputs: dict, repeats: int = 5) -> dict:
@@ -138,22 +133,16 @@ def train_module(model, selector, drop: list[float], spec, seed: int) -> list[di
 
 def _write(art, res, src, adapter) -> Path:
     from ..io import build_manifest, write_json
-    from ..io.verify import check_reload
-    from ..tokens import format as token_format
+    from ..tokens.format import save_routed
 
     tmp = art.begin()
-    res.model.save_pretrained(tmp)
-    if src.tokenizer is not None:
-        src.tokenizer.save_pretrained(tmp)
-    routing = TokenRouting(res.model, res.selector, res.drop)
-    token_format.write(tmp, routing)
+    reload = save_routed(tmp, res.model, src.tokenizer, TokenRouting(res.model, res.selector, res.drop),
+                         adapter.example_inputs(batch=2), "vision-token-pruned model")
     if res.curve:
         write_json(tmp / "module_curve.json", res.curve)
     cfg = res.selector.config_dict()
     Plan(tokens=[TokenRow(i, 1 - d, res.selector.name, cfg) for i, d in enumerate(res.drop)],
          meta={"kind": "tokens", "target": "vision", "selector": cfg, "metrics": res.metrics}).save(tmp / "plan.json")
-    with routing:
-        reload = check_reload(res.model, tmp, adapter.example_inputs(batch=2), what="vision-token-pruned model")
     manifest = build_manifest("tokens", {"model": src.spec, "selector": cfg, "schedule": res.drop}, None,
                               res.timings, res.metrics, {"sites": len(res.drop)})
     manifest["checks"] = {"reload": reload}

@@ -35,6 +35,19 @@ def write(directory: Path, routing) -> None:
                   str(Path(directory) / ROUTER))
 
 
+def save_routed(directory: Path, model, tokenizer, routing, inputs: dict, what: str) -> str:
+    """The stock model, its tokenizer and the routing's files into `directory`; then reloaded by
+    `layerwise.load` and compared bit for bit with the model running the routing. Returns the check's line."""
+    from ..io.verify import check_reload
+
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    write(directory, routing)
+    with routing:
+        return check_reload(model, directory, inputs, what=what)
+
+
 def selector_from(meta: dict, model, directory: Path | None = None):
     from .selectors import TOKEN_SELECTORS
 

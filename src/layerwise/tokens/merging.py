@@ -14,13 +14,12 @@ Modes:
 """
 from __future__ import annotations
 
-import types
-
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..models.adapters import get_adapter
+from .patch import BlockPatch
 
 MODES = ("gather", "mask")
 
@@ -109,7 +108,7 @@ def constant_r(n: int, blocks: int, sparsity: float, tome: bool = True) -> int:
 
 
 # --- installation on a model -----------------------------------------------------------------------
-class EncoderReduction:
+class EncoderReduction(BlockPatch):
     """Token reduction installed on a ViT-style encoder (`install()` / `remove()` or a context manager)."""
 
     def __init__(self, model: nn.Module, selector, r: list[int], mode: str = "gather"):
@@ -129,34 +128,8 @@ class EncoderReduction:
         if mode == "mask" and not selector.removes_in_encoder:
             raise ConfigError(f"mask mode is the reference of removing selectors; '{selector.name}' merges")
         self._state: dict = {}
-        self._installed = False
 
-    def install(self) -> "EncoderReduction":
-        if self._installed:
-            return self
-        for i, block in enumerate(self.adapter.block_list()):
-            block._layerwise_forward = block.forward
-            block.forward = types.MethodType(self._wrapper(i), block)
-        self.model._layerwise_tokens = self
-        self._installed = True
-        return self
-
-    def remove(self) -> None:
-        for block in self.adapter.block_list():
-            if hasattr(block, "_layerwise_forward"):
-                del block.forward
-                del block._layerwise_forward
-        if getattr(self.model, "_layerwise_tokens", None) is self:
-            del self.model._layerwise_tokens
-        self._installed = False
-
-    def __enter__(self):
-        return self.install()
-
-    def __exit__(self, *exc):
-        self.remove()
-
-    def _wrapper(self, i: int):
+    def _wrapper(self, i: int, orig):
         reduction = self
 
         def forward(block, hidden_states, attention_mask=None, *args, **kwargs):
@@ -171,18 +144,21 @@ class EncoderReduction:
             self._state = {"size": torch.ones(*x.shape[:2], 1, dtype=x.dtype, device=x.device),
                            "alive": torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)}
         size, alive = self._state["size"], self._state["alive"]
+        r = self.r[i]
         keys = []
-        hook = p["key"].register_forward_hook(lambda m, a, out: keys.append(out))
+        # only a merging block reads its keys (the matching metric): no hook elsewhere
+        hook = p["key"].register_forward_hook(lambda m, a, out: keys.append(out)) \
+            if r and not self.selector.removes_in_encoder else None
         try:
             out, _ = p["attention"](p["norm1"](x), self._bias(size, alive, x.dtype))
         finally:
-            hook.remove()
+            if hook is not None:
+                hook.remove()
         h = x + out
         if self.mode == "mask":
             h = torch.where(alive[..., None], h, x)
-        r = self.r[i]
         if r:
-            metric = keys[0].view(*keys[0].shape[:2], p["heads"], p["head_dim"]).mean(dim=2)
+            metric = keys[0].view(*keys[0].shape[:2], p["heads"], p["head_dim"]).mean(dim=2) if keys else None
             h, size, alive = self.selector.encoder_reduce(h, metric, size, alive, r, i, self.mode)
         y = h + p["mlp"](p["norm2"](h))
         if self.mode == "mask":

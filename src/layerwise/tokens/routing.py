@@ -19,7 +19,6 @@ features of block 1 come from it).
 """
 from __future__ import annotations
 
-import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.adapters import get_adapter
 from .attention import attention_received
+from .patch import BlockPatch
 
 MODES = ("gather", "mask", "soft")
 
@@ -85,7 +85,7 @@ def keep_from_scores(scores: torch.Tensor, site: Site) -> torch.Tensor:
     return (rank < site.keep_counts()[:, None]) & site.real
 
 
-class TokenRouting:
+class TokenRouting(BlockPatch):
     """Token routing installed on a decoder (`install()` / `remove()`, or as a context manager)."""
 
     def __init__(self, model: nn.Module, selector, drop: list[float], mode: str = "gather",
@@ -110,43 +110,11 @@ class TokenRouting:
         self._pending_candidates = None
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sticky: dict[int, torch.Tensor] | None = None
-        self._hooks: list = []
-        self._installed = False
 
     # --- installation -------------------------------------------------------------------------
-    def install(self) -> "TokenRouting":
-        if self._installed:
-            return self
-        blocks = self.adapter.block_list()
-        for i, block in enumerate(blocks):
-            orig = block.forward
-            block._layerwise_forward = orig
-            block.forward = types.MethodType(self._wrapper(i, orig), block)
-        owner = self.adapter.blocks_owner()
-        if self.vision_only:
-            self._hooks.append(self.model.register_forward_pre_hook(self._candidates, with_kwargs=True))
-        self._hooks.append(owner.register_forward_pre_hook(self._begin, with_kwargs=True))
-        self.model._layerwise_tokens = self
-        self._installed = True
-        return self
-
-    def remove(self) -> None:
-        for block in self.adapter.block_list():
-            if hasattr(block, "_layerwise_forward"):
-                del block.forward
-                del block._layerwise_forward
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-        if getattr(self.model, "_layerwise_tokens", None) is self:
-            del self.model._layerwise_tokens
-        self._installed = False
-
-    def __enter__(self):
-        return self.install()
-
-    def __exit__(self, *exc):
-        self.remove()
+    def _pre_hooks(self) -> list:
+        hooks = [(self.model, self._candidates)] if self.vision_only else []
+        return hooks + [(self.adapter.blocks_owner(), self._begin)]
 
     @contextmanager
     def frozen_prompt(self):
