@@ -68,13 +68,18 @@ class EngineResult:
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, fingerprint: str):
+    def __init__(self, directory: Path, fingerprint: str, name: str = STATE_FILE):
         self.dir = Path(directory)
         self.fingerprint = fingerprint
+        self.name = name
 
     @property
     def path(self) -> Path:
-        return self.dir / STATE_FILE
+        return self.dir / self.name
+
+    def for_tower(self, tower: str) -> "Checkpointer":
+        """The state of one tower's sweep (a multi-tower run resumes tower by tower)."""
+        return Checkpointer(self.dir, self.fingerprint, STATE_FILE.replace(".pt", f".{tower}.pt"))
 
     def load(self) -> dict | None:
         if not self.path.exists():
@@ -87,7 +92,7 @@ class Checkpointer:
 
     def save(self, next_block: int, hidden: list[torch.Tensor], rows: list[dict], timings: Timings,
              before: list | None = None) -> None:
-        tmp = self.dir / f".{STATE_FILE}.tmp"
+        tmp = self.dir / f".{self.name}.tmp"
         torch.save({"fingerprint": self.fingerprint, "next_block": next_block, "hidden": hidden,
                     "rows": rows, "timings": timings.to_dict(), "before": before or []}, tmp)
         os.replace(tmp, self.path)
@@ -228,7 +233,38 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
             res.timings.io_s += time.perf_counter() - t0
             prog.advance(task)
             if i + 1 < n:
-                fault_point("block", i + 1)
+                fault_point("block", adapter.block_offset + i + 1)
     res.final_hidden = [b.hidden for b in batches]
     res.timings.total_s += time.perf_counter() - t_all
+    return res
+
+
+def run_towers(store: BlockStore, samples, action: Action, *, checkpointer: Checkpointer | None = None,
+               description: str = "compress", observe: Callable[[int, list, list], None] | None = None,
+               **kwargs) -> EngineResult:
+    """`run_sequential` over every tower of the store's model, one after another in forward order
+    (each tower's first-block inputs captured through the model with the earlier towers already
+    rewritten). Block numbers seen by `action` and `observe` are global (`tower.block_offset + i`)."""
+    towers = store.adapter.towers()
+    if len(towers) == 1:
+        return run_sequential(store, samples, action, checkpointer=checkpointer, description=description,
+                              observe=observe, **kwargs)
+    res = EngineResult()
+    for t in towers:
+        off = t.block_offset
+
+        def act(work: BlockWork, off=off) -> list[dict]:
+            work.index += off
+            return action(work)
+
+        obs = (lambda i, a, b, off=off: observe(off + i, a, b)) if observe is not None else None
+        with store.scoped(t):
+            part = run_sequential(store, samples, act, observe=obs, description=f"{description} [{t.tower_name}]",
+                                  checkpointer=checkpointer.for_tower(t.tower_name) if checkpointer else None,
+                                  **kwargs)
+        res.rows.extend(part.rows)
+        for k, v in part.timings.to_dict().items():
+            setattr(res.timings, k, getattr(res.timings, k) + v)
+        res.resumed_from += part.resumed_from
+        res.final_hidden, res.propagate, res.first_ids = part.final_hidden, part.propagate, part.first_ids
     return res

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from ..models.adapters import Adapter, get_adapter
+from ..models.adapters.towers import engine_adapter
 
 
 def _param_and_buffer_names(module: nn.Module) -> list[str]:
@@ -116,30 +118,43 @@ class BlockStore:
     def load_block(self, i: int) -> nn.Module:
         return self.adapter.block_list()[i]
 
+    @contextmanager
+    def scoped(self, tower: Adapter):
+        """The engine's view of one tower of a multi-tower model: its blocks numbered from 0, written
+        to the shards of their global numbers (`tower.block_offset + i`)."""
+        whole = self.adapter
+        self.adapter = tower
+        try:
+            yield self
+        finally:
+            self.adapter = whole
+
     def release_block(self, i: int) -> None:
         if self.writing and (self.writer is not None or self.extra_writers):
             prefix = self.adapter.block_prefix(i) + "."
             block = self.adapter.block_list()[i]
             tensors = {prefix + k: v for k, v in block.state_dict().items()}
+            g = self.adapter.block_offset + i
             for w in self.extra_writers:
-                w.write(i, tensors)
+                w.write(g, tensors)
             if self.writer is not None:
-                self.writer.write(i, self.transform(i, tensors) if self.transform else tensors)
+                self.writer.write(g, self.transform(g, tensors) if self.transform else tensors)
 
     def restore_block(self, i: int) -> None:
         """Load block i's finished weights back from its output shard (resume)."""
         from safetensors.torch import load_file
 
         assert self.writer is not None
-        tensors = load_file(str(self.writer.dir / self.writer.shard_name(i)))
+        g = self.adapter.block_offset + i
+        tensors = load_file(str(self.writer.dir / self.writer.shard_name(g)))
         if self.untransform is not None:
-            tensors = self.untransform(i, tensors)
+            tensors = self.untransform(g, tensors)
         block = self.load_block(i)
         prefix = self.adapter.block_prefix(i) + "."
         block.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()}, strict=True)
-        self.writer.register_existing(i)
+        self.writer.register_existing(g)
         for w in self.extra_writers:
-            w.register_existing(i)
+            w.register_existing(g)
         self._after_restore(i)
 
     def _after_restore(self, i: int) -> None:
@@ -149,8 +164,8 @@ class BlockStore:
         """Write every tensor outside the blocks into the last shard."""
         if self.writer is None:
             return
-        prefix = self.adapter.blocks_path + "."
-        rest = {k: v for k, v in self.model.state_dict().items() if not k.startswith(prefix)}
+        prefixes = self.adapter.block_prefixes()
+        rest = {k: v for k, v in self.model.state_dict().items() if not k.startswith(prefixes)}
         self.writer.write(self.adapter.num_blocks, rest)
         self.writer.finish()
         for w in self.extra_writers:
@@ -163,9 +178,12 @@ class BlockStore:
 
 
 class InMemoryStore(BlockStore):
-    def __init__(self, model: nn.Module, out_dir: Path | None = None):
+    """`all_towers`: every tower of a multi-tower model, numbered as one list of blocks (the stages that
+    rewrite linears); otherwise the model's primary blocks only (depth, width, token stages)."""
+
+    def __init__(self, model: nn.Module, out_dir: Path | None = None, all_towers: bool = False):
         self.model = model
-        self.adapter = get_adapter(model)
+        self.adapter = engine_adapter(model) if all_towers else get_adapter(model)
         self.writer = ShardWriter(out_dir, self.adapter.num_blocks, tied_names(model)) if out_dir else None
         self.extra_writers = []
 

@@ -45,6 +45,8 @@ class LoadedModel:
 def output_tensor(out) -> torch.Tensor:
     """What a model computes, whatever its head: logits of an LM, last hidden states of an encoder."""
     t = getattr(out, "logits", None)
+    if t is None:
+        t = getattr(out, "logits_per_image", None)      # a dual encoder: the image-text similarities
     return out.last_hidden_state if t is None else t
 
 

@@ -6,6 +6,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ..engine import InMemoryStore, LazyStore
+from ..models.adapters.towers import multi_tower_dir
 from ..errors import ConfigError
 from ..utils.checks import count
 from ..scores.analyze import Analysis, ESDOptions, analyze_store
@@ -13,7 +14,7 @@ from ..scores.base import SCORES, parse_scores
 from ..scores.esd import XMIN_RULES
 from ..utils.hf import quiet
 from .output import guard_output
-from .source import calibration_inputs, resolve
+from .source import calibration_inputs, model_dir, resolve
 
 
 def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsamples: int = 32,
@@ -35,8 +36,8 @@ def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsampl
     art = guard_output(out, model, tokenizer, calib, overwrite=overwrite)
     with art.run() if art is not None else nullcontext():
         need_memory = any(SCORES[n].source == "loss" for n in names)
-        src = resolve(model, tokenizer, load=need_memory)
-        store = InMemoryStore(src.loaded.model) if src.loaded is not None else LazyStore(src.path, None)
+        src = resolve(model, tokenizer, load=need_memory or multi_tower_dir(model_dir(model)))
+        store = InMemoryStore(src.loaded.model, all_towers=True) if src.loaded is not None else LazyStore(src.path, None)
         samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed, src.spec, store.adapter)
         an = analyze_store(store, samples, names, batch_size=batch_size,
                            esd_opts=ESDOptions(xmin=xmin, farms_rows=farms_rows, farms_windows=farms_windows,

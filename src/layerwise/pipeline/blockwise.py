@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..engine import Checkpointer, InMemoryStore, LazyStore, Pass, fingerprint, run_sequential
+from ..engine import Checkpointer, InMemoryStore, LazyStore, Pass, fingerprint, run_towers
 from ..errors import ConfigError
 from ..io.artifacts import input_paths
+from ..models.adapters.towers import multi_tower_dir
 from ..plan import Plan
 from ..utils.hf import quiet
 from .output import OutputDir, apply_resumed_rows, guarded, perplexity_of
@@ -119,7 +120,9 @@ def run_stage(stage: BlockwiseStage, model, *, calib="stdlib", nsamples: int = 1
                        inputs=input_paths(model_dir(model), tokenizer, plan, calib)) if out is not None else None
     if isinstance(plan, (str, Path)):
         plan = Plan.load(plan)
-    in_memory = plan is None and stage.whole_model()
+    # A multi-tower model (dual encoder, vision-language) is compressed in memory: the capture of a
+    # later tower runs the whole model, earlier towers included.
+    in_memory = (plan is None and stage.whole_model()) or multi_tower_dir(model_dir(model))
     src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or in_memory)
     with guarded(output):
         return _run(stage, src, output, plan, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed,
@@ -133,7 +136,7 @@ def _run(stage, src, output, plan, *, calib, nsamples, seqlen, seed, resume, bat
 
     use_stream = src.loaded is None
     partial = output.begin() if output is not None else None
-    store = LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial)
+    store = LazyStore(src.path, partial) if use_stream else InMemoryStore(src.loaded.model, partial, all_towers=True)
     _check_positions(getattr(store.model, "config", None), seqlen)
     replay = plan is not None
     if replay:
@@ -157,7 +160,7 @@ def _run(stage, src, output, plan, *, calib, nsamples, seqlen, seed, resume, bat
     ckpt = Checkpointer(partial, fingerprint({"options": options, "plan": [stage.row_key(r) for r in plan.rows]})) \
         if partial else None
     metrics: dict = {"perplexity_dense": perplexity_of(src, None, eval_windows)} if evaluate else {}
-    res = run_sequential(store, samples, main.action, select=main.select, gram=main.gram,
+    res = run_towers(store, samples, main.action, select=main.select, gram=main.gram,
                          gram_limit=main.gram_limit, first_moment=main.first_moment, propagate=stage.propagate,
                          batch_size=batch_size, checkpointer=ckpt, description=stage.description(),
                          propagate_last=use_stream and output is not None,

@@ -104,7 +104,7 @@ class OutputDir:
         return self.art.begin()
 
     def partial_has_state(self) -> bool:
-        return (self.partial / "engine_state.pt").exists() and (self.partial / "plan_in_progress.json").exists()
+        return any(self.partial.glob("engine_state*.pt")) and (self.partial / "plan_in_progress.json").exists()
 
     def abort(self) -> None:
         self.art.abort()
@@ -137,7 +137,8 @@ class OutputDir:
                 before_manifest(self.partial)
             write_json(self.partial / "manifest.json", manifest)
             write_report(self.partial, plan, manifest, title)
-            (self.partial / "engine_state.pt").unlink(missing_ok=True)
+            for state in self.partial.glob("engine_state*.pt"):   # one per tower of a multi-tower model
+                state.unlink()
             (self.partial / "plan_in_progress.json").unlink(missing_ok=True)
             self.art.commit(check=lambda p: check_model_dir(p))
         except OSError as e:

@@ -69,10 +69,16 @@ def calibration_inputs(calib, tokenizer, nsamples: int, seqlen: int, seed: int, 
     """Calibration batches: sampled from a corpus by name (needs the tokenizer), images for a model that
     takes pixels (the digit canvases it was trained on), or given as a tensor whose first dimension is
     the sample (any model input: token ids, pixels, features)."""
+    from ..models.inputs import ModelInputs
+
+    if isinstance(calib, ModelInputs):
+        return calib
     if isinstance(calib, torch.Tensor):
         if calib.dim() < 1 or calib.shape[0] < 1:
             raise DataError(f"calibration tensor of shape {tuple(calib.shape)} has no samples")
         return calib
+    if adapter is not None and hasattr(adapter, "calibration_samples"):
+        return _adapter_samples(calib, adapter, nsamples, seed, spec)
     if adapter is not None and any(f.kind == "pixels" for f in adapter.inputs) and hasattr(adapter, "image_shape"):
         return calibration_images(calib, adapter, nsamples, seed, spec)
     if tokenizer is None:
@@ -88,7 +94,25 @@ def calibration_inputs(calib, tokenizer, nsamples: int, seqlen: int, seed: int, 
 
 
 def calib_name(calib) -> str:
-    return calib if isinstance(calib, str) else f"tensor{tuple(calib.shape)}"
+    if isinstance(calib, str):
+        return calib
+    return f"inputs{calib.describe()}" if hasattr(calib, "describe") else f"tensor{tuple(calib.shape)}"
+
+
+def _card(spec) -> dict:
+    import json
+
+    d = model_dir(spec)
+    return json.loads((d / "card.json").read_text()) if d is not None and (d / "card.json").is_file() else {}
+
+
+def _adapter_samples(calib, adapter, nsamples: int, seed: int, spec):
+    """Multi-input models (image-caption pairs, image questions): the adapter draws them from the task its
+    card describes."""
+    if calib not in ("stdlib", "digits"):
+        raise DataError(f"{adapter.name} models calibrate on 'digits' (the digit task they were trained on) or "
+                        f"on ModelInputs given through the Python API; got --calib {calib}")
+    return adapter.calibration_samples(_card(spec), nsamples, seed)
 
 
 def model_dir(model) -> Path | None:
@@ -110,15 +134,12 @@ def model_dir(model) -> Path | None:
 
 def calibration_images(calib: str, adapter, nsamples: int, seed: int, spec: str) -> torch.Tensor:
     """`nsamples` training canvases (a seeded draw) at the model's input size, as its card describes them."""
-    import json
-
     from ..data.images import canvases_for
 
     if calib not in ("stdlib", "digits"):
         raise DataError(f"image models calibrate on 'digits' (scikit-learn digit canvases) or a tensor of images; "
                         f"got --calib {calib}")
-    d = model_dir(spec)
-    card = json.loads((d / "card.json").read_text()) if d is not None and (d / "card.json").is_file() else {}
+    card = _card(spec)
     _, size, _ = adapter.image_shape()
     images = canvases_for("train", size, card.get("data"))
     idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:nsamples]

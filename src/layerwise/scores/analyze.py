@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..engine import run_sequential
+from ..engine import run_towers
 from ..plan import BlockRow, Plan, PlanRow
 from ..engine.sequential import BlockWork
 from .base import SCORES, get_score
@@ -97,7 +97,7 @@ def analyze_store(store, samples: torch.Tensor, scores: list[str], *, select=lam
                for r in adapter.all_linears() if select(r.name)]
     an = Analysis(model_name, adapter.num_blocks, linears, options={
         "scores": scores, "esd": esd_opts.__dict__, "owl_m": owl_m, "zo_samples": zo_samples, "zo_eps": zo_eps,
-        "seed": seed, "calibration": list(samples.shape)})
+        "seed": seed, "calibration": samples.describe() if hasattr(samples, "describe") else list(samples.shape)})
     m_rows = esd_opts.farms_rows or min(2000, min(min(x["shape"]) for x in linears))
     an.options["esd"]["farms_rows"] = m_rows
     need_pass = any(SCORES[s].source in ("data", "weights") for s in scores)
@@ -140,7 +140,7 @@ def analyze_store(store, samples: torch.Tensor, scores: list[str], *, select=lam
                 blk_vals["bi"][i] = 1.0 - c
 
     if need_pass:
-        res = run_sequential(store, samples, action, select=select, gram=False, propagate="dense",
+        res = run_towers(store, samples, action, select=select, gram=False, propagate="dense",
                              batch_size=batch_size, description="analyze", observe=observe)
         an.timings.update({"engine_s": res.timings.total_s, "weight_scores_s": t_weights})
     if "zeroth_order" in scores:

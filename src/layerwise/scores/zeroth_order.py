@@ -6,7 +6,8 @@ estimate of ‖∇_P L‖ up to a constant). The tensor is restored by copy, so 
 The same batches are used for every tensor; directions depend only on (seed, tensor, batch).
 The loss: a causal LM's next-token loss; an image classifier's cross-entropy against the dense
 model's own predictions (calibration images carry no labels, and this measures how far a tensor's
-perturbation moves the model from what it computes).
+perturbation moves the model from what it computes); a multi-tower model's own training loss
+(`adapter.calibration_loss`) over a whole forward, so ECoFLaP's scores compare blocks across towers.
 """
 from __future__ import annotations
 
@@ -49,15 +50,46 @@ def _block_inputs(model, adapter, ids: torch.Tensor) -> dict:
     return {"inputs": inputs, "final": h, "args": b.args, "kwargs": b.kwargs}
 
 
+def _directional(P: torch.Tensor, seed: int, t: int, b: int, eps: float, loss) -> float:
+    """|L(P + εz) − L(P − εz)| / 2ε for the seeded direction z of (tensor t, batch b); P restored by copy."""
+    orig = P.detach().clone()
+    g = torch.Generator().manual_seed(seed * 1_000_003 + t * 1009 + b)
+    z = torch.randn(P.shape, generator=g, dtype=torch.float32).to(P.dtype)
+    P.add_(z, alpha=eps)
+    lp = loss()
+    P.copy_(orig)
+    P.sub_(z, alpha=eps)
+    lm = loss()
+    P.copy_(orig)
+    return abs(lp - lm) / (2 * eps)
+
+
+@torch.no_grad()
+def _whole_model_scores(model, adapter, linears, samples, n_samples, batch_size, eps, seed) -> dict[str, float]:
+    """Multi-tower models: a tensor of one tower changes what the next tower sees, so every loss is a
+    full forward (the model's own training loss: contrastive for a dual encoder, the answer's
+    next-token loss for a vision-language model)."""
+    batches = [samples[i:i + batch_size] for i in range(0, min(n_samples, samples.shape[0]), batch_size)]
+    scores: dict[str, float] = {}
+    for t, ref in enumerate(track(linears, "zeroth-order scores")):
+        scores[ref.name] = sum(
+            _directional(ref.module.weight, seed, t, b, eps,
+                         lambda batch=batch: float(adapter.calibration_loss(model, batch).double()))
+            for b, batch in enumerate(batches))
+    return scores
+
+
 @torch.no_grad()
 def zeroth_order_scores(model, linears, samples: torch.Tensor, n_samples: int = 32, batch_size: int = 8,
                         eps: float = 1e-3, seed: int = 0) -> dict[str, float]:
     """`linears`: LinearRef list. Returns {linear name: score} (higher = more important)."""
     from ..models.loader import is_causal_lm
 
-    from ..models.adapters import get_adapter
+    from ..models.adapters.towers import engine_adapter
 
-    adapter = get_adapter(model)
+    adapter = engine_adapter(model)
+    if len(adapter.towers()) > 1:
+        return _whole_model_scores(model, adapter, linears, samples, n_samples, batch_size, eps, seed)
     classifier = any(f.kind == "pixels" for f in adapter.inputs) and adapter.head_path is not None
     if not is_causal_lm(model) and not classifier:
         raise ConfigError("the zeroth_order score needs a causal LM loss or an image classifier's head; this model "
@@ -67,19 +99,11 @@ def zeroth_order_scores(model, linears, samples: torch.Tensor, n_samples: int = 
     targets = [adapter.logits_from_hidden(c["final"]).argmax(-1) for c in cached] if classifier else None
     scores: dict[str, float] = {}
     for t, ref in enumerate(track(linears, "zeroth-order scores")):
-        P = ref.module.weight
-        orig = P.detach().clone()
         total = 0.0
         for b, ids in enumerate(batches):
-            g = torch.Generator().manual_seed(seed * 1_000_003 + t * 1009 + b)
-            z = torch.randn(P.shape, generator=g, dtype=torch.float32).to(P.dtype)
-            P.add_(z, alpha=eps)
             tgt = targets[b] if targets else None
-            lp = _tail_loss(adapter, ref.block, cached[b], ids, tgt) if cached else _loss(model, ids)
-            P.copy_(orig)
-            P.sub_(z, alpha=eps)
-            lm = _tail_loss(adapter, ref.block, cached[b], ids, tgt) if cached else _loss(model, ids)
-            P.copy_(orig)
-            total += abs(lp - lm) / (2 * eps)
+            loss = (lambda: _tail_loss(adapter, ref.block, cached[b], ids, tgt)) if cached else \
+                (lambda: _loss(model, ids))
+            total += _directional(ref.module.weight, seed, t, b, eps, loss)
         scores[ref.name] = total
     return scores

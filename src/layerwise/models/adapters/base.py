@@ -101,8 +101,18 @@ class Adapter:
     # Modules outside the blocks that are never pruned by default.
     default_ignore: ClassVar[tuple[str, ...]] = ("lm_head", "embed", "wte", "wpe", "pooler")
 
+    # The global index of this adapter's first block when it is one tower of a multi-tower model (plan
+    # rows and checkpoint shards number the blocks of all towers in one sequence).
+    block_offset: int = 0
+    tower_name: str = ""
+
     def __init__(self, model: nn.Module):
         self.model = model
+
+    def towers(self) -> list["Adapter"]:
+        """The block sequences the model runs, in the order of its forward pass (one for most models;
+        an image tower and a text tower or decoder for dual encoders and vision-language models)."""
+        return [self]
 
     # --- structure ----------------------------------------------------------------------------
     @classmethod
@@ -142,11 +152,15 @@ class Adapter:
         out = []
         for local, mod in block.named_modules():
             if isinstance(mod, nn.Linear) or (CONV1D and isinstance(mod, CONV1D)):
-                out.append(LinearRef(f"{self.block_prefix(i)}.{local}", local, i, mod))
+                out.append(LinearRef(f"{self.block_prefix(i)}.{local}", local, self.block_offset + i, mod))
         return out
 
     def all_linears(self) -> list[LinearRef]:
         return [ref for i in range(self.num_blocks) for ref in self.linears(i)]
+
+    def block_prefixes(self) -> tuple[str, ...]:
+        """Name prefixes of every block's tensors (those outside are written once, after the blocks)."""
+        return (self.blocks_path + ".",)
 
     # --- running one block ---------------------------------------------------------------------
     def call_block(self, block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -199,6 +213,17 @@ class Adapter:
     def run_model(self, model: nn.Module, inputs: torch.Tensor) -> None:
         """One forward of the whole model on a batch of calibration inputs (to reach block 0)."""
         model(**self.model_inputs(inputs), use_cache=False)
+
+    def calibration_loss(self, model: nn.Module, inputs) -> torch.Tensor:
+        """The model's own training loss on a calibration batch (the zeroth-order score's objective):
+        next-token loss for a causal LM; adapters of other models override it."""
+        from ...models.loader import is_causal_lm
+
+        if not is_causal_lm(model):
+            from ...errors import ConfigError
+
+            raise ConfigError(f"the {self.name} adapter defines no loss for this model")
+        return model(**self.model_inputs(inputs), labels=inputs, use_cache=False).loss
 
     # --- config bookkeeping ---------------------------------------------------------------------
     def config_num_blocks_key(self) -> str:
