@@ -21,7 +21,7 @@ class EvalReport:
     model: str
     data: str
     split: str
-    kind: str                              # "causal-lm", "encoder" or "image-classifier"
+    kind: str                              # "causal-lm", "encoder", "image-classifier", "zero-shot" (dual encoder) or "vqa"
     parameters: int
     nonzero_parameters: int
     model_mb: float
@@ -79,8 +79,10 @@ class EvalReport:
                           f"({b.decode_tokens_per_s / s.decode_tokens_per_s:.2f}x)"))
         e = self.extra
         if "accuracy" in e:
-            r.append(("accuracy", f"{e['accuracy']:.4f}  ({e['images']} images)"))
-            r.append(("NLL", f"{e['nll']:.4f} nats/image"))
+            what = {"vqa": "questions", "zero-shot": "images, zero-shot with held-out prompts"}.get(self.kind, "images")
+            label = {"vqa": "answer accuracy", "zero-shot": "zero-shot accuracy"}.get(self.kind, "accuracy")
+            r.append((label, f"{e['accuracy']:.4f}  ({e['images']} {what})"))
+            r.append(("NLL", f"{e['nll']:.4f} nats/{'question' if self.kind == 'vqa' else 'image'}"))
         if "top1_agreement" in e:
             r.append((f"top-1 agreement vs {self.reference}", f"{e['top1_agreement']:.4f}"))
         if "images_per_s" in e:
@@ -118,14 +120,15 @@ def _local_dir(spec):
     return p if p.is_dir() else None
 
 
-def image_recipe(lm, depth: int = 8) -> dict | None:
-    """The canvases an image model is evaluated on: its card's data section, or, for a compressed model,
-    that of the model its manifest says it was made from (followed through chains of outputs)."""
+def image_recipe(lm, depth: int = 8, section: str = "data") -> dict | None:
+    """The canvases an image model is evaluated on: its card's data section (or another `section`), or,
+    for a compressed model, that of the model its manifest says it was made from (followed through
+    chains of outputs)."""
     import json
     from pathlib import Path
 
-    if lm.card and lm.card.get("data"):
-        return lm.card["data"]
+    if lm.card and lm.card.get(section):
+        return lm.card[section]
     path = lm.path
     for _ in range(depth):
         if path is None or not (Path(path) / "manifest.json").is_file():
@@ -136,7 +139,7 @@ def image_recipe(lm, depth: int = 8) -> dict | None:
             return None
         path = _local_dir(spec)
         if path is not None and (path / "card.json").is_file():
-            return json.loads((path / "card.json").read_text()).get("data")
+            return json.loads((path / "card.json").read_text()).get(section)
     return None
 
 
@@ -153,6 +156,8 @@ def _evaluate_images(lm, data, split, batch_size, reference, speed, t0) -> EvalR
         raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
     net = lm.model.eval()
     c = net.config
+    if c.model_type in ("clip", "llava"):
+        return _evaluate_multimodal(lm, split, t0)
     images = canvases_for(split, c.image_size, image_recipe(lm))
     ref = _as_loaded(reference) if reference is not None else None
     report = EvalReport(model=lm.source, data="digits", split=split, kind="image-classifier",
@@ -167,6 +172,32 @@ def _evaluate_images(lm, data, split, batch_size, reference, speed, t0) -> EvalR
     if speed:
         report.extra["images_per_s"] = images_per_second(net, images.pixels[:256])
         report.extra["speed_batch"] = min(256, len(images))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _evaluate_multimodal(lm, split, t0) -> EvalReport:
+    """A dual encoder: zero-shot accuracy with the held-out prompt templates; a vision-language model:
+    answer accuracy on the quadrant questions (the tasks of the zoo's CLIP and LLaVA models)."""
+    from ..data import captions as cap
+    from ..data.images import canvases_for
+    from .images import quadrant_accuracy, zero_shot_score
+
+    net = lm.model
+    report = EvalReport(model=lm.source, data="digits", split=split, kind="", parameters=count_parameters(net),
+                        nonzero_parameters=count_parameters(net, nonzero=True), model_mb=model_bytes(net) / 2**20,
+                        bytes_on_disk=bytes_on_disk(net, lm.path) if lm.path else None)
+    if net.config.model_type == "clip":
+        images = canvases_for(split, net.config.vision_config.image_size, image_recipe(lm))
+        s = zero_shot_score(net, images, cap.class_prompts(cap.ZERO_SHOT_TEMPLATES))
+        report.kind = "zero-shot"
+        report.extra = {"accuracy": s.accuracy, "nll": s.nll, "images": s.n}
+    else:
+        task = image_recipe(lm, section="task") or {}
+        r = quadrant_accuracy(net, split, canvas=task.get("canvas", net.config.vision_config.image_size),
+                              noise=task.get("noise", 0.2))
+        report.kind = "vqa"
+        report.extra = {"accuracy": r["accuracy"], "nll": r["nll"], "images": r["questions"]}
     report.seconds = time.perf_counter() - t0
     return report
 

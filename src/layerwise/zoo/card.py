@@ -14,6 +14,9 @@ def plot_curve(card: dict, path: Path) -> None:
     curve = card.get("curve") or []
     if not curve:
         return
+    if card.get("task", {}).get("name") == "zero-shot-digits":
+        _plot_clip_curve(card, path, plt)
+        return
     if "task" in card:
         _plot_task_curve(card, path, plt)
         return
@@ -48,6 +51,21 @@ def _plot_task_curve(card: dict, path: Path, plt) -> None:
     ax[1].set_xlabel("step")
     ax[1].set_ylabel("validation answer accuracy")
     fig.suptitle(f"{card['name']}: {card['parameters'] / 1e6:.2f}M params, task {card['task']['name']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_clip_curve(card: dict, path: Path, plt) -> None:
+    curve = card["curve"]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot([c["epoch"] for c in curve], [c["train_loss"] for c in curve], marker="o")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("contrastive loss (last batch)")
+    ax[1].plot([c["epoch"] for c in curve], [c["val_zero_shot_accuracy"] for c in curve], color="C1", marker="o")
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel("validation zero-shot accuracy")
+    fig.suptitle(f"{card['name']}: {card['parameters'] / 1e6:.3f}M params")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -138,7 +156,38 @@ def vlm_card_markdown(card: dict) -> str:
         "", "![training curve](curve.png)", ""])
 
 
+def clip_card_markdown(card: dict) -> str:
+    t, e, task, d = card["training"], card["eval"], card["task"], card["data"]
+    cfg = card["config"]
+    return "\n".join([
+        f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
+        f"| architecture | `{card['architecture']}` (stock transformers) |",
+        f"| parameters | {card['parameters']:,} |",
+        "| image tower | " + ", ".join(f"{k}={v}" for k, v in sorted(cfg["vision"].items())) + " |",
+        "| text tower | " + ", ".join(f"{k}={v}" for k, v in sorted(cfg["text"].items()))
+        + f"; joint space {cfg['projection_dim']} |",
+        f"| data | {d['source']}: {d['definition']}; canvas {d['size']}x{d['size']}, digits scaled x{d.get('scale', 1)}, "
+        f"noise {d['noise']}, {d['copies']} canvases per digit, {d['train_images']} training pairs |",
+        f"| task | `{task['name']}`: {task['definition']} |",
+        "| training captions | " + "; ".join(f"`{x}`" for x in task["training_templates"]) + " |",
+        "| zero-shot prompts | " + "; ".join(f"`{x}`" for x in task["zero_shot_templates"]) + " |",
+        f"| seed | {t['seed']} |",
+        f"| training | {t['epochs']} epochs × batch {t['batch_size']} ({t['steps']:,} steps), {t['loss']}, "
+        f"{t['optimizer']}, lr {t['lr']}, {t['schedule']}, clip {t['grad_clip']} |",
+        f"| wall time | {t['wall_time_s'] / 60:.1f} min on {t['machine']}, {t['threads']} threads, {t['precision']} |",
+        f"| stack | Python {t['python']}, torch {t['torch']}, transformers {t['transformers']} |",
+        f"| validation zero-shot accuracy | **{e['validation']['accuracy']:.4f}** ({e['validation']['n']} images; "
+        f"training templates {e['validation']['seen_templates_accuracy']:.4f}) |",
+        f"| test zero-shot accuracy | {e['test']['accuracy']:.4f} (NLL {e['test']['nll']:.4f}; training templates "
+        f"{e['test']['seen_templates_accuracy']:.4f}) |",
+        "", f"Retrain: `layerwise zoo train {card['name']} --out DIR` (bit-identical on the same machine type). "
+        f"Evaluate: `layerwise eval zoo:{card['name']} --data digits --split test`.",
+        "", "![training curve](curve.png)", ""])
+
+
 def card_markdown(card: dict) -> str:
+    if card.get("task", {}).get("name") == "zero-shot-digits":
+        return clip_card_markdown(card)
     if card.get("task", {}).get("name") == "quadrant-vqa":
         return vlm_card_markdown(card)
     if "task" in card:

@@ -105,6 +105,22 @@ register(ZooSpec(
 ))
 
 register(ZooSpec(
+    name="clip-digits",
+    description=("CLIP-style dual encoder (stock CLIPModel: 4-block ViT image tower on 2x2 patches of a 16x16 canvas, "
+                 "4-block causal text tower over captions, 64-d joint space) trained contrastively on digit "
+                 "canvases and captions, classifying zero-shot with prompt templates it never saw: the test bed of "
+                 "pruning across towers"),
+    architecture="clip",
+    config={"vision": dict(image_size=16, patch_size=2, num_channels=1, hidden_size=64, intermediate_size=192,
+                           num_hidden_layers=4, num_attention_heads=4),
+            "text": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=4, num_attention_heads=4),
+            "projection_dim": 64},
+    corpus="digits", batch_size=64, steps=30, lr=1e-3, warmup=2, weight_decay=0.05, eval_every=5, seed=0,
+    betas=(0.9, 0.98),
+    extra={"task": "zero-shot-digits", "data": {"size": 16, "scale": 2, "copies": 4, "noise": 0.2, "seed": 0}},
+))
+
+register(ZooSpec(
     name="llava-quadrants",
     description=("LLaVA-style vision-language model (stock LlavaForConditionalGeneration: 2-block CLIP vision tower "
                  "on 2x2 patches of a 16x16 canvas = 64 vision tokens, 2-layer projector, 4-block Llama decoder "

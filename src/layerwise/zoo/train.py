@@ -100,6 +100,10 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
             from .vision import train_image_classifier
 
             return train_image_classifier(spec, art, threads, steps)
+        if spec.extra.get("task") == "zero-shot-digits":
+            from .clip import train_clip
+
+            return train_clip(spec, art, threads, steps)
         if spec.extra.get("task") == "quadrant-vqa":
             from .vlm import train_vlm
 

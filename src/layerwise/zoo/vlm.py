@@ -65,18 +65,11 @@ def answer_logits(model, b: qd.QuadrantBatch) -> torch.Tensor:
     return out.logits[:, b.answer_pos, qd.DIGIT0:qd.DIGIT0 + 10]
 
 
-@torch.no_grad()
 def accuracy(model, spec: ZooSpec, split: str, n: int = 512, batch_size: int = 128) -> dict:
-    model.eval()
-    right, nll = 0, 0.0
-    for k in range(math.ceil(n / batch_size)):
-        b = batch(spec, k, batch_size, split, seed=10_000 + spec.seed)
-        lg = answer_logits(model, b).float()
-        y = b.answer - qd.DIGIT0
-        right += int((lg.argmax(-1) == y).sum())
-        nll += float(F.cross_entropy(lg, y, reduction="sum"))
-    total = math.ceil(n / batch_size) * batch_size
-    return {"accuracy": right / total, "nll": nll / total, "questions": total}
+    from ..eval.images import quadrant_accuracy
+
+    d = spec.extra["data"]
+    return quadrant_accuracy(model, split, n, batch_size, d["size"], d["noise"], seed=10_000 + spec.seed)
 
 
 def _probe_loss(probe, feats: torch.Tensor, quadrant_of: torch.Tensor, b: qd.QuadrantBatch) -> torch.Tensor:

@@ -15,12 +15,40 @@ from ...errors import ConfigError
 from .base import Adapter, InputField, register
 from .decoders import LlamaLikeAdapter
 from .layout import Member
+from .towers import TowerAdapter
+
+
+def _tower_path(model, candidates: tuple[str, ...]) -> str | None:
+    return next((p for p in candidates if Adapter._resolve(model, p) is not None), None)
+
+
+class PixelInputs:
+    """Image inputs of a fixed shape (`image_shape()`), checked with a one-line error."""
+
+    def check_pixels(self, pixels: torch.Tensor) -> None:
+        want = self.image_shape()
+        if pixels.dim() != 4 or tuple(pixels.shape[1:]) != want:
+            raise ConfigError(f"the model takes images of shape [batch, {want[0]}, {want[1]}, {want[2]}]; "
+                              f"got {list(pixels.shape)}")
+
+
+def _split_inputs(inputs) -> dict:
+    """Forward keywords from calibration inputs (`ModelInputs` or a dict); the loss's labels stay out."""
+    from ..inputs import ModelInputs
+
+    d = inputs.as_dict() if isinstance(inputs, ModelInputs) else dict(inputs)
+    d.pop("labels", None)
+    return d
 
 _BLOCK_PATHS = ("vit.layers", "layers", "vit.encoder.layer", "encoder.layer")
+_LLAVA_VISION_PATHS = ("model.vision_tower.encoder.layers", "model.vision_tower.vision_model.encoder.layers",
+                       "vision_tower.vision_model.encoder.layers")
+_CLIP_VISION_PATHS = ("vision_model.encoder.layers",)
+_CLIP_TEXT_PATHS = ("text_model.encoder.layers",)
 
 
 @register
-class ViTAdapter(Adapter):
+class ViTAdapter(PixelInputs, Adapter):
     name = "vit"
     model_types = ("vit",)
     attention_path = "attention"
@@ -51,12 +79,6 @@ class ViTAdapter(Adapter):
     def model_inputs(self, pixels: torch.Tensor) -> dict:
         self.check_pixels(pixels)
         return {"pixel_values": pixels}
-
-    def check_pixels(self, pixels: torch.Tensor) -> None:
-        want = self.image_shape()
-        if pixels.dim() != 4 or tuple(pixels.shape[1:]) != want:
-            raise ConfigError(f"the model takes images of shape [batch, {want[0]}, {want[1]}, {want[2]}]; "
-                              f"got {list(pixels.shape)}")
 
     def run_model(self, model, inputs: torch.Tensor) -> None:
         model(**self.model_inputs(inputs))
@@ -105,7 +127,7 @@ class ViTAdapter(Adapter):
 
 
 @register
-class LlavaAdapter(LlamaLikeAdapter):
+class LlavaAdapter(PixelInputs, LlamaLikeAdapter):
     """LLaVA-style vision-language models: the Llama decoder's blocks (its vision tower is a CLIP encoder),
     inputs token ids with `<image>` placeholders plus pixels; the vision tokens are the placeholder span."""
 
@@ -154,6 +176,112 @@ class LlavaAdapter(LlamaLikeAdapter):
     def config_num_blocks_key(self) -> str:
         return "text_config.num_hidden_layers"
 
+    # --- towers: the CLIP vision encoder, then the decoder ------------------------------------------
+    multi_tower = True
+
+    def towers(self) -> list[Adapter]:
+        path = _tower_path(self.model, _LLAVA_VISION_PATHS)
+        if path is None:
+            return [self]
+        self.tower_name = "language"
+        return [TowerAdapter(self, path, "vision"), self]
+
+    def model_inputs(self, inputs) -> dict:
+        if isinstance(inputs, torch.Tensor):
+            return {"input_ids": inputs}
+        return _split_inputs(inputs)
+
+    def calibration_samples(self, card: dict, nsamples: int, seed: int):
+        """Quadrant questions with their answers (training split, a seeded draw): ids, pixels and the
+        labels of the answer token (the loss of the zeroth-order score)."""
+        from ...data import quadrants as qd
+        from ..inputs import ModelInputs
+
+        task = card.get("task") or {}
+        v = self.model.config.vision_config
+        b = qd.quadrant_batch(seed, nsamples, seed=0, split="train", size=task.get("canvas", v.image_size),
+                              patch=v.patch_size, noise=task.get("noise", 0.2))
+        self.check_pixels(b.pixels)
+        ids = torch.cat([b.ids, b.answer[:, None]], dim=1)
+        labels = torch.full_like(ids, -100)
+        labels[:, -1] = b.answer
+        return ModelInputs(input_ids=ids, pixel_values=b.pixels, labels=labels)
+
+    def calibration_loss(self, model, inputs) -> torch.Tensor:
+        return model(**self.model_inputs(inputs), labels=inputs.as_dict()["labels"], use_cache=False).loss
+
     def describe(self) -> str:
         return (f"{self.name} adapter: {self.num_blocks} decoder blocks at {self.blocks_path}, "
                 f"{self.num_vision_tokens()} vision tokens per image")
+
+
+@register
+class CLIPAdapter(PixelInputs, Adapter):
+    """CLIP-style dual encoders (`CLIPModel`): an image tower and a causal text tower, each pooled and
+    projected into one space. The adapter's own blocks are the image tower's; `towers()` gives both
+    (image first, as the forward runs them). Calibration samples are image-caption pairs; the loss is
+    the model's own contrastive loss (`return_loss=True`), ECoFLaP's objective for CLIP."""
+
+    name = "clip"
+    model_types = ("clip",)
+    attention_path = "self_attn"
+    multi_tower = True
+    inputs = (InputField("input_ids", "tokens", ("batch", "seq"), "int64"),
+              InputField("pixel_values", "pixels", ("batch", "channels", "height", "width")))
+    default_ignore = ("embeddings", "projection", "pooler")
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        mt = getattr(getattr(model, "config", None), "model_type", None)
+        return mt in cls.model_types and _tower_path(model, _CLIP_VISION_PATHS) is not None \
+            and _tower_path(model, _CLIP_TEXT_PATHS) is not None
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.blocks_path = _tower_path(model, _CLIP_VISION_PATHS)
+        self.tower_name = "vision"
+
+    def towers(self) -> list[Adapter]:
+        return [self, TowerAdapter(self, _tower_path(self.model, _CLIP_TEXT_PATHS), "text")]
+
+    def image_shape(self) -> tuple[int, int, int]:
+        v = self.model.config.vision_config
+        return v.num_channels, v.image_size, v.image_size
+
+    def model_inputs(self, inputs) -> dict:
+        if isinstance(inputs, torch.Tensor):
+            raise ConfigError("a CLIP model takes image-caption pairs (ids and pixels), not one tensor")
+        return _split_inputs(inputs)
+
+    def run_model(self, model, inputs) -> None:
+        model(**self.model_inputs(inputs))
+
+    def calibration_loss(self, model, inputs) -> torch.Tensor:
+        return model(**self.model_inputs(inputs), return_loss=True).loss
+
+    def example_inputs(self, batch: int = 2, length: int = 8, seed: int = 0) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        t = self.model.config.text_config
+        ids = torch.randint(3, t.vocab_size, (batch, max(2, min(length, t.max_position_embeddings))), generator=g)
+        ids[:, -1] = t.eos_token_id
+        return {"input_ids": ids, "pixel_values": torch.randn(batch, *self.image_shape(), generator=g)}
+
+    def calibration_samples(self, card: dict, nsamples: int, seed: int):
+        """Training canvases (a seeded draw) with one caption each, as the model was trained."""
+        from ...data import captions as cap
+        from ...data.images import canvases_for
+        from ..inputs import ModelInputs
+
+        _, size, _ = self.image_shape()
+        images = canvases_for("train", size, card.get("data"))
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(images), generator=g)[:nsamples]
+        pixels = images.pixels[idx]
+        self.check_pixels(pixels)
+        ids = cap.training_captions(images.labels[idx], g)
+        if int(ids.max()) >= self.model.config.text_config.vocab_size:
+            raise ConfigError("this CLIP model's vocabulary is not the digit captions' (pass calibration inputs)")
+        return ModelInputs(input_ids=ids, pixel_values=pixels)
+
+    def describe(self) -> str:
+        return f"{self.name} adapter: image tower at {self.blocks_path}, text tower at {_CLIP_TEXT_PATHS[0]}"
