@@ -1,11 +1,12 @@
 """Vision-token pruning in a LLaVA-style model: CoViPAL against FastV and random.
 
 Quality: `zoo:llava-quadrants` (64 vision tokens, 4 decoder blocks; the asked quadrant's 16 tokens are
-the ones that matter). At decoder block K (1 and 2) and keep ratios 0.5 / 0.25 / 0.125: random
-(5 selection seeds), FastV (attention of the last query at block K−1), CoViPAL stage 1, stage 1+2, and
-the query-agnostic module (the same net without the question, stage 1+2). Answer accuracy over 5
-seeded draws of 256 test questions (mean ± std over the draws) and oracle recall of the relevant
-tokens among the kept ones (recall@k = |kept ∩ relevant| / min(k, 16)).
+the ones that matter). At decoder block K (0, 1 and 2) and keep ratios 0.5 / 0.25 / 0.125: random
+(5 selection seeds), FastV (attention of the last query at block K−1, so not at K = 0), CoViPAL stage
+1, stage 1+2, and the query-agnostic module (the same net without the question, stage 1+2), each
+module trained with 3 seeds. Answer accuracy over 5 seeded draws of 256 test questions (FastV: mean ±
+std over the draws; trained modules: mean ± std over training seeds of the mean over draws) and
+oracle recall of the relevant tokens among the kept ones (recall@k = |kept ∩ relevant| / min(k, 16)).
 
 Speed: a random-weight LLaVA with realistic widths (decoder hidden 1024, 8 blocks, GQA 16/4, MLP 2816;
 CLIP tower hidden 256, 2 blocks, patch 14) at 144 and 576 vision tokens + 32 text tokens, batch 1:
@@ -45,20 +46,23 @@ def quality(args) -> list[dict]:
     rows = []
     for site in args.sites:
         for keep in KEEPS:
-            drop = vlm_schedule(4, site, keep)
-            variants = [(f"random seed {s}", "random", {"seed": s}) for s in range(args.seeds)]
-            variants += [("fastv", "fastv", {})]
+            drop = vlm_schedule(4, site, keep, TOKEN_SELECTORS.create("random"))
+            variants = [(f"random seed {s}", "random", {"seed": s}, 0) for s in range(args.seeds)]
+            if site > 0:
+                variants += [("fastv", "fastv", {}, 0)]
             train = {"stage1_steps": args.stage1, "batch": args.batch, "lr": args.lr}
-            variants += [("covipal stage 1", "covipal", {**train, "stage2_steps": 0}),
-                         ("covipal stage 1+2", "covipal", {**train, "stage2_steps": args.stage2}),
-                         ("query-agnostic stage 1+2", "covipal", {**train, "stage2_steps": args.stage2, "text": False})]
-            for label, name, opts in variants:
+            for ts in range(args.train_seeds):
+                variants += [("covipal stage 1", "covipal", {**train, "stage2_steps": 0}, ts),
+                             ("covipal stage 1+2", "covipal", {**train, "stage2_steps": args.stage2}, ts),
+                             ("query-agnostic stage 1+2", "covipal",
+                              {**train, "stage2_steps": args.stage2, "text": False}, ts)]
+            for label, name, opts, ts in variants:
                 sel = TOKEN_SELECTORS.create(name, opts)
                 t0 = time.perf_counter()
                 if sel.trainable:
-                    train_module(model, sel, drop, spec, seed=0)
+                    train_module(model, sel, drop, spec, seed=ts)
                 m = evaluate_vlm(model, sel, drop, spec, draws=args.draws)
-                m.update(method=label, site=site, keep=keep, train_s=time.perf_counter() - t0)
+                m.update(method=label, site=site, keep=keep, train_seed=ts, train_s=time.perf_counter() - t0)
                 rows.append(m)
                 print(f"K={site} keep={keep:<5} {label:26s} acc {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} "
                       f"(dense {m['accuracy_dense']:.4f}) recall {m.get('oracle_recall', float('nan')):.3f}", flush=True)
@@ -155,7 +159,9 @@ def render(res: dict) -> str:
                 f"Dense answer accuracy {dense:.4f}. Accuracy: mean ± std over {q[0]['draws']} draws of "
                 f"{q[0]['questions']} test questions (random: mean over its seeds); recall@k of the relevant tokens. "
                 f"Modules trained with the model frozen: stage 1 {res['stage1']} steps, stage 2 {res['stage2']} steps, "
-                f"batch {res['batch']}, one training seed.", ""]
+                f"batch {res['batch']}; training seeds per block K: "
+                + ", ".join(f"K={k}: {train_seeds([r for r in q if r['site'] == k])}" for k in sorted({r['site'] for r in q}))
+                + " (with several, mean ± std over the training seeds).", ""]
         table = []
         for site in sorted({r["site"] for r in q}):
             for keep in KEEPS:
@@ -164,8 +170,12 @@ def render(res: dict) -> str:
                 row = [site, keep, f"{statistics.mean(r['accuracy'] for r in rnd):.3f} "
                                    f"(recall {statistics.mean(r['oracle_recall'] for r in rnd):.2f})"]
                 for name in ("fastv", "covipal stage 1", "covipal stage 1+2", "query-agnostic stage 1+2"):
-                    r = next(r for r in at if r["method"] == name)
-                    row.append(f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f} (recall {r['oracle_recall']:.2f})")
+                    rs = [r for r in at if r["method"] == name]
+                    if not rs:
+                        row.append("n/a (needs block K−1)")
+                        continue
+                    acc, sd = _spread(rs)
+                    row.append(f"{acc:.3f} ± {sd:.3f} (recall {statistics.mean(r['oracle_recall'] for r in rs):.2f})")
                 table.append(row)
         out.append(md_table(["block K", "keep", "random", "FastV", "CoViPAL stage 1", "CoViPAL stage 1+2",
                              "query-agnostic module"], table))
@@ -183,6 +193,17 @@ def render(res: dict) -> str:
     return "\n".join(out)
 
 
+def train_seeds(q: list[dict]) -> int:
+    return len({r.get("train_seed", 0) for r in q if r["method"].startswith(("covipal", "query"))})
+
+
+def _spread(rs: list[dict]) -> tuple[float, float]:
+    """Mean accuracy and its spread: over training seeds when there are several, else over draws."""
+    if len(rs) > 1:
+        return statistics.mean(r["accuracy"] for r in rs), statistics.pstdev(r["accuracy"] for r in rs)
+    return rs[0]["accuracy"], rs[0]["accuracy_std"]
+
+
 def verdicts(q: list[dict]) -> str:
     """The measured order of CoViPAL (best stage), FastV and random, and whether the question matters
     (text-conditioned vs query-agnostic module, both stage 1+2: a difference beyond twice the larger
@@ -190,22 +211,26 @@ def verdicts(q: list[dict]) -> str:
     lines = []
     for site in sorted({r["site"] for r in q}):
         for keep in KEEPS:
-            at = {r["method"]: r for r in q if r["site"] == site and r["keep"] == keep}
-            acc = {"random": statistics.mean(r["accuracy"] for k, r in at.items() if k.startswith("random")),
-                   "FastV": at["fastv"]["accuracy"],
-                   "CoViPAL": max(at["covipal stage 1"]["accuracy"], at["covipal stage 1+2"]["accuracy"])}
+            at = [r for r in q if r["site"] == site and r["keep"] == keep]
+            by = {name: _spread([r for r in at if r["method"] == name])
+                  for name in ("fastv", "covipal stage 1", "covipal stage 1+2", "query-agnostic stage 1+2")
+                  if any(r["method"] == name for r in at)}
+            acc = {"random": statistics.mean(r["accuracy"] for r in at if r["method"].startswith("random")),
+                   "CoViPAL": max(by["covipal stage 1"][0], by["covipal stage 1+2"][0])}
+            if "fastv" in by:
+                acc["FastV"] = by["fastv"][0]
             order = " > ".join(sorted(acc, key=acc.get, reverse=True))
-            t, a = at["covipal stage 1+2"], at["query-agnostic stage 1+2"]
-            gap = t["accuracy"] - a["accuracy"]
-            noise = 2 * max(t["accuracy_std"], a["accuracy_std"])
-            text = "helps" if gap > noise else ("hurts" if gap < -noise else "no measurable difference")
-            lines.append(f"K={site}, keep {keep}: {order}; conditioning on the question: {text} ({t['accuracy']:.3f} vs {a['accuracy']:.3f})")
+            (t, ts), (a, as_) = by["covipal stage 1+2"], by["query-agnostic stage 1+2"]
+            noise = 2 * max(ts, as_)
+            text = "helps" if t - a > noise else ("hurts" if t - a < -noise else "no measurable difference")
+            lines.append(f"K={site}, keep {keep}: {order}; conditioning on the question: {text} ({t:.3f} vs {a:.3f})")
     return "Verdicts (as measured): " + "; ".join(lines) + "."
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sites", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    ap.add_argument("--sites", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    ap.add_argument("--train-seeds", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--stage1", type=int, default=800)
@@ -222,7 +247,10 @@ def main() -> None:
     res = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if not args.render_only:
         if not args.speed_only:
-            res.update(quality=quality(args), stage1=args.stage1, stage2=args.stage2, batch=args.batch)
+            rows = quality(args)
+            kept = [r for r in res.get("quality", []) if r["site"] not in args.sites]   # other sites' earlier rows
+            res.update(quality=sorted(kept + rows, key=lambda r: r["site"]), stage1=args.stage1, stage2=args.stage2,
+                       batch=args.batch)
         if not args.quality_only:
             res["speed"] = speed(args)
         res.setdefault("commands", [])

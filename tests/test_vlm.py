@@ -99,9 +99,31 @@ def test_keep_ratio_outside_zero_one_is_refused(bad):
         check_keep_ratio(bad)
 
 
-def test_site_zero_is_refused():
+def test_site_zero_is_refused_to_fastv_only():
     with pytest.raises(ConfigError, match="--site"):
-        vlm_schedule(4, 0, 0.5)
+        vlm_schedule(4, 0, 0.5, TOKEN_SELECTORS.create("fastv"))
+    assert vlm_schedule(4, 0, 0.5, TOKEN_SELECTORS.create("random")) == [0.5, 0, 0, 0]
+
+
+@pytest.mark.parametrize("name", ["random", "covipal"])
+def test_pruning_before_decoder_block_zero_mask_equals_gather(name):
+    """CoViPAL's l_p = 0: the module reads the projected vision tokens and the text embeddings."""
+    m = llava()
+    q, x = inputs()
+    sel = TOKEN_SELECTORS.create(name)
+    if sel.trainable:
+        torch.manual_seed(0)
+        sel.build(m)
+    drop = vlm_schedule(4, 0, 0.25, sel)
+    with torch.no_grad():
+        with TokenRouting(m, sel, drop, record=True) as r:
+            g = m(**x).logits
+            kept = r.state.kept[0]
+        with TokenRouting(m, sel, drop, mode="mask"):
+            k = m(**x).logits
+    vis = q.ids == qd.IMAGE
+    assert kept[~vis].all() and kept[vis].view(3, -1).sum(1).tolist() == [16] * 3
+    assert torch.allclose(g[:, -1], k[:, -1], atol=1e-4)
 
 
 def test_covipal_trains_only_its_module_and_reloads(tmp_path):

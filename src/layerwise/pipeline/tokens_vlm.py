@@ -28,10 +28,15 @@ def check_keep_ratio(keep: float) -> float:
     return float(keep)
 
 
-def vlm_schedule(L: int, site: int, keep: float) -> list[float]:
-    if not 1 <= site < L:
-        raise ConfigError(f"--site must be a decoder block from 1 to {L - 1} (got {site}): the block before it "
-                          "gives the attention, and block 0 always computes every token")
+def vlm_schedule(L: int, site: int, keep: float, selector=None) -> list[float]:
+    """Drop `1 − keep` of the vision tokens at decoder block `site`. Block 0 is a site for selectors that
+    read hidden states (CoViPAL's module, random): the projected vision tokens and the text embeddings
+    are already there. FastV needs the attention of the block before its site."""
+    first = 1 if selector is None or getattr(selector, "needs_attention", None) else 0
+    if not first <= site < L:
+        why = ("the block before it gives the attention" if first else "")
+        raise ConfigError(f"--site must be a decoder block from {first} to {L - 1} (got {site})"
+                          + (f": {why}" if why else ""))
     drop = [0.0] * L
     drop[site] = 1 - keep
     return drop
@@ -94,7 +99,7 @@ def vlm_tokens(src, selector, *, keep_ratio: float, site: int, plan: Plan | None
             raise ConfigError(f"the plan's token rows do not describe a {L}-block decoder: a plan for another model?")
         drop = [1 - rows[i].keep_ratio for i in range(L)]
     else:
-        drop = vlm_schedule(L, site, check_keep_ratio(keep_ratio))
+        drop = vlm_schedule(L, site, check_keep_ratio(keep_ratio), selector)
     res = TokensResult(model=model, drop=drop, selector=selector)
     if selector.trainable:
         res.curve = train_module(model, selector, drop, spec, seed)

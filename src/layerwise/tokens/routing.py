@@ -100,13 +100,14 @@ class TokenRouting(BlockPatch):
         for i, s in enumerate(drop):
             if not 0 <= float(s) < 1:
                 raise ConfigError(f"token sparsity of block {i} must be in [0, 1) (got {s})")
-        self.drop = [0.0] + [float(s) for s in drop[1:]]
+        # a vision-language model: selectors choose among its vision tokens only, from block 0 on (the
+        # projected image is there); a language model's block 0 computes every token
+        self.vision_only = hasattr(self.adapter, "vision_tokens")
+        self.drop = [float(s) for s in drop] if self.vision_only else [0.0] + [float(s) for s in drop[1:]]
         if not hasattr(self.adapter, "apply_rotary") or self.adapter.attention_path is None:
             raise ConfigError(f"token routing needs rotary attention hook points; the {self.adapter.name} adapter "
                               "has none")
         self.state = ForwardState()
-        # a vision-language model: selectors choose among its vision tokens only
-        self.vision_only = hasattr(self.adapter, "vision_tokens")
         self._pending_candidates = None
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sticky: dict[int, torch.Tensor] | None = None
