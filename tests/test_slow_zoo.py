@@ -43,7 +43,7 @@ def test_retraining_filler_lm_reproduces_the_shipped_weights(tmp_path):
     assert zoo.info("filler-lm")["eval"]["test_accuracy"] > 0.99
 
 
-@pytest.mark.parametrize("name", ["resnet-digits", "vit-digits", "llava-quadrants"])
+@pytest.mark.parametrize("name", ["resnet-digits", "vit-digits", "clip-digits", "llava-quadrants"])
 def test_retraining_an_image_model_reproduces_the_shipped_weights(tmp_path, name):
     from safetensors.torch import load_file
 

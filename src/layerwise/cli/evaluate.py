@@ -40,7 +40,8 @@ def eval_cmd(
         raise ConfigError(f"--seqlen must be at least 2 (got {seqlen})")
     from ..data import load_corpus
 
-    load_corpus(data)  # a bad corpus fails before the model is loaded
+    if data != "digits":         # the digit canvases of image models; a text model then refuses it by name
+        load_corpus(data)  # a bad corpus fails before the model is loaded
     tasks = None
     if lm_eval is not None:
         from ..eval.lm_eval_tasks import parse_tasks
