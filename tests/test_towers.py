@@ -185,5 +185,20 @@ def test_eval_reports_zero_shot_accuracy_of_a_pruned_dual_encoder(tmp_path):
     d = saved_clip(tmp_path)
     prune(str(d), method="wanda", sparsity=0.5, out=tmp_path / "out", **SMALL)
     rep = evaluate(str(tmp_path / "out"), data="digits", split="test")
-    assert rep.kind == "zero-shot" and 0 <= rep.extra["accuracy"] <= 1 and rep.extra["images"] > 1000
+    assert rep.kind == "zero-shot" and 0 <= rep.extra["accuracy"] <= 1 and rep.extra["images"] > 900
     assert dict(rep.rows())["zero-shot accuracy"].endswith("held-out prompts)")
+
+
+def test_mixed_precision_quantization_and_analysis_span_both_towers(tmp_path):
+    from layerwise.pipeline.analyze import analyze
+    from layerwise.pipeline.quantize import quantize
+
+    d = saved_clip(tmp_path)
+    an = analyze(str(d), scores="lim,bi,zd", calib="digits", nsamples=16)
+    assert len(an.block_scores["lim"]) == 5 and all(v == v for v in an.block_scores["lim"])
+    q = quantize(str(d), bits=3, high=4, low=2, order="lim", quantizer="gptq", group_size=32, calib="digits",
+                 nsamples=16, out=tmp_path / "q")
+    bits = {r.name.split(".")[0]: r.bits for r in q.plan.rows}
+    assert set(bits) == {"vision_model", "text_model"} and q.plan.mean_bits() == pytest.approx(3.0, abs=0.05)
+    man = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert "identical" in man["checks"]["reload"]

@@ -390,7 +390,7 @@ def _verify_quantized(store, res, partial: Path, sample_ids: torch.Tensor) -> st
     from ..io.verify import check_reload, check_streamed_reload
 
     if store.fully_in_memory:
-        inputs = {"input_ids": sample_ids}
+        inputs = store.adapter.model_inputs(sample_ids)
         check_reload(store.model, partial, inputs, what="packed checkpoint")
         check_reload(store.model, deq, inputs, what="dequantized checkpoint")
         return "packed (layerwise.load) and dequantized (stock from_pretrained) logits identical to the in-memory model"
