@@ -24,6 +24,7 @@ $PY benchmarks/tokens_speed.py
 $PY benchmarks/vit_tokens.py
 $PY benchmarks/vlm_tokens.py
 $PY benchmarks/vit_allocation.py
+$PY benchmarks/tower_allocation.py
 $PY benchmarks/search_cnn.py --no-speed && $PY benchmarks/search_cnn.py --speed-only   # needs: pip install -e ".[peers]"
 $PY benchmarks/search_llm.py --seeds 0,1 --search-epochs 4
 $PY benchmarks/deploy_gguf.py                                 # needs: pip install -e ".[deploy]"
