@@ -4,9 +4,9 @@ Quality: `zoo:llava-quadrants` (64 vision tokens, 4 decoder blocks; the asked qu
 the ones that matter). At decoder block K (0, 1 and 2) and keep ratios 0.5 / 0.25 / 0.125: random
 (5 selection seeds), FastV (attention of the last query at block K−1, so not at K = 0), CoViPAL stage
 1, stage 1+2, and the query-agnostic module (the same net without the question, stage 1+2), each
-module trained with 3 seeds. Answer accuracy over 5 seeded draws of 256 test questions (FastV: mean ±
-std over the draws; trained modules: mean ± std over training seeds of the mean over draws) and
-oracle recall of the relevant tokens among the kept ones (recall@k = |kept ∩ relevant| / min(k, 16)).
+module trained with `--train-seeds` seeds (the report says how many each K had). Answer accuracy over
+5 seeded draws of 256 test questions (mean ± std over the draws; with several training seeds, mean ±
+std over them) and oracle recall of the relevant tokens among the kept ones (recall@k = |kept ∩ relevant| / min(k, 16)).
 
 Speed: a random-weight LLaVA with realistic widths (decoder hidden 1024, 8 blocks, GQA 16/4, MLP 2816;
 CLIP tower hidden 256, 2 blocks, patch 14) at 144 and 576 vision tokens + 32 text tokens, batch 1:
