@@ -228,6 +228,16 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def save_zoo_model(art, model, card: dict, tokenizer=None) -> None:
+    """Write a trained zoo model into its artifact: weights, tokenizer, card files, then the atomic commit."""
+    tmp = art.begin()
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    write_card_files(tmp, card)
+    art.commit()
+
+
 def write_card_files(directory: Path, card: dict) -> None:
     directory = Path(directory)
     (directory / "card.json").write_text(json.dumps(card, indent=1, sort_keys=False) + "\n")

@@ -70,7 +70,7 @@ def evaluate(model, spec: ZooSpec, split: str) -> dict:
 
 
 def train_clip(spec: ZooSpec, art: Artifact, threads: int | None, epochs: int | None) -> Path:
-    from .card import write_card_files
+    from .card import save_zoo_model
     from .train import training_settings
 
     nthreads = configure_threads(threads)
@@ -130,11 +130,7 @@ def train_clip(spec: ZooSpec, art: Artifact, threads: int | None, epochs: int | 
                          "loss": "multi-positive symmetric InfoNCE (same-digit pairs share the target)",
                          **settings},
             "eval": {"validation": val, "test": test}, "curve": curve}
-    tmp = art.begin()
-    model.save_pretrained(tmp)
-    tokenizer().save_pretrained(tmp)
-    write_card_files(tmp, card)
-    art.commit()
+    save_zoo_model(art, model, card, tokenizer())
     info(f"wrote {art.out}: zero-shot test accuracy {test['accuracy']:.4f} (seen templates "
          f"{test['seen_templates_accuracy']:.4f}) after {wall / 60:.1f} min")
     return art.out

@@ -83,13 +83,9 @@ def train_filler(spec: ZooSpec, art: Artifact, work_dir, threads, stop_after) ->
     model.eval()
     test = filler.answer_accuracy(model, filler.filler_batch(0, EVAL_SEQUENCES, spec.seed, split="test", **task))
     card = _card(spec, model, nparams, nthreads, wall, curve, curve[-1]["val_accuracy"], test, task)
-    from .card import write_card_files
+    from .card import save_zoo_model
 
-    tmp = art.begin()
-    model.save_pretrained(tmp)
-    filler.tokenizer().save_pretrained(tmp)
-    write_card_files(tmp, card)
-    art.commit()
+    save_zoo_model(art, model, card, filler.tokenizer())
     info(f"wrote {out}: test accuracy {test:.3f} after {wall / 60:.1f} min")
     return out
 

@@ -246,13 +246,9 @@ def _train(name: str, art: Artifact, work_dir, steps, threads, stop_after) -> Pa
     final = perplexity(model, val_all, batch_size=16, description="final validation")
     test = perplexity(model, eval_windows(corpus, tok, spec.seqlen, "test"), batch_size=16,
                       description="final test")
-    from .card import write_card_files
+    from .card import save_zoo_model
 
     card = _card(name, spec, model, tok, corpus, train_stream, nthreads, wall, final, test, curve, nparams)
-    tmp = art.begin()
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    write_card_files(tmp, card)
-    art.commit()
+    save_zoo_model(art, model, card, tok)
     info(f"wrote {out}: validation perplexity {final.perplexity:.3f} after {wall / 60:.1f} min")
     return out

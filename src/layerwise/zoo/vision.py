@@ -51,7 +51,7 @@ def train_config(spec: ZooSpec, epochs: int | None = None) -> TrainConfig:
 
 
 def train_image_classifier(spec: ZooSpec, art: Artifact, threads: int | None, epochs: int | None) -> Path:
-    from .card import write_card_files
+    from .card import save_zoo_model
     from .train import training_settings
 
     nthreads = configure_threads(threads)
@@ -84,9 +84,6 @@ def train_image_classifier(spec: ZooSpec, art: Artifact, threads: int | None, ep
                          "images_seen": result.seen, **settings},
             "eval": {"validation": v.to_dict(), "test": t.to_dict()},
             "curve": result.curve}
-    tmp = art.begin()
-    model.save_pretrained(tmp)
-    write_card_files(tmp, card)
-    art.commit()
+    save_zoo_model(art, model, card)
     info(f"wrote {art.out}: test accuracy {t.accuracy:.4f}, NLL {t.nll:.4f} after {wall / 60:.1f} min")
     return art.out

@@ -82,7 +82,7 @@ def _probe_loss(probe, feats: torch.Tensor, quadrant_of: torch.Tensor, b: qd.Qua
 
 
 def train_vlm(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | None) -> Path:
-    from .card import write_card_files
+    from .card import save_zoo_model
     from .train import training_settings
 
     nthreads = configure_threads(threads)
@@ -141,10 +141,6 @@ def train_vlm(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | No
                                       f"{spec.extra['aux_weight']} (training only)",
                          **training_settings(spec, nthreads, wall)},
             "eval": {"validation": val, "test": test}, "curve": curve}
-    tmp = art.begin()
-    model.save_pretrained(tmp)
-    tokenizer().save_pretrained(tmp)
-    write_card_files(tmp, card)
-    art.commit()
+    save_zoo_model(art, model, card, tokenizer())
     info(f"wrote {art.out}: test answer accuracy {test['accuracy']:.4f} after {wall / 60:.1f} min")
     return art.out
