@@ -16,6 +16,7 @@ def method_rows(kind: str | None = None) -> list[dict]:
     from ..prune import depth, width  # noqa: F401
     from ..distill import objectives  # noqa: F401
     from .. import tokens  # noqa: F401
+    from .. import rl  # noqa: F401
     from ..registry import ALL
 
     rows = [r for reg in ALL.values() for r in reg.rows()]

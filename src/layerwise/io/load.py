@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
+from ..models import flow as _flow  # noqa: F401  (registers the flow generator's config with AutoConfig)
 from ..models.files import check_model_dir
 from ..models.adapters import model_class
 from ..models.loader import (WEIGHT_FILES, LoadedModel, check_against_config, load_from_hub,

@@ -43,7 +43,10 @@ class LoadedModel:
 
 
 def output_tensor(out) -> torch.Tensor:
-    """What a model computes, whatever its head: logits of an LM, last hidden states of an encoder."""
+    """What a model computes, whatever its head: logits of an LM, last hidden states of an encoder,
+    the tensor itself for models that return one (velocity networks)."""
+    if isinstance(out, torch.Tensor):
+        return out
     t = getattr(out, "logits", None)
     if t is None:
         t = getattr(out, "logits_per_image", None)      # a dual encoder: the image-text similarities

@@ -17,6 +17,9 @@ def plot_curve(card: dict, path: Path) -> None:
     if card.get("task", {}).get("name") == "zero-shot-digits":
         _plot_clip_curve(card, path, plt)
         return
+    if card.get("task", {}).get("name") == "flow-matching":
+        _plot_flow_curve(card, path, plt)
+        return
     if "task" in card:
         _plot_task_curve(card, path, plt)
         return
@@ -51,6 +54,22 @@ def _plot_task_curve(card: dict, path: Path, plt) -> None:
     ax[1].set_xlabel("step")
     ax[1].set_ylabel("validation answer accuracy")
     fig.suptitle(f"{card['name']}: {card['parameters'] / 1e6:.2f}M params, task {card['task']['name']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_flow_curve(card: dict, path: Path, plt) -> None:
+    steps = [c["step"] for c in card["curve"]]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot(steps, [c["train_loss"] for c in card["curve"]])
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("velocity MSE (mean since last point)")
+    ax[1].plot(steps, [c["accuracy"] for c in card["curve"]], color="C1", label="prompt accuracy")
+    ax[1].plot(steps, [c["reward"] for c in card["curve"]], color="C2", label="reward")
+    ax[1].set_xlabel("step")
+    ax[1].legend(fontsize=8)
+    fig.suptitle(f"{card['name']}: {card['parameters']:,} params, {card['task']['name']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -185,7 +204,32 @@ def clip_card_markdown(card: dict) -> str:
         "", "![training curve](curve.png)", ""])
 
 
+def flow_card_markdown(card: dict) -> str:
+    t, e, d = card["training"], card["eval"], card["data"]
+    return "\n".join([
+        f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
+        f"| architecture | `{card['architecture']}` (layerwise.models.flow, a transformers PreTrainedModel) |",
+        f"| parameters | {card['parameters']:,} |",
+        "| config | " + ", ".join(f"{k}={v}" for k, v in sorted(card["config"].items())) + " |",
+        f"| data | {d['source']}: radius {d['radius']}, std {d['std']}, label noise {d['label_noise']} |",
+        f"| task | {card['task']['definition']} |",
+        f"| seed | {t['seed']} |",
+        f"| training | {t['steps']:,} steps × batch {t['batch_size']}, {t['optimizer']}, lr {t['lr']}, {t['schedule']}, "
+        f"clip {t['grad_clip']} |",
+        f"| wall time | {t['wall_time_s']:.0f} s on {t['machine']}, {t['threads']} threads, {t['precision']} |",
+        f"| stack | Python {t['python']}, torch {t['torch']}, transformers {t['transformers']} |",
+        f"| sampler | {e['sampler']} |",
+        f"| prompt accuracy | **{e['accuracy']:.4f}** (nearest mode = prompt, {e['samples']} samples) |",
+        f"| mean reward | {e['reward']:.4f} (reward {e['reward_fn']}) |",
+        f"| diversity | {e['diversity']:.4f} (mean pairwise distance of a prompt's samples) |",
+        "", f"Retrain: `layerwise zoo train {card['name']} --out DIR` (bit-identical on the same machine type). "
+        f"Align: `layerwise rl zoo:{card['name']} --algo branchgrpo --reward gmm --out DIR`.",
+        "", "![samples](samples.png)", "", "![training curve](curve.png)", ""])
+
+
 def card_markdown(card: dict) -> str:
+    if card.get("task", {}).get("name") == "flow-matching":
+        return flow_card_markdown(card)
     if card.get("task", {}).get("name") == "zero-shot-digits":
         return clip_card_markdown(card)
     if card.get("task", {}).get("name") == "quadrant-vqa":
@@ -228,13 +272,16 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-def save_zoo_model(art, model, card: dict, tokenizer=None) -> None:
-    """Write a trained zoo model into its artifact: weights, tokenizer, card files, then the atomic commit."""
+def save_zoo_model(art, model, card: dict, tokenizer=None, extra=None) -> None:
+    """Write a trained zoo model into its artifact: weights, tokenizer, card files (and `extra(dir)`:
+    more figures), then the atomic commit."""
     tmp = art.begin()
     model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     write_card_files(tmp, card)
+    if extra is not None:
+        extra(tmp)
     art.commit()
 
 

@@ -134,3 +134,16 @@ register(ZooSpec(
     corpus="quadrants", batch_size=32, steps=3000, lr=2e-3, warmup=100, weight_decay=0.05, eval_every=250,
     seed=0, extra={"task": "quadrant-vqa", "data": {"size": 16, "noise": 0.2}, "aux_weight": 1.0},
 ))
+
+register(ZooSpec(
+    name="flow-gmm",
+    description=("class-conditional rectified-flow velocity MLP (3x128 SiLU) on an 8-mode 2-D Gaussian mixture, "
+                 "trained with half of its labels randomised so that it follows its prompt only ~60% of the time: "
+                 "the base model of RL alignment (GRPO, BranchGRPO)"),
+    architecture="flow_mlp",
+    config=dict(data_dim=2, num_classes=8, hidden_size=128, num_layers=3, time_embed_dim=16, class_embed_dim=8),
+    corpus="gmm", batch_size=512, steps=4000, lr=1e-3, min_lr_ratio=0.0, warmup=100, weight_decay=0.0,
+    betas=(0.9, 0.999), eval_every=500, seed=0,
+    extra={"task": "flow-matching", "data": {"modes": 8, "radius": 2.0, "std": 0.15, "label_noise": 0.5},
+           "eval": {"steps": 20, "eta": 0.3, "shift": 1.0, "per_class": 256, "reward_width": 0.5}},
+))

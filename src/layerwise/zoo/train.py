@@ -104,6 +104,10 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
             from .clip import train_clip
 
             return train_clip(spec, art, threads, steps)
+        if spec.extra.get("task") == "flow-matching":
+            from .flow import train_flow
+
+            return train_flow(spec, art, threads, steps)
         if spec.extra.get("task") == "quadrant-vqa":
             from .vlm import train_vlm
 
