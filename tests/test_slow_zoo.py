@@ -43,7 +43,7 @@ def test_retraining_filler_lm_reproduces_the_shipped_weights(tmp_path):
     assert zoo.info("filler-lm")["eval"]["test_accuracy"] > 0.99
 
 
-@pytest.mark.parametrize("name", ["resnet-digits", "vit-digits", "clip-digits", "llava-quadrants"])
+@pytest.mark.parametrize("name", ["resnet-digits", "vit-digits", "clip-digits", "llava-quadrants", "flow-gmm"])
 def test_retraining_an_image_model_reproduces_the_shipped_weights(tmp_path, name):
     from safetensors.torch import load_file
 
@@ -57,4 +57,7 @@ def test_retraining_an_image_model_reproduces_the_shipped_weights(tmp_path, name
     new, old = load_file(out / "model.safetensors"), load_file(zoo.path(name) / "model.safetensors")
     assert new.keys() == old.keys()
     assert all(torch.equal(new[k], old[k]) for k in new)
-    assert card["eval"]["test"]["accuracy"] > {"llava-quadrants": 0.8}.get(name, 0.9)
+    if name == "flow-gmm":   # misaligned on purpose: it follows its prompt about 9/16 of the time
+        assert 0.5 < card["eval"]["accuracy"] < 0.65
+    else:
+        assert card["eval"]["test"]["accuracy"] > {"llava-quadrants": 0.8}.get(name, 0.9)

@@ -31,6 +31,7 @@ from . import prune as _prune  # noqa: F401
 from . import quantize as _quantize  # noqa: F401
 from . import report as _report  # noqa: F401
 from . import rl as _rl  # noqa: F401
+from . import sample as _sample  # noqa: F401
 from . import methods as _methods  # noqa: F401
 from . import run as _run  # noqa: F401
 from . import search as _search  # noqa: F401

@@ -100,3 +100,12 @@ def canvases_for(split: str, image_size: int, recipe: dict | None = None) -> Ima
     r = recipe or {}
     return digit_canvases(split, size=r.get("size", image_size), copies=r.get("copies", 2),
                           noise=r.get("noise", 0.2), seed=r.get("seed", 0), scale=r.get("scale", 1))
+
+
+def digit_images(split: str = "train") -> ImageSet:
+    """The plain 8×8 digits of a split, scaled to [-1, 1] (what the zoo generators model)."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+    x, y = _raw_digits()
+    lo, hi = SPLITS[split]
+    return ImageSet(x[lo:hi, None] * 2 - 1, y[lo:hi], f"digits8/{split}")

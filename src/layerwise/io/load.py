@@ -23,6 +23,7 @@ from ..models.shipped import path as shipped_path
 from ..utils.hf import quiet
 from . import quantized as _quantized  # noqa: F401  (registers the GPTQ format)
 from . import structured as _structured  # noqa: F401  (registers the per-layer-width format)
+from . import diffusers_format as _diffusers  # noqa: F401  (registers diffusers model directories)
 from .formats import detect, load_with
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -45,6 +46,8 @@ def load_dir(path: Path, dtype: torch.dtype = torch.float32, tokenizer: str | No
     if not any((path / f).exists() for f in WEIGHT_FILES) and not list(path.glob("*.safetensors")):
         raise ModelLoadError(f"{path} has no weights (expected model.safetensors or pytorch_model.bin)")
     tensors = check_model_dir(path)
+    if _diffusers.diffusers_config(path) is not None:       # no transformers config to read
+        return load_with(detect(path), path, dtype), None
     try:
         config = AutoConfig.from_pretrained(path)
     except (ValueError, OSError, json.JSONDecodeError, KeyError) as e:

@@ -53,3 +53,39 @@ def check_rewards(r: torch.Tensor, n: int, name: str) -> torch.Tensor:
         raise ConfigError(f"reward '{name}' must return one value per sample, shape ({n},) "
                           f"(got {getattr(r, 'shape', type(r).__name__)})")
     return r.detach().float()
+
+
+@REWARDS.register
+class JudgeLogProb(Reward):
+    """log p(prompt class | sample) under a frozen judge classifier (the image setting's reward)."""
+
+    name: ClassVar[str] = "judge"
+    description: ClassVar[str] = ("images: log-probability of the prompt's class under a frozen judge classifier "
+                                  "(default zoo:judge-digits); metric: the judge's accuracy")
+
+    class Config(MethodConfig):
+        judge: str = "zoo:judge-digits"
+
+    _model = None
+
+    def judge(self):
+        if self._model is None:
+            from ..io.load import load_model
+
+            self._model = load_model(self.config.judge).model.eval()
+            for p in self._model.parameters():
+                p.requires_grad_(False)
+        return self._model
+
+    def _logp(self, x, cond):
+        with torch.no_grad():
+            logits = self.judge()(pixel_values=x.float().clamp(-1, 1)).logits.float()
+        return torch.log_softmax(logits, dim=-1), cond.long()
+
+    def __call__(self, x, cond):
+        lp, c = self._logp(x, cond)
+        return lp[torch.arange(c.numel()), c]
+
+    def metrics(self, x, cond):
+        lp, c = self._logp(x, cond)
+        return {"accuracy": float((lp.argmax(-1) == c).float().mean())}

@@ -20,6 +20,9 @@ def plot_curve(card: dict, path: Path) -> None:
     if card.get("task", {}).get("name") == "flow-matching":
         _plot_flow_curve(card, path, plt)
         return
+    if card.get("task", {}).get("name") in ("flow-matching-images", "digit-judge"):
+        _plot_generic_curve(card, path, plt)
+        return
     if "task" in card:
         _plot_task_curve(card, path, plt)
         return
@@ -69,6 +72,26 @@ def _plot_flow_curve(card: dict, path: Path, plt) -> None:
     ax[1].plot(steps, [c["reward"] for c in card["curve"]], color="C2", label="reward")
     ax[1].set_xlabel("step")
     ax[1].legend(fontsize=8)
+    fig.suptitle(f"{card['name']}: {card['parameters']:,} params, {card['task']['name']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_generic_curve(card: dict, path: Path, plt) -> None:
+    """Training loss on the left, every other tracked quantity on the right (own axes)."""
+    curve = card["curve"]
+    xkey = "step" if "step" in curve[0] else "epoch"
+    others = [k for k in curve[0] if k not in (xkey, "train_loss")]
+    fig, ax = plt.subplots(1, 1 + len(others), figsize=(4.5 * (1 + len(others)), 3.4), squeeze=False)
+    xs = [c[xkey] for c in curve]
+    ax[0][0].plot(xs, [c["train_loss"] for c in curve])
+    ax[0][0].set_xlabel(xkey)
+    ax[0][0].set_ylabel("training loss")
+    for a, k in zip(ax[0][1:], others):
+        a.plot(xs, [c[k] for c in curve], color="C1")
+        a.set_xlabel(xkey)
+        a.set_ylabel(k.replace("_", " "))
     fig.suptitle(f"{card['name']}: {card['parameters']:,} params, {card['task']['name']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -227,9 +250,55 @@ def flow_card_markdown(card: dict) -> str:
         "", "![samples](samples.png)", "", "![training curve](curve.png)", ""])
 
 
+def _stack_rows(t: dict) -> list[str]:
+    return [f"| wall time | {t['wall_time_s'] / 60:.1f} min on {t['machine']}, {t['threads']} threads, {t['precision']} |",
+            f"| stack | Python {t['python']}, torch {t['torch']}, transformers {t['transformers']} |"]
+
+
+def judge_card_markdown(card: dict) -> str:
+    t, e, d = card["training"], card["eval"], card["data"]
+    return "\n".join([
+        f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
+        f"| architecture | `{card['architecture']}` (layerwise.models.resnet, a transformers PreTrainedModel) |",
+        f"| parameters | {card['parameters']:,} |",
+        "| config | " + ", ".join(f"{k}={v}" for k, v in sorted(card["config"].items())) + " |",
+        f"| data | {d['source']}; {d['train_images']} training digits; augmentation {d['augment']} |",
+        f"| seed | {t['seed']} |",
+        f"| training | {t['epochs']} epochs × batch {t['batch_size']} ({t['steps']:,} steps), {t['optimizer']}, "
+        f"lr {t['lr']}, {t['schedule']} |", *_stack_rows(t),
+        f"| validation accuracy | {e['validation']['accuracy']:.4f} ({e['validation']['n']} digits) |",
+        f"| test accuracy | **{e['test']['accuracy']:.4f}** (NLL {e['test']['nll']:.4f}, {e['test']['n']} digits) |",
+        "", f"Retrain: `layerwise zoo train {card['name']} --out DIR`.", "", "![training curve](curve.png)", ""])
+
+
+def generator_card_markdown(card: dict) -> str:
+    t, e, d = card["training"], card["eval"], card["data"]
+    return "\n".join([
+        f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
+        f"| architecture | `{card['architecture']}` (stock diffusers) |",
+        f"| parameters | {card['parameters']:,} |",
+        "| config | " + ", ".join(f"{k}={v}" for k, v in sorted(card["config"].items())) + " |",
+        f"| data | {d['source']}; {d['train_images']} training digits |",
+        f"| task | {card['task']['definition']} |",
+        f"| seed | {t['seed']} |",
+        f"| training | {t['steps']:,} steps × batch {t['batch_size']}, {t['optimizer']}, lr {t['lr']}, {t['schedule']}, "
+        f"clip {t['grad_clip']} |", *_stack_rows(t),
+        f"| sampler | {e['sampler']} |",
+        f"| prompt accuracy (judge {e['judge']}) | **{e['sde']['prompt_accuracy']:.4f}** SDE (eta {e['sde']['eta']}), "
+        f"{e['ode']['prompt_accuracy']:.4f} ODE ({e['sde']['samples']} samples each) |",
+        f"| Fréchet distance on judge features | {e['sde']['frechet_distance']:.3f} SDE, {e['ode']['frechet_distance']:.3f} "
+        f"ODE, vs {e['frechet_reference']}; two halves of the real digits: {e['frechet_floor']:.3f} |",
+        "", f"Retrain: `layerwise zoo train {card['name']} --out DIR` (bit-identical on the same machine type).",
+        "", "![samples](samples.png)", "", "![training curve](curve.png)", ""])
+
+
 def card_markdown(card: dict) -> str:
     if card.get("task", {}).get("name") == "flow-matching":
         return flow_card_markdown(card)
+    if card.get("task", {}).get("name") == "digit-judge":
+        return judge_card_markdown(card)
+    if card.get("task", {}).get("name") == "flow-matching-images":
+        return generator_card_markdown(card)
     if card.get("task", {}).get("name") == "zero-shot-digits":
         return clip_card_markdown(card)
     if card.get("task", {}).get("name") == "quadrant-vqa":

@@ -147,3 +147,29 @@ register(ZooSpec(
     extra={"task": "flow-matching", "data": {"modes": 8, "radius": 2.0, "std": 0.15, "label_noise": 0.5},
            "eval": {"steps": 20, "eta": 0.3, "shift": 1.0, "per_class": 256, "reward_width": 0.5}},
 ))
+
+register(ZooSpec(
+    name="judge-digits",
+    description=("digit classifier on plain 8x8 digits (CIFAR-style ResNet, 3 stages of one block), trained with "
+                 "1-pixel shifts and noise: used only as the judge of generated digits (prompt consistency, Frechet "
+                 "distance on its features, the RL image reward)"),
+    architecture="cifar_resnet",
+    config=dict(num_channels=1, image_size=8, stage_widths=[16, 32, 64], stage_blocks=[1, 1, 1],
+                stage_strides=[1, 2, 2], num_labels=10),
+    corpus="digits8", batch_size=64, steps=40, lr=2e-3, warmup=2, weight_decay=5e-4, betas=(0.9, 0.999),
+    eval_every=10, seed=0, extra={"task": "digit-judge", "augment": {"shift": 1, "noise": 0.15}},
+))
+
+register(ZooSpec(
+    name="dit-digits",
+    description=("class-conditional DiT (stock diffusers DiTTransformer2DModel: 12 blocks, hidden 64, 4 heads, 2x2 "
+                 "patches of 8x8 digits = 16 tokens, adaLN-zero) trained with rectified flow matching: the "
+                 "diffusion-transformer test bed (depth redundancy, token pruning, RL alignment)"),
+    architecture="dit",
+    config=dict(num_attention_heads=4, attention_head_dim=16, in_channels=1, out_channels=1, num_layers=12,
+                sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_type="ada_norm_zero"),
+    corpus="digits8", batch_size=128, steps=6000, lr=1e-3, min_lr_ratio=0.05, warmup=200, weight_decay=0.0,
+    betas=(0.9, 0.99), eval_every=1000, seed=0,
+    extra={"task": "flow-matching-images", "judge": "judge-digits",
+           "eval": {"steps": 20, "eta": 0.3, "shift": 1.0, "per_class": 50}},
+))

@@ -104,6 +104,14 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
             from .clip import train_clip
 
             return train_clip(spec, art, threads, steps)
+        if spec.extra.get("task") == "digit-judge":
+            from .diffusion import train_judge
+
+            return train_judge(spec, art, threads, steps)
+        if spec.extra.get("task") == "flow-matching-images":
+            from .diffusion import train_dit
+
+            return train_dit(spec, art, threads, steps)
         if spec.extra.get("task") == "flow-matching":
             from .flow import train_flow
 
