@@ -126,8 +126,13 @@ def main():
     summary = [summarise(k, v, threshold) for k, v in runs.items()]
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "rl_branchgrpo.json").write_text(json.dumps({"runs": runs, "summary": summary, "threshold": threshold,
-                                                        "base": base_eval}, indent=1))
+    keep = ("iteration", "reward_mean", "forward_calls_total", "transitions_total", "wall_s_total", "eval_reward",
+            "eval_accuracy", "eval_min_class_acc", "eval_diversity")
+    compact = {k: [{"eval": [{f: r[f] for f in keep if f in r} for r in log if "eval_reward" in r],
+                    "train_reward": [round(r["reward_mean"], 5) for r in log if r["iteration"] > 0]} for log in v]
+               for k, v in runs.items()}
+    (out / "rl_branchgrpo.json").write_text(json.dumps({"runs": compact, "summary": summary, "threshold": threshold,
+                                                        "base": base_eval}))
     headers = ["run", "final eval reward (± sd over seeds)", "prompt accuracy", "worst-class acc.",
                "rollout calls / iter", "trained transitions / iter", "calls to reach flat's final reward",
                "reward last 20 it. (sd within run)", "leaf diversity (train)", "sample spread (eval)", "wall s"]

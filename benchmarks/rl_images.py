@@ -6,7 +6,7 @@ points 0,3,6,9: 203, so it runs proportionally more iterations). Before and afte
 consistency (the judge's accuracy) and the Fréchet distance on judge features against the held-out
 test digits, on fixed noises; sample grids of every run.
 
-    python benchmarks/rl_images.py --seeds 0,1,2 --grpo-iterations 30
+    python benchmarks/rl_images.py --seeds 0,1,2 --grpo-iterations 20 --clip 0.05 --lr 3e-5
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def measure(model, judge, sampler, per_class=20):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="zoo:dit-digits")
+    ap.add_argument("--model", default="zoo:dit-digits-misaligned")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--grpo-iterations", type=int, default=30)
     ap.add_argument("--prompts", type=int, default=8)
@@ -76,7 +76,7 @@ def main():
                            lr=args.lr)
             log = train(model, RL_ALGORITHMS.create(algo, opts), reward, cfg, description=f"{name} seed {seed}").log
             x, after = measure(model, judge, sampler)
-            runs.append({"log": log, "after": after})
+            runs.append({"log": log, "after": after})   # the full log for the table; trimmed in the JSON
             if seed == seeds[0] and not args.no_write:
                 save_grid(x[::2], FIG / f"rl_images_{SLUGS[name]}.png", 10, f"after {name} (seed {seed})")
             print(f"{name} seed {seed}: accuracy {before['prompt_accuracy']:.3f} -> {after['prompt_accuracy']:.3f}, "
@@ -96,7 +96,11 @@ def main():
     print(table)
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "rl_images.json").write_text(json.dumps(results, indent=1, default=str))
+    for runs in results["runs"].values():
+        for r in runs:
+            r["log"] = [{k: row[k] for k in ("iteration", "reward_mean", "forward_calls_total", "transitions_total",
+                                             "wall_s_total", "accuracy") if k in row} for row in r["log"]]
+    (out / "rl_images.json").write_text(json.dumps(results, default=str))
     if args.no_write:
         return
     body = (f"Base model {args.model}, reward: log p(prompt class) under zoo:judge-digits; {args.prompts} prompts per "

@@ -96,3 +96,20 @@ def test_sample_bad_prompt_exits_2(tmp_path, prompt, match):
     r = subprocess.run([sys.executable, "-m", "layerwise", "sample", "zoo:dit-digits", "--prompt", prompt,
                         "--out", str(tmp_path / "g.png")], capture_output=True, text=True)
     assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_denoising_loss_increase_is_zero_for_the_reference_and_positive_when_damaged():
+    import copy
+
+    from layerwise.data.images import digit_images
+    from layerwise.eval.generators import denoising_loss_per_timestep
+
+    dit = load_model("zoo:dit-digits-misaligned").model.eval()
+    data = digit_images("test")
+    rows = denoising_loss_per_timestep(dit, dit, data.pixels[:64], data.labels[:64])
+    assert all(r["increase"] == 0.0 for r in rows) and len(rows) == 5
+    damaged = copy.deepcopy(dit)
+    with torch.no_grad():
+        damaged.transformer_blocks[1].ff.net[2].weight.mul_(0.0)
+    rows = denoising_loss_per_timestep(damaged, dit, data.pixels[:64], data.labels[:64])
+    assert sum(r["increase"] for r in rows) > 0

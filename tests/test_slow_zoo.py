@@ -43,7 +43,8 @@ def test_retraining_filler_lm_reproduces_the_shipped_weights(tmp_path):
     assert zoo.info("filler-lm")["eval"]["test_accuracy"] > 0.99
 
 
-@pytest.mark.parametrize("name", ["resnet-digits", "vit-digits", "clip-digits", "llava-quadrants", "flow-gmm"])
+@pytest.mark.parametrize("name", ["resnet-digits", "vit-digits", "clip-digits", "llava-quadrants", "flow-gmm",
+                                  "judge-digits", "dit-digits", "dit-digits-misaligned"])
 def test_retraining_an_image_model_reproduces_the_shipped_weights(tmp_path, name):
     from safetensors.torch import load_file
 
@@ -54,10 +55,15 @@ def test_retraining_an_image_model_reproduces_the_shipped_weights(tmp_path, name
     if (os.cpu_count() or 1) != 2:
         pytest.skip("bit-exact reproduction needs the card's thread count (2)")
     out = train(name, tmp_path / "m", threads=card["training"]["threads"])
-    new, old = load_file(out / "model.safetensors"), load_file(zoo.path(name) / "model.safetensors")
+    weights = "diffusion_pytorch_model.safetensors" if name.startswith("dit-") else "model.safetensors"
+    new, old = load_file(out / weights), load_file(zoo.path(name) / weights)
     assert new.keys() == old.keys()
     assert all(torch.equal(new[k], old[k]) for k in new)
     if name == "flow-gmm":   # misaligned on purpose: it follows its prompt about 9/16 of the time
         assert 0.5 < card["eval"]["accuracy"] < 0.65
+    elif name == "dit-digits":
+        assert card["eval"]["sde"]["prompt_accuracy"] > 0.95
+    elif name == "dit-digits-misaligned":
+        assert 0.3 < card["eval"]["sde"]["prompt_accuracy"] < 0.65
     else:
         assert card["eval"]["test"]["accuracy"] > {"llava-quadrants": 0.8}.get(name, 0.9)

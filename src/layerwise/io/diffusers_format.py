@@ -36,10 +36,20 @@ def load_diffusers(path: Path, dtype: torch.dtype) -> torch.nn.Module:
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise ModelLoadError(f"{path}: config.json names the diffusers class '{name}', which diffusers "
                              f"{diffusers.__version__} does not have")
+    diffusers.utils.logging.set_verbosity_error()     # we report missing tensors ourselves, as an error
     try:
-        model = cls.from_pretrained(path, torch_dtype=dtype)
-    except Exception as e:  # missing / mismatched tensors surface as many exception types
+        model, report = cls.from_pretrained(path, torch_dtype=dtype, output_loading_info=True)
+    except Exception as e:  # corrupt or mismatched tensors surface as many exception types
         raise ModelLoadError(f"cannot load the {name} weights in {path}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+    # diffusers initialises missing tensors at random with a warning; a checkpoint without some of its
+    # weights is broken, not a model to run
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in (report.get(kind) or []))
+        if keys:
+            blocks = sorted({".".join(k.split(".")[:2]) for k in keys if k.startswith("transformer_blocks.")})
+            what = f"blocks {', '.join(blocks)}" if blocks else ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+            raise ModelLoadError(f"{path}: {len(keys)} {kind.replace('_', ' ')} in the {name} checkpoint ({what}); "
+                                 "the file is incomplete or belongs to another configuration")
     return model.eval()
 
 

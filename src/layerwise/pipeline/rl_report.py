@@ -68,7 +68,7 @@ def plot_samples(sets: dict, path: Path) -> None:
             classes = c.unique()
             per = min(8, int((c == classes[0]).sum()))
             rows = [torch.cat(list(img[c == k][:per]), dim=1) for k in classes]
-            a.imshow(torch.cat(rows, dim=0).clamp(-1, 1), cmap="gray")
+            a.imshow(torch.cat(rows, dim=0).clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
             a.axis("off")
         a.set_title(f"{label}: samples by prompt", fontsize=9)
     fig.tight_layout()

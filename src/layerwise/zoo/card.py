@@ -282,7 +282,8 @@ def generator_card_markdown(card: dict) -> str:
         f"| task | {card['task']['definition']} |",
         f"| seed | {t['seed']} |",
         f"| training | {t['steps']:,} steps × batch {t['batch_size']}, {t['optimizer']}, lr {t['lr']}, {t['schedule']}, "
-        f"clip {t['grad_clip']} |", *_stack_rows(t),
+        f"clip {t['grad_clip']} |", *_stack_rows(t)[:-1],
+        f"| stack | Python {t['python']}, torch {t['torch']}, diffusers {t.get('diffusers', '?')} |",
         f"| sampler | {e['sampler']} |",
         f"| prompt accuracy (judge {e['judge']}) | **{e['sde']['prompt_accuracy']:.4f}** SDE (eta {e['sde']['eta']}), "
         f"{e['ode']['prompt_accuracy']:.4f} ODE ({e['sde']['samples']} samples each) |",

@@ -113,6 +113,7 @@ def evaluate_generator(model, judge, spec_eval: dict, eta: float | None = None, 
 
 
 def train_dit(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | None) -> Path:
+    import diffusers
     from diffusers import DiTTransformer2DModel
 
     from ..io.load import load_model
@@ -132,6 +133,7 @@ def train_dit(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | No
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
     g = torch.Generator().manual_seed(spec.seed)
     ev = spec.extra["eval"]
+    noise = float(spec.extra.get("label_noise", 0.0))
     curve, t0, acc_loss, n_loss = [], time.perf_counter(), 0.0, 0
     model.train()
     with progress_bar() as prog:
@@ -140,6 +142,9 @@ def train_dit(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | No
             for group in opt.param_groups:
                 group["lr"] = _lr(spec, step, steps)
             x0, y = data.sample(spec.batch_size, g)
+            if noise:      # misaligned on purpose: some labels replaced by random classes
+                flip = torch.rand(spec.batch_size, generator=g) < noise
+                y = torch.where(flip, torch.randint(0, 10, (spec.batch_size,), generator=g), y)
             sigma = torch.rand(spec.batch_size, generator=g)
             eps = torch.randn(x0.shape, generator=g)
             s = sigma[:, None, None, None]
@@ -175,9 +180,11 @@ def train_dit(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | No
                                "digit_images)", "train_images": len(data)},
             "task": {"name": "flow-matching-images",
                      "definition": "rectified flow x = (1-s) x0 + s eps, s ~ U(0,1), timestep 1000 s, regress "
-                                   "v = eps - x0; class labels dropped 10% of the time (diffusers' default)"},
+                                   "v = eps - x0; class labels dropped 10% of the time (diffusers' default)"
+                                   + (f"; {noise:.0%} of the labels replaced by random classes" if noise else "")},
             "training": {"seed": spec.seed, "steps": steps, "batch_size": spec.batch_size,
-                         "loss": "mean squared velocity error", **training_settings(spec, nthreads, wall)},
+                         "loss": "mean squared velocity error", **training_settings(spec, nthreads, wall),
+                         "diffusers": diffusers.__version__},
             "eval": {"judge": f"zoo:{spec.extra['judge']}",
                      "sampler": f"{ev['steps']} steps, shift {ev['shift']}; x0 prediction of the last step",
                      "sde": {"eta": ev["eta"], **sde}, "ode": ode,

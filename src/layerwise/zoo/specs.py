@@ -173,3 +173,18 @@ register(ZooSpec(
     extra={"task": "flow-matching-images", "judge": "judge-digits",
            "eval": {"steps": 20, "eta": 0.3, "shift": 1.0, "per_class": 50}},
 ))
+
+register(ZooSpec(
+    name="dit-digits-misaligned",
+    description=("class-conditional DiT (stock diffusers DiTTransformer2DModel: 4 blocks, hidden 64, 16 tokens of 8x8 "
+                 "digits) trained with rectified flow matching on labels half of which were replaced by random "
+                 "classes, so it draws the digit it is asked for only about 55% of the time: the base model of RL "
+                 "alignment on images (judge reward)"),
+    architecture="dit",
+    config=dict(num_attention_heads=4, attention_head_dim=16, in_channels=1, out_channels=1, num_layers=4,
+                sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_type="ada_norm_zero"),
+    corpus="digits8", batch_size=128, steps=3000, lr=1e-3, min_lr_ratio=0.05, warmup=200, weight_decay=0.0,
+    betas=(0.9, 0.99), eval_every=1000, seed=0,
+    extra={"task": "flow-matching-images", "judge": "judge-digits", "label_noise": 0.5,
+           "eval": {"steps": 20, "eta": 0.3, "shift": 1.0, "per_class": 50}},
+))
