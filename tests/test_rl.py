@@ -378,3 +378,16 @@ def test_rl_on_the_zoo_dit_with_the_judge_reward(tmp_path):
     back = load_model(str(tmp_path / "aligned")).model
     assert type(back).__name__ == "DiTTransformer2DModel"
     assert "identical" in (tmp_path / "aligned" / "report.md").read_text()
+
+
+def test_two_accelerate_processes_train_and_hand_over(tmp_path):
+    """`--processes 2`: two launched CPU processes split the prompts; the counts are summed over both."""
+    r = subprocess.run([sys.executable, "-m", "layerwise", "rl", "zoo:flow-gmm", "--algo", "grpo", "--iterations", "2",
+                        "--prompts", "2", "--steps", "6", "--eval-samples", "4", "--processes", "2",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    log = json.loads((tmp_path / "o" / "rl.json").read_text())["log"]
+    assert [row["forward_calls"] for row in log] == [2 * 16 * 6] * 2
+    assert not (tmp_path / "o.work").exists()
