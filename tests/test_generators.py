@@ -2,6 +2,7 @@
 reward and `layerwise sample`."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -113,3 +114,24 @@ def test_denoising_loss_increase_is_zero_for_the_reference_and_positive_when_dam
         damaged.transformer_blocks[1].ff.net[2].weight.mul_(0.0)
     rows = denoising_loss_per_timestep(damaged, dit, data.pixels[:64], data.labels[:64])
     assert sum(r["increase"] for r in rows) > 0
+
+
+def test_dit_goes_through_analyze_and_prune(tmp_path):
+    """The DiT adapter: block scores (zeroth-order with the flow-matching loss) and Wanda in memory,
+    saved as a diffusers checkpoint that layerwise.load reads back bit for bit."""
+    from layerwise.pipeline.analyze import analyze
+    from layerwise.pipeline.prune import prune
+
+    an = analyze("zoo:dit-digits-misaligned", scores="bi,zd,zeroth_order", calib="digits", nsamples=8)
+    for name in ("bi", "zd", "zeroth_order"):
+        vals = an.block_scores[name]
+        assert len(vals) == 4 and all(math.isfinite(v) for v in vals)
+    r = prune("zoo:dit-digits-misaligned", method="wanda", sparsity=0.5, calib="digits", nsamples=8,
+              out=tmp_path / "w50")
+    assert abs(r.plan.measured_sparsity() - 0.5) < 1e-6
+    back = load_model(str(tmp_path / "w50")).model
+    assert type(back).__name__ == "DiTTransformer2DModel"
+    s = Sampler(6)
+    assert torch.equal(samples(back, s, torch.tensor([2]), 3, seed=1), samples(r.model, s, torch.tensor([2]), 3, seed=1))
+    assert not torch.equal(samples(back, s, torch.tensor([2]), 3, seed=1),
+                           samples(load_model("zoo:dit-digits-misaligned").model, s, torch.tensor([2]), 3, seed=1))

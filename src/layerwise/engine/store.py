@@ -29,15 +29,16 @@ def _param_and_buffer_names(module: nn.Module) -> list[str]:
 class ShardWriter:
     """Writes a `save_pretrained`-compatible sharded safetensors checkpoint, one shard per block."""
 
-    def __init__(self, directory: Path, num_blocks: int, tied: set[str]):
+    def __init__(self, directory: Path, num_blocks: int, tied: set[str], prefix: str = "model"):
         self.dir = Path(directory)
+        self.prefix = prefix          # "model" (transformers) or "diffusion_pytorch_model" (diffusers)
         self.total = num_blocks + 1
         self.tied = tied
         self.weight_map: dict[str, str] = {}
         self.size = 0
 
     def shard_name(self, index: int) -> str:
-        return f"model-{index + 1:05d}-of-{self.total:05d}.safetensors"
+        return f"{self.prefix}-{index + 1:05d}-of-{self.total:05d}.safetensors"
 
     def write(self, index: int, tensors: dict[str, torch.Tensor]) -> Path:
         from safetensors.torch import save_file
@@ -69,7 +70,7 @@ class ShardWriter:
 
     def finish(self) -> None:
         index = {"metadata": {"total_size": self.size}, "weight_map": dict(sorted(self.weight_map.items()))}
-        (self.dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (self.dir / f"{self.prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _trim_heap() -> None:
@@ -184,7 +185,8 @@ class InMemoryStore(BlockStore):
     def __init__(self, model: nn.Module, out_dir: Path | None = None, all_towers: bool = False):
         self.model = model
         self.adapter = engine_adapter(model) if all_towers else get_adapter(model)
-        self.writer = ShardWriter(out_dir, self.adapter.num_blocks, tied_names(model)) if out_dir else None
+        self.writer = ShardWriter(out_dir, self.adapter.num_blocks, tied_names(model),
+                                  self.adapter.weights_prefix) if out_dir else None
         self.extra_writers = []
 
 
@@ -218,7 +220,8 @@ class LazyStore(BlockStore):
 
             check_shapes(model, check_model_dir(self.src), self.src)
         self._tied = tied_names(model)
-        self.writer = ShardWriter(out_dir, self.adapter.num_blocks, self._tied) if out_dir else None
+        self.writer = ShardWriter(out_dir, self.adapter.num_blocks, self._tied,
+                                  self.adapter.weights_prefix) if out_dir else None
         self.extra_writers = []
         block_prefix = self.adapter.blocks_path + "."
         names = [n for n in _param_and_buffer_names(model) if not n.startswith(block_prefix)]

@@ -20,6 +20,13 @@ def how_it_loads(directory: Path) -> str:
     return f"layerwise.load ({fmt.name})" if fmt is not None else "stock from_pretrained"
 
 
+def _takes(model: nn.Module, name: str) -> bool:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
 @torch.no_grad()
 def check_reload(model: nn.Module, directory: Path, inputs: dict | None = None, what: str = "saved model",
                  dtype: torch.dtype | None = None, loader=None) -> str:
@@ -35,9 +42,10 @@ def check_reload(model: nn.Module, directory: Path, inputs: dict | None = None, 
     back = loader(directory) if loader is not None else load_dir(directory, dtype=dtype)[0]
     was_training = model.training
     model.eval()
+    extra = {"use_cache": False} if _takes(model, "use_cache") else {}
     try:
-        a = output_tensor(model(**inputs, use_cache=False))
-        b = output_tensor(back.eval()(**inputs, use_cache=False))
+        a = output_tensor(model(**inputs, **extra))
+        b = output_tensor(back.eval()(**inputs, **extra))
     finally:
         model.train(was_training)
     if a.shape != b.shape or not torch.equal(a, b):

@@ -50,6 +50,8 @@ def output_tensor(out) -> torch.Tensor:
     t = getattr(out, "logits", None)
     if t is None:
         t = getattr(out, "logits_per_image", None)      # a dual encoder: the image-text similarities
+    if t is None:
+        t = getattr(out, "sample", None)                # a diffusers generator: its prediction
     return out.last_hidden_state if t is None else t
 
 

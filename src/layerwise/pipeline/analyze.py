@@ -6,7 +6,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ..engine import InMemoryStore, LazyStore
-from ..models.adapters.towers import multi_tower_dir
+from ..models.adapters.towers import whole_model_dir
 from ..errors import ConfigError
 from ..utils.checks import count
 from ..scores.analyze import Analysis, ESDOptions, analyze_store
@@ -36,7 +36,7 @@ def analyze(model, scores="lim,zd,bi,alpha,farms", calib: str = "stdlib", nsampl
     art = guard_output(out, model, tokenizer, calib, overwrite=overwrite)
     with art.run() if art is not None else nullcontext():
         need_memory = any(SCORES[n].source == "loss" for n in names)
-        src = resolve(model, tokenizer, load=need_memory or multi_tower_dir(model_dir(model)))
+        src = resolve(model, tokenizer, load=need_memory or whole_model_dir(model_dir(model)))
         store = InMemoryStore(src.loaded.model, all_towers=True) if src.loaded is not None else LazyStore(src.path, None)
         samples = calibration_inputs(calib, src.tokenizer, nsamples, seqlen, seed, src.spec, store.adapter)
         an = analyze_store(store, samples, names, batch_size=batch_size,

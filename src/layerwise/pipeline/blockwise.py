@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from ..engine import Checkpointer, InMemoryStore, LazyStore, Pass, fingerprint, run_towers
 from ..errors import ConfigError
 from ..io.artifacts import input_paths
-from ..models.adapters.towers import multi_tower_dir
+from ..models.adapters.towers import whole_model_dir
 from ..plan import Plan
 from ..utils.hf import quiet
 from .output import OutputDir, apply_resumed_rows, guarded, perplexity_of
@@ -122,7 +122,7 @@ def run_stage(stage: BlockwiseStage, model, *, calib="stdlib", nsamples: int = 1
         plan = Plan.load(plan)
     # A multi-tower model (dual encoder, vision-language) is compressed in memory: the capture of a
     # later tower runs the whole model, earlier towers included.
-    in_memory = (plan is None and stage.whole_model()) or multi_tower_dir(model_dir(model))
+    in_memory = (plan is None and stage.whole_model()) or whole_model_dir(model_dir(model))
     src = resolve(model, tokenizer, load=not (stream is not False and out is not None) or in_memory)
     with guarded(output):
         return _run(stage, src, output, plan, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed,

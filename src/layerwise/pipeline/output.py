@@ -114,13 +114,18 @@ class OutputDir:
         try:
             store.write_rest()
             cfg = store.model.config
-            if not getattr(cfg, "architectures", None):
-                cfg.architectures = [type(store.model).__name__]
-            for k, v in (config_updates or {}).items():
-                setattr(cfg, k, v)
-            if store.fully_in_memory and is_width_pruned(store.model):
-                write_structure(store.model, self.partial)
-            cfg.save_pretrained(self.partial)
+            if hasattr(store.model, "save_config"):      # a diffusers model: its own config file format
+                if config_updates:
+                    store.model.register_to_config(**config_updates)
+                store.model.save_config(self.partial)
+            else:
+                if not getattr(cfg, "architectures", None):
+                    cfg.architectures = [type(store.model).__name__]
+                for k, v in (config_updates or {}).items():
+                    setattr(cfg, k, v)
+                if store.fully_in_memory and is_width_pruned(store.model):
+                    write_structure(store.model, self.partial)
+                cfg.save_pretrained(self.partial)
             if after_config is not None:
                 after_config()
             gen = getattr(store.model, "generation_config", None)

@@ -87,10 +87,15 @@ def zeroth_order_scores(model, linears, samples: torch.Tensor, n_samples: int = 
 
     from ..models.adapters.towers import engine_adapter
 
+    from ..models.adapters import Adapter
+
     adapter = engine_adapter(model)
-    if len(adapter.towers()) > 1:
-        return _whole_model_scores(model, adapter, linears, samples, n_samples, batch_size, eps, seed)
     classifier = any(f.kind == "pixels" for f in adapter.inputs) and adapter.head_path is not None
+    own_loss = type(adapter).calibration_loss is not Adapter.calibration_loss
+    # several towers, or a model whose loss is not a head on the last block (a generator's denoising
+    # loss): every loss is a whole forward with the adapter's calibration loss
+    if len(adapter.towers()) > 1 or (own_loss and not is_causal_lm(model) and not classifier):
+        return _whole_model_scores(model, adapter, linears, samples, n_samples, batch_size, eps, seed)
     if not is_causal_lm(model) and not classifier:
         raise ConfigError("the zeroth_order score needs a causal LM loss or an image classifier's head; this model "
                           "has neither")

@@ -1,5 +1,5 @@
 """Architecture adapters, one registry keyed by `config.model_type`."""
-from . import convnets, decoders, vision  # noqa: F401  (registers the built-in adapters)
+from . import convnets, decoders, diffusion, vision  # noqa: F401  (registers the built-in adapters)
 from .plain import adapt
 from .base import (ADAPTERS, Adapter, LinearRef, StopForward, causal_config, compile_patterns, get_adapter,
                    model_class, name_matches, register)

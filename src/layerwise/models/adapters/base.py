@@ -98,6 +98,8 @@ class Adapter:
     config_head_dim: ClassVar[bool] = False
     # What the model's forward takes.
     inputs: ClassVar[tuple[InputField, ...]] = TOKEN_INPUTS
+    # How checkpoint files of this model are named (diffusers: "diffusion_pytorch_model").
+    weights_prefix: ClassVar[str] = "model"
     # Modules outside the blocks that are never pruned by default.
     default_ignore: ClassVar[tuple[str, ...]] = ("lm_head", "embed", "wte", "wpe", "pooler")
 

@@ -131,3 +131,15 @@ def multi_tower_dir(path: Path | None) -> bool:
     except (OSError, ValueError):
         return False
     return any(mt in cls.model_types and getattr(cls, "multi_tower", False) for cls in ADAPTERS)
+
+
+def whole_model_dir(path: Path | None) -> bool:
+    """Whether the model saved in `path` is compressed in memory rather than streamed block by block:
+    several towers (capturing a later tower runs the earlier ones) or a diffusers checkpoint (its
+    tensors follow diffusers' layout, not a transformers config)."""
+    if multi_tower_dir(path):
+        return True
+    try:
+        return "_diffusers_version" in json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
