@@ -26,6 +26,7 @@ $PY benchmarks/vlm_tokens.py
 $PY benchmarks/vit_allocation.py
 $PY benchmarks/tower_allocation.py
 $PY benchmarks/rl_branchgrpo.py --seeds 0,1,2 --iterations 100
+$PY benchmarks/dit_depth.py --remove 2,3,4
 $PY benchmarks/rl_images.py --seeds 0,1,2 --grpo-iterations 20 --clip 0.05 --lr 3e-5
 $PY benchmarks/search_cnn.py --no-speed && $PY benchmarks/search_cnn.py --speed-only   # needs: pip install -e ".[peers]"
 $PY benchmarks/search_llm.py --seeds 0,1 --search-epochs 4

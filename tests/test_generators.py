@@ -135,3 +135,13 @@ def test_dit_goes_through_analyze_and_prune(tmp_path):
     assert torch.equal(samples(back, s, torch.tensor([2]), 3, seed=1), samples(r.model, s, torch.tensor([2]), 3, seed=1))
     assert not torch.equal(samples(back, s, torch.tensor([2]), 3, seed=1),
                            samples(load_model("zoo:dit-digits-misaligned").model, s, torch.tensor([2]), 3, seed=1))
+
+
+def test_dit_depth_removal_saves_a_smaller_diffusers_model(tmp_path):
+    from layerwise.pipeline.depth import depth
+
+    r = depth("zoo:dit-digits-misaligned", remove=1, select="bi", calib="digits", nsamples=8, out=tmp_path / "d")
+    back = load_model(str(tmp_path / "d")).model
+    assert len(back.transformer_blocks) == 3 and back.config.num_layers == 3
+    s = Sampler(5)
+    assert torch.equal(samples(back, s, torch.tensor([4]), 2, seed=3), samples(r.model, s, torch.tensor([4]), 2, seed=3))

@@ -168,7 +168,7 @@ def _depth(model, *, remove, select, seed, heal, heal_options, steps, lr, global
     from ..models.adapters import get_adapter
 
     adapter = get_adapter(teacher)
-    pixels = any(f.kind == "pixels" for f in adapter.inputs)
+    pixels = any(f.kind in ("pixels", "latents") for f in adapter.inputs)   # no tokenizer, no LM healing
     if pixels and (healer.trains or evaluate or family):
         raise ConfigError(f"{src.spec} takes images: depth healing, --family and --eval are for language models; "
                           "evaluate the result with `layerwise eval`")

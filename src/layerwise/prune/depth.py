@@ -64,6 +64,9 @@ def remove_blocks(model: nn.Module, remove: set[int] | list[int]) -> nn.Module:
     setattr(parent, attr, new)
     renumber(new)
     key = adapter.config_num_blocks_key()
+    if hasattr(model, "register_to_config"):    # a diffusers model: its config is frozen, registered anew
+        model.register_to_config(**{key: len(keep)})
+        return model
     sub, _, key = key.rpartition(".")        # "text_config.num_hidden_layers": the decoder's own config
     cfg = getattr(model.config, sub) if sub else model.config
     for name, val in list(cfg.to_dict().items()):
