@@ -145,3 +145,10 @@ def test_dit_depth_removal_saves_a_smaller_diffusers_model(tmp_path):
     assert len(back.transformer_blocks) == 3 and back.config.num_layers == 3
     s = Sampler(5)
     assert torch.equal(samples(back, s, torch.tensor([4]), 2, seed=3), samples(r.model, s, torch.tensor([4]), 2, seed=3))
+
+
+def test_quantize_refuses_to_write_a_diffusers_checkpoint(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "layerwise", "quantize", "zoo:dit-digits-misaligned", "--bits", "4",
+                        "--calib", "digits", "--out", str(tmp_path / "q")], capture_output=True, text=True)
+    assert r.returncode == 2 and "diffusers" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists()

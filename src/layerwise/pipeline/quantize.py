@@ -283,10 +283,23 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
     (each on its own activation stream, so the weights equal those of the stages run one by one)."""
     stage = QuantizeStage(bits, high, low, order, quantizer, group_size, sym, act_order, order_seed, targets, ignore,
                           target)
+    if out is not None and _is_diffusers(model):
+        raise ConfigError("quantize cannot write diffusers checkpoints yet (the packed GPTQ format is a transformers "
+                          "one); prune, depth and analyze take this model, or quantize it in memory without --out")
     return run_stage(stage, model, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, plan=plan, out=out,
                      overwrite=overwrite, resume=resume, overwrite_source=overwrite_source, batch_size=batch_size,
                      stream=stream, tokenizer=tokenizer, evaluate=evaluate, eval_windows=eval_windows,
                      command=command, before=[PruneStage(**o) for o in before or []])
+
+
+def _is_diffusers(model) -> bool:
+    from ..io.diffusers_format import diffusers_config
+    from .source import model_dir
+
+    if hasattr(model, "save_config") or hasattr(getattr(model, "model", None), "save_config"):
+        return True
+    d = model_dir(model)
+    return d is not None and diffusers_config(d) is not None
 
 
 def _warn_incompatible(plan: Plan) -> None:
