@@ -177,7 +177,14 @@ def test_depth_pipeline_family_and_reload(tmp_path):
     assert len(r.removed) == 1 and (tmp_path / "d" / "plan.json").exists()
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "d")
     assert back.config.num_hidden_layers == 3
-    assert (tmp_path / "d" / "variants" / "remove-1").exists()
+    assert (tmp_path / "d" / "plugins" / "plugins.json").exists()
+    import layerwise
+
+    ids = torch.randint(0, 256, (2, 16))
+    dense = layerwise.load(str(tmp_path / "d"), depth=4).model
+    teacher = layerwise.load("zoo:llama-tiny").model
+    assert torch.equal(dense(ids).logits, teacher(ids).logits)
+    assert torch.equal(layerwise.load(str(tmp_path / "d"), depth=3).model(ids).logits, back(ids).logits)
 
 
 @pytest.mark.parametrize("args, needle", [

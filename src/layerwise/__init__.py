@@ -2,6 +2,7 @@
 
 Python API (the CLI calls the same functions):
     layerwise.load(spec)                    -> LoadedModel (zoo:NAME, directory, hub id)
+    layerwise.load(dir, depth=N)            -> a member of a pluggable depth family
     layerwise.evaluate(model, data=...)     -> EvalReport
     layerwise.data.load_corpus(name)        -> Corpus
     layerwise.data.calibration_samples(...) -> LongTensor [n, L]
@@ -12,10 +13,19 @@ from ._version import __version__
 from .errors import ConfigError, DataError, LayerwiseError, ModelLoadError  # noqa: E402
 
 
-def load(spec: str, **kwargs):
+def load(spec: str, depth=None, **kwargs):
+    """Load a model; `depth=N` (or a list of intervals "s-e") plugs that member of a depth family
+    (`layerwise depth --family`) in at load time."""
     from .io.load import load_model
 
-    return load_model(spec, **kwargs)
+    loaded = load_model(spec, **kwargs)
+    if depth is not None:
+        from .prune.family import plug
+
+        if loaded.path is None:
+            raise ConfigError(f"depth= needs a depth-family directory; {spec} is not one")
+        loaded.model = plug(loaded.model, loaded.path, depth)
+    return loaded
 
 
 def compress(model=None, recipe=None, **kwargs):

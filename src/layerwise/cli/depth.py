@@ -25,8 +25,8 @@ def depth_cmd(
     lr: float = typer.Option(2e-4, help="Peak learning rate (cosine schedule)."),
     global_batch: int = typer.Option(16, help="Sequences per step across all processes."),
     processes: int = typer.Option(1, help="Train with `accelerate launch --num_processes N --cpu`."),
-    family: bool = typer.Option(False, "--family", help="Also assemble every nested subset of the intervals "
-                                                      "(several ratios from one training)."),
+    family: bool = typer.Option(False, "--family", help="Save a pluggable family: every nested subset of the "
+                                                      "intervals loads with layerwise.load(OUT, depth=N)."),
     seed: int = typer.Option(0, help="Seed of calibration, random selection and training data."),
     calib: str = typer.Option("stdlib", "--calib", help="Calibration / training corpus."),
     nsamples: int = typer.Option(64, help="Calibration sequences for the depth map."),

@@ -20,6 +20,8 @@ def sample_cmd(
     out: str = typer.Option(..., "--out", "-o", help="PNG grid to write (one row per class); also OUT.pt with the samples."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     judge: Optional[str] = typer.Option(None, help="A judge classifier: print its accuracy on the samples."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Blocks of the member of a depth family "
+                                                             "(layerwise depth --family) to sample from."),
 ):
     """Draw samples from a flow generator and write them as an image grid.
 
@@ -28,7 +30,7 @@ def sample_cmd(
     from ..pipeline.sample import sample
 
     res = sample(model, prompt, n=n, steps=steps, eta=eta, shift=shift, seed=seed, out=out, overwrite=overwrite,
-                 judge=judge)
+                 judge=judge, depth=depth)
     if "prompt_accuracy" in res:
         console.print(f"judge accuracy on the prompts: {res['prompt_accuracy']:.4f} ({res['samples']} samples)")
     console.print(f"wrote {res['out']} and {res['tensor']}")

@@ -63,7 +63,12 @@ def _trainable_state(module: nn.Module) -> dict:
 
 def train(module: nn.Module, cfg: TrainConfig, tokenizer, work_dir: str | os.PathLike,
           description: str = "train", accelerator=None) -> list[dict]:
-    """Train `module` (forward(ids) → loss) for cfg.steps; returns the loss curve (one row per step)."""
+    """Train `module` (forward(batch) → loss) for cfg.steps; returns the loss curve (one row per step).
+
+    Batches are token windows of `cfg.corpus`, unless the module brings its own data: a module with
+    `training_batches(cfg)` returning a callable `global step → batch` (a diffusion model's noised
+    images with their targets) trains on that, with the same determinism in (seed, step).
+    """
     from accelerate import Accelerator
 
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
@@ -77,7 +82,13 @@ def train(module: nn.Module, cfg: TrainConfig, tokenizer, work_dir: str | os.Pat
         from ..errors import ConfigError
 
         raise ConfigError(f"the global batch {cfg.global_batch} must be divisible by {acc.num_processes} processes")
-    stream = token_stream(cfg.corpus, tokenizer, "train")
+    own = getattr(module, "training_batches", None)
+    batch_at = own(cfg) if own is not None else None
+    if batch_at is None:
+        stream = token_stream(cfg.corpus, tokenizer, "train")
+
+        def batch_at(global_step: int):
+            return training_batch(stream, global_step, cfg.global_batch, cfg.seqlen, cfg.seed)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     start, curve = 0, []
@@ -103,8 +114,8 @@ def train(module: nn.Module, cfg: TrainConfig, tokenizer, work_dir: str | os.Pat
             lr = lr_at(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            ids = training_batch(stream, step + cfg.offset, cfg.global_batch, cfg.seqlen, cfg.seed)[rank::world].to(acc.device)
-            loss = module(ids)
+            batch = batch_at(step + cfg.offset)[rank::world].to(acc.device)
+            loss = module(batch)
             acc.backward(loss)
             if cfg.grad_clip:
                 acc.clip_grad_norm_(params, cfg.grad_clip)

@@ -16,15 +16,22 @@ def interval_key(s: int, e: int) -> str:
 
 
 class IntervalStudents(nn.Module):
-    """Contiguous layer distillation (PPCL): one student block per interval [s, e].
+    """Contiguous layer distillation (PPCL): one student per interval [s, e].
 
     The frozen teacher runs its blocks; at the start of each interval a student branches off the
-    teacher's input h_s and is scored against the teacher's output of block e. No student output
-    re-enters the stream (teacher forcing), so intervals train independently and any subset can be
-    assembled afterwards. The teacher stops after the last interval's end.
+    teacher's input h_s and is scored against the teacher's output of block e. With teacher forcing
+    (PPCL) no student output re-enters the stream, so intervals train independently and any subset can
+    be assembled afterwards. Without it (sequential training, the baseline PPCL argues against) each
+    student sees the stream of the assembled model — earlier students' outputs, detached — so it
+    learns to correct its predecessors' errors and only the full set fits together. The teacher stops
+    after the last interval's end.
+
+    A student is a copy of one block of its interval (`init`) or, with `students` given, any module
+    called like a block (e.g. fitted linear stand-ins, `distill.standin`).
     """
 
-    def __init__(self, teacher: nn.Module, intervals: list, init: str = "middle", mse_weight: float = 0.0):
+    def __init__(self, teacher: nn.Module, intervals: list, init: str = "middle", mse_weight: float = 0.0,
+                 teacher_forcing: bool = True, students: dict | None = None):
         super().__init__()
         self.teacher = teacher
         for p in self.teacher.parameters():
@@ -36,42 +43,58 @@ class IntervalStudents(nn.Module):
         norm = [(int(x["start"]), int(x["end"]), x.get("keep")) if isinstance(x, dict) else (int(x[0]), int(x[1]),
                 int(x[2]) if len(x) > 2 else None) for x in intervals]
         self.intervals = [(s, e) for s, e, _ in norm]
-        students = {}
+        made = {}
         for s, e, keep in norm:
-            src = keep if keep is not None else {"middle": (s + e) // 2, "first": s, "last": e}.get(init, (s + e) // 2)
-            st = copy.deepcopy(blocks[src])
-            if init == "fresh":
-                for m in st.modules():
-                    if hasattr(m, "reset_parameters"):
-                        m.reset_parameters()
+            if students is not None and interval_key(s, e) in students:
+                st = students[interval_key(s, e)]
+            else:
+                src = keep if keep is not None else {"middle": (s + e) // 2, "first": s, "last": e}.get(init, (s + e) // 2)
+                st = copy.deepcopy(blocks[src])
+                if init == "fresh":
+                    for m in st.modules():
+                        if hasattr(m, "reset_parameters"):
+                            m.reset_parameters()
             for p in st.parameters():
                 p.requires_grad_(True)
-            students[interval_key(s, e)] = st
-        self.students = nn.ModuleDict(students)
+            made[interval_key(s, e)] = st
+        self.students = nn.ModuleDict(made)
         self.mse_weight = mse_weight
+        self.teacher_forcing = teacher_forcing
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # the teacher never leaves eval mode (no dropout)
         return self
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        (batch,) = capture_block_inputs(self.teacher, self.adapter, ids, batch_size=ids.shape[0])
+    def training_batches(self, cfg):
+        """Batches of a model that brings its own training data (see `distill.driver.train`)."""
+        if self.adapter.training_batch(0, 1, cfg.seed) is None:
+            return None
+        return lambda step: self.adapter.training_batch(step, cfg.global_batch, cfg.seed)
+
+    def forward(self, batch) -> torch.Tensor:
+        (cap,) = capture_block_inputs(self.teacher, self.adapter, batch, batch_size=batch.shape[0])
         blocks = self.adapter.block_list()
         starts = {s: interval_key(s, e) for s, e in self.intervals}
         ends = {e: interval_key(s, e) for s, e in self.intervals}
         last = max(e for _, e in self.intervals)
-        h = batch.hidden
+        h = cap.hidden
+        chained = h                     # the assembled model's stream (sequential training only)
         z = {}
-        loss = torch.zeros((), device=ids.device)
+        loss = torch.zeros((), device=h.device)
         for i in range(last + 1):
             if i in starts:
                 k = starts[i]
-                z[k] = self.adapter.call_block(self.students[k], h, batch.args, batch.kwargs)
+                src = h if self.teacher_forcing else chained.detach()
+                z[k] = self.adapter.call_block(self.students[k], src, cap.args, cap.kwargs)
             with torch.no_grad():
-                h = self.adapter.call_block(blocks[i], h, batch.args, batch.kwargs)
+                h = self.adapter.call_block(blocks[i], h, cap.args, cap.kwargs)
+                if not self.teacher_forcing and not any(s <= i <= e for s, e in self.intervals):
+                    chained = self.adapter.call_block(blocks[i], chained, cap.args, cap.kwargs)
             if i in ends:
                 k = ends[i]
+                if not self.teacher_forcing:
+                    chained = z[k]
                 loss = loss + align_loss(z.pop(k), h, self.mse_weight)
         return loss
 

@@ -32,6 +32,9 @@ class Heal(Method):
     def module(self, teacher: nn.Module, student: nn.Module | None, intervals: list[dict]) -> nn.Module:
         raise NotImplementedError
 
+    def prepare(self, teacher: nn.Module, intervals: list[dict], samples) -> None:
+        """Work done once on calibration samples before training (closed-form fits); in this process."""
+
     def healed(self, module: nn.Module, teacher: nn.Module, intervals: list[dict]) -> nn.Module:
         raise NotImplementedError
 
@@ -74,9 +77,30 @@ class IntervalDistill(Heal):
     class Config(MethodConfig):
         mse_weight: float = Field(0.0, ge=0)
         init: Literal["middle", "first", "last", "fresh"] = "middle"
+        # block: a copy of one block of the interval; linear: a residual linear map fitted in closed
+        # form (ridge) on calibration states, then fine-tuned like a block
+        student: Literal["block", "linear"] = "block"
+        # False: sequential training, each student fed the previous students' outputs (PPCL's foil)
+        teacher_forcing: bool = True
+
+    fitted: dict | None = None
+
+    def prepare(self, teacher, intervals, samples):
+        if self.config.student == "linear":
+            from ..models.adapters import get_adapter
+            from .standin import fit_standins
+
+            self.fitted = fit_standins(teacher, get_adapter(teacher), [(iv["start"], iv["end"]) for iv in intervals],
+                                       samples)
 
     def module(self, teacher, student, intervals):
-        return IntervalStudents(teacher, intervals, self.config.init, self.config.mse_weight)
+        if self.config.student == "linear" and self.fitted is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("linear stand-ins are fitted on calibration data first (prepare); "
+                              "they train in one process")
+        return IntervalStudents(teacher, intervals, self.config.init, self.config.mse_weight,
+                                self.config.teacher_forcing, copy.deepcopy(self.fitted) if self.fitted else None)
 
     def healed(self, module, teacher, intervals):
         from ..prune.depth import assemble

@@ -30,7 +30,7 @@ FORMATS: list[Format] = []
 
 # Formats defined by method packages above this layer; imported by name when a directory is first
 # inspected, so that `io` needs no import of them.
-PLUGINS = ("layerwise.tokens.format",)
+PLUGINS = ("layerwise.tokens.format", "layerwise.prune.family")
 _plugins_loaded = False
 
 
@@ -44,10 +44,14 @@ def _load_plugins() -> None:
             importlib.import_module(name)
 
 
-def register_format(fmt: Format) -> Format:
+def register_format(fmt: Format, first: bool = False) -> Format:
+    """Register a handler; `first` puts it before the others (a marker inside another format's directory)."""
     if any(f.name == fmt.name for f in FORMATS):
         raise ValueError(f"format '{fmt.name}' is already registered")
-    FORMATS.append(fmt)
+    if first:
+        FORMATS.insert(0, fmt)
+    else:
+        FORMATS.append(fmt)
     return fmt
 
 

@@ -29,9 +29,11 @@ from ..errors import ConfigError, DataError, LayerwiseError
 from ..utils.checks import count, positive
 from ..plan import BlockRow, Plan
 from ..prune.depth import DEPTH_SELECTORS, assemble, keep_index, parse_remove, runs_to_intervals
+from ..prune.family import nested_order
 from ..scores.probes import DepthMap, depth_map
 from ..scores.similarity import mean_token_cosine
 from ..models.files import check_model_dir
+from ..models.standin import LinearStandIn
 from ..utils.hf import quiet
 from .output import guard_output
 from .source import calibration_inputs, resolve
@@ -46,7 +48,9 @@ class DepthResult:
     dmap: DepthMap
     out: Path | None = None
     curve: list[dict] = field(default_factory=list)
-    variants: dict = field(default_factory=dict)     # removed count -> model (family)
+    variants: dict = field(default_factory=dict)     # removed count -> (model, active intervals) (family)
+    teacher: nn.Module | None = None
+    students: dict | None = None                     # interval key -> trained student (distill)
     metrics: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
@@ -146,8 +150,8 @@ def _depth(model, *, remove, select, seed, heal, heal_options, steps, lr, global
     t_start = time.perf_counter()
     selector = DEPTH_SELECTORS.create(select)
     healer = HEALERS.create(heal, heal_options or {})
-    if healer.trains and steps < 1:
-        raise ConfigError(f"--steps must be at least 1 (got {steps})")
+    if healer.trains and steps < (0 if healer.name == "distill" else 1):
+        raise ConfigError(f"--steps must be at least {0 if healer.name == 'distill' else 1} (got {steps})")
     if processes < 1:
         raise ConfigError(f"--processes must be at least 1 (got {processes})")
     count("--global-batch", global_batch)
@@ -168,10 +172,15 @@ def _depth(model, *, remove, select, seed, heal, heal_options, steps, lr, global
     from ..models.adapters import get_adapter
 
     adapter = get_adapter(teacher)
-    pixels = any(f.kind in ("pixels", "latents") for f in adapter.inputs)   # no tokenizer, no LM healing
-    if pixels and (healer.trains or evaluate or family):
-        raise ConfigError(f"{src.spec} takes images: depth healing, --family and --eval are for language models; "
+    pixels = any(f.kind in ("pixels", "latents") for f in adapter.inputs)   # no tokenizer, no perplexity
+    if pixels and evaluate:
+        raise ConfigError(f"{src.spec} takes images: --eval is perplexity, for language models; "
                           "evaluate the result with `layerwise eval`")
+    if pixels and healer.trains and adapter.training_batch(0, 1, seed) is None:
+        raise ConfigError(f"{src.spec} takes images and brings no training data of its own: "
+                          f"--heal {healer.name} cannot train it")
+    if pixels and healer.trains and healer.name != "distill":
+        raise ConfigError(f"--heal {healer.name} trains on next-token loss; {src.spec} takes images: use --heal distill")
     if src.tokenizer is None and not pixels:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
     L = adapter.num_blocks
@@ -186,14 +195,16 @@ def _depth(model, *, remove, select, seed, heal, heal_options, steps, lr, global
     removed, intervals = selector.choose(k, dmap, seed) if plan is None else replay(plan, L)
     res = DepthResult(model=None, removed=removed, intervals=intervals, dmap=dmap)
     t0 = time.perf_counter()
+    healer.prepare(teacher, intervals, samples)
     pruned, students, res.curve = _heal(healer, src, teacher, intervals, out, work_dir, processes,
                                         TrainConfig(steps=steps, global_batch=global_batch, seqlen=train_seqlen,
                                                     lr=lr, seed=seed, corpus=calib,
                                                     checkpoint_every=max(1, min(50, steps))))
     timings["heal_s"] = time.perf_counter() - t0
     res.model = _freeze(pruned)
+    res.teacher, res.students = teacher, students
     if family:
-        order = sorted(intervals, key=lambda iv: iv["cost_per_block"])
+        order = nested_order(intervals)
         for j in range(1, len(order) + 1):
             active = sorted(order[:j], key=lambda iv: iv["start"])
             m = _freeze(assemble(copy.deepcopy(teacher), active, students))
@@ -278,17 +289,22 @@ def _write(art, res: DepthResult, src, select, healer, k, seed, timings) -> Path
 
     L = res.dmap.num_blocks
     tmp = art.begin()
-    res.model.save_pretrained(tmp)
+    linear = any(isinstance(st, LinearStandIn) for st in (res.students or {}).values())
+    # linear stand-ins are no stock block: the root holds the plain bypass and plugins/ the stand-ins
+    root = _freeze(assemble(copy.deepcopy(res.teacher), res.intervals)) if linear else res.model
+    root.save_pretrained(tmp)
     if src.tokenizer is not None:
         src.tokenizer.save_pretrained(tmp)
     depth_plan(res, select, healer, L).save(tmp / "plan.json")
     if res.curve:
         write_json(tmp / "training_curve.json", res.curve)
-    for r, (m, active) in sorted(res.variants.items()):
-        d = tmp / "variants" / f"remove-{r}"
-        m.save_pretrained(d)
-        src.tokenizer.save_pretrained(d)
-        write_json(d / "intervals.json", active)
+    if res.variants or linear:
+        from ..prune import family as fam
+
+        students = res.students or {}
+        measured = {str(L - r): {k[:-len(f"_remove_{r}")]: v for k, v in res.metrics.items() if k.endswith(f"_remove_{r}")}
+                    for r in res.variants}
+        fam.write(tmp, res.teacher, res.intervals, students, [fam.key(iv) for iv in res.intervals], measured)
     from ..io.verify import check_reload
 
     reload = check_reload(res.model, tmp, what="saved depth-pruned model")

@@ -31,7 +31,8 @@ def parse_prompt(prompt: str, classes: int) -> list[int]:
 
 
 def sample(model, prompt: str, *, n: int = 16, steps: int = 20, eta: float = 0.3, shift: float = 1.0, seed: int = 0,
-           out: str | os.PathLike, overwrite: bool = False, judge: str | None = None) -> dict:
+           out: str | os.PathLike, overwrite: bool = False, judge: str | None = None, depth=None) -> dict:
+    """`n` samples per class of `prompt`; `depth` picks a member of a depth family (`layerwise depth --family`)."""
     quiet()
     if n < 1 or steps < 1 or eta < 0:
         raise ConfigError("--n and --steps must be >= 1 and --eta >= 0")
@@ -45,6 +46,12 @@ def sample(model, prompt: str, *, n: int = 16, steps: int = 20, eta: float = 0.3
         raise ConfigError(f"{out} already exists; pass --overwrite to replace it")
     src = resolve(model)
     net = src.loaded.model.eval()
+    if depth is not None:
+        from ..prune.family import plug
+
+        if src.loaded.path is None:
+            raise ConfigError("--depth needs a depth-family directory (layerwise depth --family)")
+        net = plug(net, src.loaded.path, depth)
     classes = parse_prompt(prompt, num_conditions(net))
     if math.prod(sample_shape(net)) <= 2:
         raise ConfigError("`layerwise sample` draws image grids; this generator makes 2-D points")

@@ -227,6 +227,11 @@ class Adapter:
             raise ConfigError(f"the {self.name} adapter defines no loss for this model")
         return model(**self.model_inputs(inputs), labels=inputs, use_cache=False).loss
 
+    def training_batch(self, step: int, batch: int, seed: int):
+        """The training batch of global step `step` when the model brings its own training data (a
+        generator's noised images); None for language models, which train on a token corpus."""
+        return None
+
     # --- config bookkeeping ---------------------------------------------------------------------
     def config_num_blocks_key(self) -> str:
         return "num_hidden_layers"

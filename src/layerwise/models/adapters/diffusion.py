@@ -49,19 +49,25 @@ class DiTAdapter(Adapter):
 
     def calibration_samples(self, card: dict, nsamples: int, seed: int):
         """Held-out digits (validation split, a seeded draw) noised at σ ~ U(0.02, 0.98), with targets."""
+        return self._noised_digits("validation", nsamples, torch.Generator().manual_seed(seed), 0.02, 0.98)
+
+    def training_batch(self, step: int, batch: int, seed: int):
+        """Training digits noised at σ ~ U(0, 1) as the zoo models were trained; depends on (seed, step)."""
+        return self._noised_digits("train", batch, torch.Generator().manual_seed(seed * 1_000_003 + step), 0.0, 1.0)
+
+    def _noised_digits(self, split: str, n: int, g: torch.Generator, lo: float, hi: float):
         from ...data.images import digit_images
         from ..inputs import ModelInputs
 
-        data = digit_images("validation")
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randint(0, len(data), (nsamples,), generator=g)
+        data = digit_images(split)
+        idx = torch.randint(0, len(data), (n,), generator=g)
         x0, y = data.pixels[idx], data.labels[idx]
         if tuple(x0.shape[1:]) != self.sample_shape():
             from ...errors import DataError
 
-            raise DataError(f"the digit calibration images are {tuple(x0.shape[1:])}; this DiT takes "
-                            f"{self.sample_shape()}: pass calibration ModelInputs through the Python API")
-        sigma = 0.02 + 0.96 * torch.rand(nsamples, generator=g)
+            raise DataError(f"the digit images are {tuple(x0.shape[1:])}; this DiT takes {self.sample_shape()}: "
+                            "pass calibration ModelInputs through the Python API")
+        sigma = lo + (hi - lo) * torch.rand(n, generator=g)
         eps = torch.randn(x0.shape, generator=g)
         s = sigma[:, None, None, None]
         return ModelInputs(hidden_states=(1 - s) * x0 + s * eps, timestep=sigma * 1000, class_labels=y,
