@@ -95,10 +95,11 @@ def train(module: nn.Module, cfg: TrainConfig, tokenizer, work_dir: str | os.Pat
     state_file = work / STATE
     if state_file.exists():
         state = torch.load(state_file, map_location="cpu", weights_only=False)
-        if state.get("config") != cfg.to_dict():
+        if state.get("config") != cfg.to_dict() or set(state["model"]) != set(_trainable_state(module)):
             from ..errors import ConfigError
 
-            raise ConfigError(f"{state_file} was written by a run with other training settings; remove it to restart")
+            raise ConfigError(f"{state_file} was written by a run with other training settings or other "
+                              "trainable weights; remove it to restart")
         module.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["optimizer"])
         start, curve = state["step"], state["curve"]

@@ -97,3 +97,21 @@ def denoising_loss_per_timestep(model, reference, images: torch.Tensor, labels: 
         lr = float(((fr(xs, sig, labels) - target) ** 2).mean())
         out.append({"sigma": float(s), "loss": lm, "reference_loss": lr, "increase": lm - lr})
     return out
+
+
+@torch.no_grad()
+def pair_consistency(judge, x: torch.Tensor, tokens: torch.Tensor) -> dict:
+    """Two-digit canvases (`data.pairs`) against their prompts: every named digit found by the judge in
+    its cell, every blank cell blank. Rates, and the per-sample flag `found`."""
+    from ..data.pairs import BLANK_LEFT, BLANK_MAX, BLANK_RIGHT, LEFT, RIGHT, cells
+
+    left, right = cells(x.clamp(-1, 1))
+    pl, pr = judge_logits(judge, left).argmax(-1), judge_logits(judge, right).argmax(-1)
+    tl, tr = tokens[:, 0], tokens[:, 1]
+    ok_l = torch.where(tl == BLANK_LEFT, left.flatten(1).amax(1) < BLANK_MAX, pl == (tl - LEFT))
+    ok_r = torch.where(tr == BLANK_RIGHT, right.flatten(1).amax(1) < BLANK_MAX, pr == (tr - RIGHT))
+    both = (tl != BLANK_LEFT) & (tr != BLANK_RIGHT)
+    found = ok_l & ok_r
+    return {"consistency": float(found.float().mean()),
+            "both_digits_rate": float(found[both].float().mean()) if both.any() else float("nan"),
+            "samples": int(found.numel()), "found": found}

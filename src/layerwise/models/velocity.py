@@ -5,7 +5,8 @@ Three kinds of models are policies without a wrapper class of their own:
 - `diffusers` transformers and UNets (`DiTTransformer2DModel`, `Transformer2DModel`,
   `UNet2DModel`, `UNet2DConditionModel`, ...): the timestep is σ·1000 (the scale their time
   embeddings are trained on); integer conditions go to `class_labels`, float ones to
-  `encoder_hidden_states`; the velocity is the output's `.sample`;
+  `encoder_hidden_states`, integer token sequences [B, T] to `encoder_hidden_states` as one-hot
+  states of the cross-attention width (`data.pairs`); the velocity is the output's `.sample`;
 - any callable `f(x, sigma, cond)` (plain PyTorch velocity networks).
 """
 from __future__ import annotations
@@ -34,6 +35,10 @@ def velocity(model, call=None) -> Velocity:
             if cond is not None:
                 if cond.is_floating_point():
                     kw["encoder_hidden_states"] = cond
+                elif cond.ndim == 2 and "encoder_hidden_states" in params:
+                    # prompt token ids: one-hot encoder states of the cross-attention width (data.pairs)
+                    kw["encoder_hidden_states"] = torch.nn.functional.one_hot(
+                        cond.long(), model.config.cross_attention_dim).float()
                 elif "class_labels" in params:
                     kw["class_labels"] = cond
                 else:

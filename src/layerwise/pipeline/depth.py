@@ -228,9 +228,20 @@ def _heal(healer, src, teacher, intervals, out, work_dir, processes, cfg):
     """(pruned model, students of interval distillation or None, loss curve) after healing."""
     if not healer.trains:
         return assemble(copy.deepcopy(teacher), intervals), None, []
-    work = Path(work_dir) if work_dir else (Path(str(out) + ".work") if out else Path(f"runs/.depth-work-{os.getpid()}"))
+    scratch = None
+    if work_dir or out:
+        work = Path(work_dir) if work_dir else Path(str(out) + ".work")
+    else:   # nothing to resume into: a private directory, removed afterwards
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix="layerwise-depth-")
+        work = Path(scratch.name)
     pruned = assemble(copy.deepcopy(teacher), intervals) if healer.needs_student else None
-    module = train_healing(healer, src.spec, teacher, pruned, intervals, cfg, src.tokenizer, work, processes)
+    try:
+        module = train_healing(healer, src.spec, teacher, pruned, intervals, cfg, src.tokenizer, work, processes)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     students = healer.students(module) if hasattr(healer, "students") else None
     return healer.healed(module, teacher, intervals), students, module.curve
 

@@ -250,7 +250,7 @@ def evaluate(model, reward: Reward, sampler: Sampler, per_class: int = 64, seed:
     """Mean reward, the reward's metrics and diversity of fresh SDE samples (independent noises)."""
     n_cls = num_conditions(model)
     cond = torch.tensor(classes if classes is not None else list(range(n_cls)))
-    gens = [generator(seed, int(c), 5) for c in cond]
+    gens = [generator(seed, _prompt_key(c), 5) for c in cond]
     was = model.training
     model.eval()
     forest = rollout(velocity(model), cond, sampler, sample_shape(model), gens, roots=per_class, branch=1,
@@ -264,9 +264,16 @@ def evaluate(model, reward: Reward, sampler: Sampler, per_class: int = 64, seed:
             "diversity": diversity(x, forest.prompt[leaves]), "samples": per_class * len(cond)}
 
 
+def _prompt_key(c: torch.Tensor) -> int:
+    """A class number, or a token sequence folded into one integer (the prompt's noise stream)."""
+    if c.ndim == 0:
+        return int(c)
+    return sum(int(t) * 97 ** k for k, t in enumerate(c.flatten().tolist())) % (2 ** 31)
+
+
 def samples(model, sampler: Sampler, cond: torch.Tensor, per_class: int, seed: int = 12345) -> torch.Tensor:
     """(len(cond)·per_class, *shape) x₀ predictions at the last step of independent SDE samples."""
-    gens = [generator(seed, int(c), 5) for c in cond]
+    gens = [generator(seed, _prompt_key(c), 5) for c in cond]
     forest = rollout(velocity(model), cond, sampler, sample_shape(model), gens, roots=per_class, branch=1,
                      same_noise=False)
     return forest.x0[forest.leaves]

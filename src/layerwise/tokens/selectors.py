@@ -76,12 +76,52 @@ class RandomSelector(TokenSelector):
         return (h.gather(1, keep[..., None].expand(-1, -1, c)), size.gather(1, keep[..., None]),
                 torch.ones(keep.shape, dtype=torch.bool, device=h.device))
 
+    def dense_select(self, x, h, w, ratio, g, halves=False):
+        from .spatial import random_drop
+
+        return random_drop(x, h, w, ratio, g, halves=halves)
+
     def scores(self, site):
         # one draw per (block, position among the real tokens): padding does not change a sample's choice
         g = torch.Generator().manual_seed(self.config.seed * 1000 + site.index)
         draw = torch.rand(site.real.shape[1], generator=g).to(site.real.device)
         pos = (site.real.long().cumsum(1) - 1).clamp_min(0)
         return draw[pos]
+
+
+@TOKEN_SELECTORS.register
+class SimPruneSelector(TokenSelector):
+    name = "simprune"
+    description = ("SimPrune (SiTo, OptiPrune's pruner) in a diffusion model's self-attention: the token of "
+                   "highest similarity-plus-noise score in each 2x2 window is its base; the others most similar to "
+                   "a base are dropped and take the output of their most similar kept token.")
+    window = (2, 2)
+
+    class Config(MethodConfig):
+        alpha: float = Field(0.1, ge=0)     # noise on the scores: the choice changes across steps
+        beta: float = Field(1.0, ge=0)      # weight of the summed similarity
+
+    def dense_select(self, x, h, w, ratio, g, halves=False):
+        from .spatial import simprune
+
+        return simprune(x, h, w, ratio, g, alpha=self.config.alpha, beta=self.config.beta, halves=halves)
+
+
+@TOKEN_SELECTORS.register
+class ToMeSDSelector(TokenSelector):
+    name = "tome-sd"
+    description = ("ToMe for Stable Diffusion in a diffusion model's self-attention: one destination per 2x2 "
+                   "window (random cell), the sources most similar to a destination are averaged into it before "
+                   "attention and receive its output after.")
+    window = (2, 2)
+
+    class Config(MethodConfig):
+        use_rand: bool = True               # random destination cell (False: the top-left one)
+
+    def dense_select(self, x, h, w, ratio, g, halves=False):
+        from .spatial import tome_sd
+
+        return tome_sd(x, h, w, ratio, g, use_rand=self.config.use_rand, halves=halves)
 
 
 @TOKEN_SELECTORS.register
