@@ -277,3 +277,18 @@ def samples(model, sampler: Sampler, cond: torch.Tensor, per_class: int, seed: i
     forest = rollout(velocity(model), cond, sampler, sample_shape(model), gens, roots=per_class, branch=1,
                      same_noise=False)
     return forest.x0[forest.leaves]
+
+
+@torch.no_grad()
+def ode_samples(model, sampler: Sampler, cond: torch.Tensor, noise: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Deterministic Euler ODE samples (x₀ prediction of the last step) from given initial noises, one
+    per row of `cond`: the sample is a function of its noise alone (initial-noise optimisation)."""
+    fn = velocity(model)
+    x = noise
+    for j in range(sampler.steps):
+        jj = torch.full((x.shape[0],), j, dtype=torch.long)
+        v = torch.cat([fn(x[i:i + batch], sampler.sigma[jj[i:i + batch]], cond[i:i + batch])
+                       for i in range(0, x.shape[0], batch)])
+        x0 = sampler.x0(x, v, jj)
+        x = sampler.mean(x, v, jj, sde=False)
+    return x0

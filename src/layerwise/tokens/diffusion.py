@@ -78,7 +78,11 @@ class SpatialTokenPruning:
             self.stats["pruned_calls"] += 1
             self.stats["tokens_in"] += N
             self.stats["tokens_computed"] += red.kept.shape[1]
-            return red.restore(orig(red.reduce(hidden_states), *args, **kwargs))
+            attn._layerwise_reduction = red          # for attention recorders (tokens.latent_mapper)
+            try:
+                return red.restore(orig(red.reduce(hidden_states), *args, **kwargs))
+            finally:
+                del attn._layerwise_reduction
 
         return forward
 

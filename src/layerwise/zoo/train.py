@@ -112,6 +112,10 @@ def train(name: str, out: str | os.PathLike, work_dir: str | os.PathLike | None 
             from .diffusion import train_dit
 
             return train_dit(spec, art, threads, steps)
+        if spec.extra.get("task") == "flow-matching-pairs":
+            from .diffusion import train_unet
+
+            return train_unet(spec, art, threads, steps)
         if spec.extra.get("task") == "flow-matching":
             from .flow import train_flow
 
