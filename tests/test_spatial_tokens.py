@@ -160,3 +160,40 @@ def test_reduction_average_is_the_mean_of_assigned_positions():
     x = torch.arange(12.).view(1, 4, 3)
     red = Reduction(torch.tensor([[0, 2]]), torch.tensor([[0, 0, 1, 1]]), average=True)
     assert torch.equal(red.reduce(x), torch.stack([x[0, :2].mean(0), x[0, 2:].mean(0)])[None])
+
+
+def test_tokens_command_on_a_text_conditioned_unet_saves_and_reloads_with_pruning(tmp_path):
+    import subprocess
+    import sys
+
+    import layerwise
+    from layerwise.pipeline.tokens import tokens
+
+    unet = tiny_unet((8, 16))
+    unet.save_pretrained(tmp_path / "unet")
+    res = tokens(str(tmp_path / "unet"), method="simprune", sparsity=0.5, out=tmp_path / "out", samples_per_prompt=1,
+                 speed_repeats=1)
+    m = res.metrics
+    assert 0 < m["relative_error_mean"] and m["computed_share"] == 0.5 and m["speedup"] > 0
+    back = layerwise.load(str(tmp_path / "out")).model
+    assert back._layerwise_tokens.ratio == 0.5
+    from layerwise.rl.sampler import Sampler
+    from layerwise.rl.trainer import samples
+    from layerwise.data.pairs import parse_pair_prompt
+
+    p = parse_pair_prompt("3 7")
+    a = samples(back, Sampler(3), p, 2, seed=1)
+    b = samples(layerwise.load(str(tmp_path / "out")).model, Sampler(3), p, 2, seed=1)
+    assert torch.equal(a, b)
+    r = subprocess.run([sys.executable, "-m", "layerwise", "sample", str(tmp_path / "out"), "--prompt", "3 7, 1 _",
+                        "--n", "2", "--steps", "3", "--out", str(tmp_path / "g.png"), "--judge", "zoo:judge-digits"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert torch.load(tmp_path / "g.pt")["samples"].shape == (4, 1, 8, 16)
+    bad = subprocess.run([sys.executable, "-m", "layerwise", "sample", str(tmp_path / "out"), "--prompt", "cat dog",
+                          "--out", str(tmp_path / "h.png")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no known subject" in bad.stderr
+    for args in (["--sparsity", "1.0"], ["--sparsity", "0.9"], ["--sparsity", "-0.2"]):
+        bad = subprocess.run([sys.executable, "-m", "layerwise", "tokens", str(tmp_path / "unet"), "--method", "simprune",
+                              *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

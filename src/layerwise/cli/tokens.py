@@ -14,7 +14,8 @@ from .common import parse_options, registry_option
 def tokens_cmd(
     model: str = typer.Argument(..., help="zoo:NAME, a save_pretrained directory, or a hub id (Llama-like)."),
     method: str = registry_option("ftp", "--method", "-m", registry=TOKEN_SELECTORS, prefix="Token selector: "),
-    sparsity: float = typer.Option(0.3, "--sparsity", help="Mean share of tokens the blocks SKIP, in [0, 1)."),
+    sparsity: float = typer.Option(0.3, "--sparsity", help="Mean share of tokens the blocks SKIP, in [0, 1) "
+                                   "(diffusion models: share of top-resolution self-attention tokens pruned)."),
     r: Optional[int] = typer.Option(None, "--r", help="Image encoders (ViT): tokens merged (tome) or dropped "
                                     "(random) after each block's attention; default: from --sparsity."),
     keep_ratio: Optional[float] = typer.Option(None, "--keep-ratio", help="Vision-language models: share of the "
@@ -44,7 +45,8 @@ def tokens_cmd(
 
     Examples: layerwise tokens zoo:filler-lm --method ftp --sparsity 0.4 --schedule ga --out runs/ftp40;
     layerwise tokens zoo:vit-digits --method tome --r 6 --out runs/vit-tome6;
-    layerwise tokens zoo:llava-quadrants --method fastv --site 1 --keep-ratio 0.25 --out runs/fastv25
+    layerwise tokens zoo:llava-quadrants --method fastv --site 1 --keep-ratio 0.25 --out runs/fastv25;
+    layerwise tokens zoo:unet-digit-pairs --method simprune --sparsity 0.5 --out runs/simprune50
     """
     from ..pipeline.tokens import tokens
 
@@ -56,6 +58,14 @@ def tokens_cmd(
     from rich.table import Table
 
     t = Table(title=f"{method} on {model}: schedule", title_justify="left")
+    spatial = getattr(res, "routing", None)
+    if hasattr(spatial, "ratio"):
+        console.print(f"{method}: {spatial.ratio:.0%} of the top-resolution tokens pruned around attn1 "
+                      f"({len(spatial.sites)} attention blocks; {spatial.computed_share():.0%} of their tokens computed)")
+        console.print(", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items()))
+        if res.out:
+            console.print(f"wrote {res.out} (model + token_routing.json, plan.json, report.md)")
+        return
     counts = getattr(res, "r", None)
     for c in ("block", "tokens skipped") if counts is None else ("block", "tokens leaving"):
         t.add_column(c, justify="right")

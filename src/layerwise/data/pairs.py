@@ -1,7 +1,6 @@
 """Two-digit canvases and their prompts: the data of the text-conditioned UNet (zoo:unet-digit-pairs).
 
-A canvas is 16 × 32: a left and a right 16 × 16 cell, each either blank (−1) or one digit of a split
-upsampled from 8 × 8. Its prompt is a sequence of token ids, `[left, right, FILL, FILL]`:
+A canvas is 8 × 16: a left and a right 8 × 8 cell, each either blank (−1) or one digit of a split. Its prompt is a sequence of token ids, `[left, right, FILL, FILL]`:
 
     0..9    "digit d on the left"       10..19  "digit d on the right"
     20      "left cell blank"           21      "right cell blank"        22  filler
@@ -12,7 +11,7 @@ so no separate text encoder is needed and none can be missing from a checkpoint.
 
 Users type prompts as `"3 7"` (3 left, 7 right), `"3 _"` or `"_ 7"` (one digit), several joined by
 commas. Consistency of a sample (`eval.generators.pair_consistency`): the judge finds each named digit
-in its cell (average-pooled back to 8 × 8) and a cell asked to be blank is blank.
+in its cell and a cell asked to be blank is blank.
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from .images import digit_images
 LEFT, RIGHT, BLANK_LEFT, BLANK_RIGHT, FILL = 0, 10, 20, 21, 22
 VOCAB = 23
 PROMPT_LEN = 4
-CELL = 16
+CELL = 8
 BLANK_MAX = -0.5        # a cell whose brightest pixel stays below this is blank
 
 
@@ -66,17 +65,13 @@ def prompt_states(tokens: torch.Tensor, width: int) -> torch.Tensor:
     return F.one_hot(tokens.long(), width).float()
 
 
-def _upsample(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=(CELL, CELL), mode="bilinear", align_corners=False)
-
-
 def compose(left: torch.Tensor | None, right: torch.Tensor | None, n: int) -> torch.Tensor:
-    """[n, 1, 16, 32] canvases from 8×8 digits ([n, 1, 8, 8] or None for blank cells)."""
+    """[n, 1, 8, 16] canvases from 8×8 digits ([n, 1, 8, 8] or None for blank cells)."""
     canvas = torch.full((n, 1, CELL, 2 * CELL), -1.0)
     if left is not None:
-        canvas[..., :CELL] = _upsample(left)
+        canvas[..., :CELL] = left
     if right is not None:
-        canvas[..., CELL:] = _upsample(right)
+        canvas[..., CELL:] = right
     return canvas
 
 
@@ -98,5 +93,5 @@ def pair_batch(split: str, n: int, g: torch.Generator) -> tuple[torch.Tensor, to
 
 
 def cells(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The left and right cells of [n, 1, 16, 32] canvases, pooled to the judge's 8 × 8."""
-    return F.avg_pool2d(x[..., :CELL], 2), F.avg_pool2d(x[..., CELL:], 2)
+    """The left and right 8 × 8 cells of [n, 1, 8, 16] canvases (what the judge reads)."""
+    return x[..., :CELL], x[..., CELL:]

@@ -52,24 +52,36 @@ def sample(model, prompt: str, *, n: int = 16, steps: int = 20, eta: float = 0.3
         if src.loaded.path is None:
             raise ConfigError("--depth needs a depth-family directory (layerwise depth --family)")
         net = plug(net, src.loaded.path, depth)
-    classes = parse_prompt(prompt, num_conditions(net))
+    from .tokens_diffusion import is_pairs_model
+
+    pairs = is_pairs_model(net)
+    if pairs:       # a text-conditioned UNet: prompts are "LEFT RIGHT" digit pairs (data.pairs)
+        from ..data.pairs import parse_pair_prompt
+
+        cond = parse_pair_prompt(prompt)
+        label = prompt
+    else:
+        classes = parse_prompt(prompt, num_conditions(net))
+        cond = torch.tensor(classes)
+        label = "classes " + ",".join(map(str, classes))
     if math.prod(sample_shape(net)) <= 2:
         raise ConfigError("`layerwise sample` draws image grids; this generator makes 2-D points")
-    cond = torch.tensor(classes)
     with torch.no_grad():
         x = samples(net, Sampler(steps, shift, eta), cond, n, seed)
     res = {"samples": int(x.shape[0]), "out": out, "tensor": tensor}
     if judge:
-        from ..eval.generators import prompt_accuracy
+        from ..eval.generators import pair_consistency, prompt_accuracy
         from ..io.load import load_model
 
-        res["prompt_accuracy"] = prompt_accuracy(load_model(judge).model.eval(), x, cond.repeat_interleave(n))
+        jm = load_model(judge).model.eval()
+        res["prompt_accuracy"] = pair_consistency(jm, x, cond.repeat_interleave(n, dim=0))["consistency"] if pairs \
+            else prompt_accuracy(jm, x, cond.repeat_interleave(n))
     from ..eval.generators import save_grid
 
     tmp_png, tmp_pt = out.with_name(f".{out.name}.partial.png"), out.with_name(f".{tensor.name}.partial")
     try:
-        save_grid(x.reshape(x.shape[0], 1, *x.shape[-2:]), tmp_png, n, f"{src.spec}: classes {','.join(map(str, classes))}")
-        torch.save({"samples": x, "classes": cond.repeat_interleave(n), "steps": steps, "eta": eta, "seed": seed},
+        save_grid(x.reshape(x.shape[0], 1, *x.shape[-2:]), tmp_png, n, f"{src.spec}: {label}")
+        torch.save({"samples": x, "prompts" if pairs else "classes": cond.repeat_interleave(n, dim=0), "steps": steps, "eta": eta, "seed": seed},
                    tmp_pt)
         os.replace(tmp_png, out)
         os.replace(tmp_pt, tensor)

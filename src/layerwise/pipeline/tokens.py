@@ -95,7 +95,8 @@ def tokens(model, *, method: str = "ftp", sparsity: float = 0.3, schedule: str =
            steps: int = 300, batch: int = 8, seqlen: int = 128, population: int = 8, generations: int = 10,
            retune: bool = True, s_max: float = 0.9, seed: int = 0, options: dict | None = None, calib="stdlib",
            eval_sequences: int = 256, out=None, overwrite: bool = False, work_dir=None, tokenizer=None,
-           plan=None, processes: int = 1, r: int | None = None, keep_ratio: float | None = None) -> TokensResult:
+           plan=None, processes: int = 1, r: int | None = None, keep_ratio: float | None = None,
+           samples_per_prompt: int = 4, speed_repeats: int = 5) -> TokensResult:
     """Token-prune `model` with `method` at mean token sparsity `sparsity`; see the module docstring."""
     quiet()
     if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
@@ -112,6 +113,14 @@ def tokens(model, *, method: str = "ftp", sparsity: float = 0.3, schedule: str =
     art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, plan=plan)
     with art.run() if art is not None else nullcontext():
         src = resolve(model, tokenizer, load=True)
+        from .tokens_diffusion import diffusion_tokens, is_diffusion
+
+        if is_diffusion(src.loaded.model):
+            if r is not None or keep_ratio is not None:
+                raise ConfigError("diffusion models take --sparsity (the share of top-resolution self-attention "
+                                  "tokens pruned), not --r or --keep-ratio")
+            return diffusion_tokens(src, selector, ratio=sparsity, seed=seed, art=art,
+                                    samples_per_prompt=samples_per_prompt, speed_repeats=speed_repeats)
         if _is_encoder(src.loaded.model):
             from .tokens_encoder import encoder_tokens
 

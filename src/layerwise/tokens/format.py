@@ -21,7 +21,10 @@ VERSION = 1
 
 def write(directory: Path, routing) -> None:
     sel = routing.selector
-    if hasattr(routing, "r"):
+    if hasattr(routing, "ratio"):
+        meta = {"version": VERSION, "kind": "spatial", "selector": sel.config_dict(), "ratio": routing.ratio,
+                "max_downsample": routing.max_downsample, "seed": routing.seed, "cfg": routing.cfg}
+    elif hasattr(routing, "r"):
         meta = {"version": VERSION, "kind": "encoder", "selector": sel.config_dict(), "r": routing.r,
                 "mode": routing.mode}
     else:
@@ -82,11 +85,21 @@ def load(path: Path, dtype: torch.dtype) -> torch.nn.Module:
         raise ModelLoadError(f"{path / MARKER} is not valid JSON: {e}") from e
     if meta.get("version") != VERSION:
         raise ModelLoadError(f"{path / MARKER}: version {meta.get('version')!r} is not supported")
-    config = AutoConfig.from_pretrained(path)
-    model = model_class(config).from_pretrained(path, dtype=dtype).eval()
+    from ..io.diffusers_format import diffusers_config, load_diffusers
+
+    if diffusers_config(path) is not None:
+        model = load_diffusers(path, dtype)
+    else:
+        config = AutoConfig.from_pretrained(path)
+        model = model_class(config).from_pretrained(path, dtype=dtype).eval()
     sel = selector_from(meta, model, path)
     try:
-        if meta.get("kind") == "encoder":
+        if meta.get("kind") == "spatial":
+            from .diffusion import SpatialTokenPruning
+
+            SpatialTokenPruning(model, sel, meta["ratio"], meta.get("max_downsample", 1), meta.get("seed", 0),
+                                meta.get("cfg", False)).install()
+        elif meta.get("kind") == "encoder":
             EncoderReduction(model, sel, meta["r"], mode=meta.get("mode", "gather")).install()
         else:
             TokenRouting(model, sel, meta["drop"], mode=meta.get("mode", "gather")).install()
@@ -96,4 +109,4 @@ def load(path: Path, dtype: torch.dtype) -> torch.nn.Module:
 
 
 FORMAT = register_format(Format("tokens", MARKER, lambda p: (p / MARKER).exists(), load,
-                                "token routing (selector + schedule + router) over a stock checkpoint"))
+                                "token routing (selector + schedule + router) over a stock checkpoint"), first=True)

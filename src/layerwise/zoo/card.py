@@ -20,7 +20,7 @@ def plot_curve(card: dict, path: Path) -> None:
     if card.get("task", {}).get("name") == "flow-matching":
         _plot_flow_curve(card, path, plt)
         return
-    if card.get("task", {}).get("name") in ("flow-matching-images", "digit-judge"):
+    if card.get("task", {}).get("name") in ("flow-matching-images", "digit-judge", "flow-matching-pairs"):
         _plot_generic_curve(card, path, plt)
         return
     if "task" in card:
@@ -293,7 +293,31 @@ def generator_card_markdown(card: dict) -> str:
         "", "![samples](samples.png)", "", "![training curve](curve.png)", ""])
 
 
+def pairs_card_markdown(card: dict) -> str:
+    t, e, d = card["training"], card["eval"], card["data"]
+    return "\n".join([
+        f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
+        f"| architecture | `{card['architecture']}` (stock diffusers) |",
+        f"| parameters | {card['parameters']:,} |",
+        "| config | " + ", ".join(f"{k}={v}" for k, v in sorted(card["config"].items())) + " |",
+        f"| data | {d['source']} |", f"| prompts | {d['prompts']} |",
+        f"| task | {card['task']['definition']} |",
+        f"| seed | {t['seed']} |",
+        f"| training | {t['steps']:,} steps × batch {t['batch_size']}, {t['optimizer']}, lr {t['lr']}, {t['schedule']}, "
+        f"clip {t['grad_clip']} |", *_stack_rows(t)[:-1],
+        f"| stack | Python {t['python']}, torch {t['torch']}, diffusers {t.get('diffusers', '?')} |",
+        f"| sampler | {e['sampler']} |",
+        f"| prompt consistency (judge {e['judge']}; {e['prompts']}) | **{e['sde']['consistency']:.4f}** SDE "
+        f"(eta {e['sde']['eta']}), {e['ode']['consistency']:.4f} ODE ({e['sde']['samples']} samples each) |",
+        f"| both digits found, two-digit prompts | {e['sde']['both_digits_rate']:.4f} SDE, "
+        f"{e['ode']['both_digits_rate']:.4f} ODE |",
+        "", f"Retrain: `layerwise zoo train {card['name']} --out DIR` (bit-identical on the same machine type).",
+        "", "![samples](samples.png)", "", "![training curve](curve.png)", ""])
+
+
 def card_markdown(card: dict) -> str:
+    if card.get("task", {}).get("name") == "flow-matching-pairs":
+        return pairs_card_markdown(card)
     if card.get("task", {}).get("name") == "flow-matching":
         return flow_card_markdown(card)
     if card.get("task", {}).get("name") == "digit-judge":

@@ -272,7 +272,8 @@ def train_unet(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | N
                 model.eval()
                 m = evaluate_pairs(model, judge, ev, per=2)
                 model.train()
-                curve.append({"step": step + 1, "train_loss": acc_loss / n_loss, **m})
+                curve.append({"step": step + 1, "train_loss": acc_loss / n_loss, "consistency": m["consistency"],
+                              "both_digits_rate": m["both_digits_rate"]})
                 info(f"step {step + 1}: loss {curve[-1]['train_loss']:.4f}, consistency {m['consistency']:.3f}, "
                      f"both digits {m['both_digits_rate']:.3f}")
                 acc_loss, n_loss = 0.0, 0

@@ -175,6 +175,24 @@ register(ZooSpec(
 ))
 
 register(ZooSpec(
+    name="unet-digit-pairs",
+    description=("text-conditioned UNet (stock diffusers UNet2DConditionModel: 2 levels of 32/64 channels, "
+                 "cross-attention at the top level of 8x16 = 128 tokens) trained with rectified flow matching on "
+                 "8x16 canvases of a left and a right digit cell; prompts name the digit (or a blank) of each cell: "
+                 "the test bed of token pruning in self-attention (SimPrune, ToMe-SD) and of OptiPrune's "
+                 "initial-noise optimisation"),
+    architecture="unet",
+    config=dict(sample_size=(8, 16), in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=1,
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                attention_head_dim=(2, 4), norm_num_groups=8),
+    corpus="digit-pairs", batch_size=64, steps=5000, lr=1e-3, min_lr_ratio=0.05, warmup=200, weight_decay=0.0,
+    betas=(0.9, 0.99), eval_every=1000, seed=0,
+    extra={"task": "flow-matching-pairs", "judge": "judge-digits",
+           "eval": {"steps": 20, "eta": 0.3, "shift": 1.0, "per_prompt": 10}},
+))
+
+register(ZooSpec(
     name="dit-digits-misaligned",
     description=("class-conditional DiT (stock diffusers DiTTransformer2DModel: 4 blocks, hidden 64, 16 tokens of 8x8 "
                  "digits) trained with rectified flow matching on labels half of which were replaced by random "
