@@ -132,3 +132,16 @@ def test_sample_command_takes_a_family_member_and_rejects_a_depth_not_in_it(fami
     bad = subprocess.run([sys.executable, "-m", "layerwise", "sample", str(d / "out"), "--prompt", "1", "--depth", "1",
                           "--out", str(tmp_path / "h.png")], capture_output=True, text=True)
     assert bad.returncode == 2 and "available depths" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_recipe_composes_depth_and_token_pruning_on_a_dit(tmp_path):
+    tiny_dit().save_pretrained(tmp_path / "dit")
+    recipe = {"calibration": {"corpus": "digits", "nsamples": 8},
+              "stages": [{"depth": {"remove": 1, "select": "bi", "heal": "distill", "steps": 2, "global_batch": 4}},
+                         {"tokens": {"method": "random", "sparsity": 0.5}}]}
+    res = layerwise.compress(str(tmp_path / "dit"), recipe, out=tmp_path / "out")
+    back = layerwise.load(str(tmp_path / "out")).model
+    assert len(get_adapter(back).block_list()) == 5 and back._layerwise_tokens.ratio == 0.5
+    assert [s["stages"] for s in res.steps] == [["depth"], ["tokens"]]
+    with pytest.raises(ConfigError, match="stages\\[0\\].tokens.sparsity"):
+        layerwise.compress(str(tmp_path / "dit"), {"stages": [{"tokens": {"method": "simprune", "sparsity": 1.2}}]})

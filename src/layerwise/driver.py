@@ -71,6 +71,11 @@ def _run_step(step: list[Stage], model, cal, out, common: dict):
         from .pipeline.depth import depth
 
         return depth(model, **s.options.model_dump(), **calib, nsamples=min(cal.nsamples, 64), out=out, **common)
+    if s.kind == "tokens":
+        from .pipeline.tokens import tokens
+
+        return tokens(model, **s.options.model_dump(), seed=cal.seed, calib=cal.corpus, out=out,
+                      overwrite=common.get("overwrite", False))
     if s.kind == "search":
         from .pipeline.search import search
 

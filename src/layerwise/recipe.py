@@ -87,11 +87,12 @@ class DepthStage(_Strict):
     select: str = "ppcl"
     heal: str = "none"
     heal_options: dict = Field(default_factory=dict)
-    steps: int = Field(200, ge=1)
+    steps: int = Field(200, ge=0)
     lr: float = Field(2e-4, gt=0)
     global_batch: int = Field(16, ge=1)
     max_len: int = Field(3, ge=1)
     protect: int = Field(2, ge=0)
+    family: bool = False
 
     _s = field_validator("select")(lambda v: _registered("layerwise.prune.depth:DEPTH_SELECTORS", v))
     _h = field_validator("heal")(lambda v: _registered("layerwise.distill.objectives:HEALERS", v))
@@ -135,8 +136,21 @@ class SearchStage(_Strict):
     _c = field_validator("criterion")(lambda v: _registered("layerwise.prune.width:WIDTH_CRITERIA", v))
 
 
+class TokensStage(_Strict):
+    method: str = "ftp"
+    sparsity: float = Field(0.3, ge=0, lt=1)      # diffusion models: share of top-level attention tokens pruned
+    options: dict = Field(default_factory=dict)
+    schedule: str = "ga"
+    site: int = Field(2, ge=0)
+    steps: int = Field(300, ge=1)
+    r: int | None = Field(None, ge=0)
+    keep_ratio: float | None = Field(None, gt=0, le=1)
+
+    _m = field_validator("method")(lambda v: _registered("layerwise.tokens:TOKEN_SELECTORS", v))
+
+
 STAGES: dict[str, type[_Strict]] = {"prune": PruneStage, "quantize": QuantizeStage, "depth": DepthStage,
-                                    "width": WidthStage, "search": SearchStage}
+                                    "width": WidthStage, "search": SearchStage, "tokens": TokensStage}
 
 
 class Stage(BaseModel):
