@@ -44,7 +44,7 @@ def test_retraining_filler_lm_reproduces_the_shipped_weights(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["resnet-digits", "vit-digits", "clip-digits", "llava-quadrants", "flow-gmm",
-                                  "judge-digits", "dit-digits", "dit-digits-misaligned"])
+                                  "judge-digits", "dit-digits", "dit-digits-misaligned", "unet-digit-pairs"])
 def test_retraining_an_image_model_reproduces_the_shipped_weights(tmp_path, name):
     from safetensors.torch import load_file
 
@@ -55,7 +55,7 @@ def test_retraining_an_image_model_reproduces_the_shipped_weights(tmp_path, name
     if (os.cpu_count() or 1) != 2:
         pytest.skip("bit-exact reproduction needs the card's thread count (2)")
     out = train(name, tmp_path / "m", threads=card["training"]["threads"])
-    weights = "diffusion_pytorch_model.safetensors" if name.startswith("dit-") else "model.safetensors"
+    weights = "diffusion_pytorch_model.safetensors" if name.startswith(("dit-", "unet-")) else "model.safetensors"
     new, old = load_file(out / weights), load_file(zoo.path(name) / weights)
     assert new.keys() == old.keys()
     assert all(torch.equal(new[k], old[k]) for k in new)
@@ -63,6 +63,8 @@ def test_retraining_an_image_model_reproduces_the_shipped_weights(tmp_path, name
         assert 0.5 < card["eval"]["accuracy"] < 0.65
     elif name == "dit-digits":
         assert card["eval"]["sde"]["prompt_accuracy"] > 0.95
+    elif name == "unet-digit-pairs":
+        assert card["eval"]["sde"]["consistency"] > 0.7
     elif name == "dit-digits-misaligned":
         assert 0.3 < card["eval"]["sde"]["prompt_accuracy"] < 0.65
     else:

@@ -100,8 +100,6 @@ class Adapter:
     inputs: ClassVar[tuple[InputField, ...]] = TOKEN_INPUTS
     # How checkpoint files of this model are named (diffusers: "diffusion_pytorch_model").
     weights_prefix: ClassVar[str] = "model"
-    # Modules outside the blocks that are never pruned by default.
-    default_ignore: ClassVar[tuple[str, ...]] = ("lm_head", "embed", "wte", "wpe", "pooler")
 
     # The global index of this adapter's first block when it is one tower of a multi-tower model (plan
     # rows and checkpoint shards number the blocks of all towers in one sequence).

@@ -19,7 +19,6 @@ class CifarResNetAdapter(Adapter):
     model_types = ("layerwise_cifar_resnet",)
     blocks_path = "resnet.blocks"
     inputs = (InputField("pixel_values", "pixels", ("batch", "channels", "height", "width")),)
-    default_ignore = ("classifier",)
 
     def example_inputs(self, batch: int = 2, length: int = 0, seed: int = 0) -> dict:
         c = self.model.config

@@ -59,7 +59,6 @@ class JointAdapter(Adapter):
         self.name = primary.name
         self.inputs = primary.inputs
         self.blocks_path = self.parts[0].blocks_path
-        self.default_ignore = primary.default_ignore
 
     def towers(self) -> list[Adapter]:
         return self.parts

@@ -53,7 +53,6 @@ class ViTAdapter(PixelInputs, Adapter):
     model_types = ("vit",)
     attention_path = "attention"
     inputs = (InputField("pixel_values", "pixels", ("batch", "channels", "height", "width")),)
-    default_ignore = ("classifier", "embeddings", "pooler")
 
     @classmethod
     def matches(cls, model) -> bool:
@@ -138,7 +137,6 @@ class LlavaAdapter(PixelInputs, LlamaLikeAdapter):
     head_path = "lm_head"
     inputs = (InputField("input_ids", "tokens", ("batch", "seq"), "int64"),
               InputField("pixel_values", "pixels", ("batch", "channels", "height", "width")))
-    default_ignore = ("lm_head", "embed", "vision_tower", "multi_modal_projector")
 
     def text_config(self):
         return self.model.config.text_config
@@ -228,7 +226,6 @@ class CLIPAdapter(PixelInputs, Adapter):
     multi_tower = True
     inputs = (InputField("input_ids", "tokens", ("batch", "seq"), "int64"),
               InputField("pixel_values", "pixels", ("batch", "channels", "height", "width")))
-    default_ignore = ("embeddings", "projection", "pooler")
 
     @classmethod
     def matches(cls, model) -> bool:
