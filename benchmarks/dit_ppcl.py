@@ -93,7 +93,7 @@ def random_intervals(lengths, lo, hi, rng):
 
 def agg(ms, key, fmt="{:.3f}"):
     v = [m[key] for m in ms]
-    return fmt.format(statistics.mean(v)) + (f" ± {statistics.pstdev(v):.3f}" if len(v) > 1 else "")
+    return fmt.format(statistics.mean(v)) + (" ± " + fmt.format(statistics.pstdev(v)) if len(v) > 1 else "")
 
 
 def row(name, ms, extra=""):

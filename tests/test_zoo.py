@@ -27,7 +27,7 @@ def test_shipped_sizes():
     assert big["config"]["num_hidden_layers"] >= 12
     assert big["config"]["num_key_value_heads"] < big["config"]["num_attention_heads"]
     total = sum(f.stat().st_size for n in zoo.shipped() for f in zoo.path(n).iterdir())
-    assert total <= 40 * 2**20
+    assert total <= 60 * 2**20          # the package stays well under 100 MB
 
 
 @pytest.mark.parametrize("name", ["llama-tiny", "llama-12l"])
