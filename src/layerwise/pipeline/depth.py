@@ -3,8 +3,11 @@
 Selectors: `ppcl` (contiguous intervals from span probes and the CKA trend, each replaced by one
 block), `bi` (ShortGPT: the k blocks of lowest Block Influence), `random` (seeded), `last`.
 Healing (same budget for every selector) is any objective of `distill.objectives.HEALERS`: `distill`
-trains one student per interval, teacher-forced (contiguous layer distillation); `finetune` trains the
-whole pruned model on LM loss; `kd` distils the pruned model from the dense model's logits.
+trains one student per interval, teacher-forced (contiguous layer distillation) or sequentially, each a
+copy of one block or a ridge-fitted linear stand-in; `finetune` trains the whole pruned model on LM
+loss; `kd` distils the pruned model from the dense model's logits. Models that bring their own
+training data (a DiT: noised digits) heal with `distill` on it. `family` saves the pluggable checkpoint
+of `prune.family`: every nested subset of the intervals loads with `layerwise.load(out, depth=N)`.
 """
 from __future__ import annotations
 
