@@ -3,7 +3,8 @@ subjects get attention raise the rate at which both digits appear, and what does
 diagnostic passes save?
 
 `--prompts` random two-digit prompts, each with one seeded initial noise; samples are deterministic
-Euler ODE samples (20 steps) from that noise, so the noise alone decides the sample. The judge must
+Euler ODE samples (20 steps) from that noise, so the noise alone decides the sample — drawn by the
+unpruned UNet and by the UNet with SimPrune in its self-attention (OptiPrune's fast sampling). The judge must
 find both digits in their cells. Thresholds τ_cross, τ_self: the `--tau-quantile` quantiles of the two
 scores over 64 separate calibration prompts with random noise (a noise is valid when it is better on
 both scores than that share of random noises). Then: the rate with random noise, with LatentMapper's
@@ -51,6 +52,7 @@ def main():
     ap.add_argument("--tau-quantile", type=float, default=0.3)
     ap.add_argument("--prune-ratio", type=float, default=0.5)
     ap.add_argument("--diag-sigma", type=float, default=1.0)
+    ap.add_argument("--sample-prune", default="0,0.75", help="SimPrune ratios of the sampling passes")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -68,46 +70,69 @@ def main():
     tau_c, tau_s = float(torch.quantile(c, args.tau_quantile)), float(torch.quantile(s, args.tau_quantile))
     print(f"tau_cross {tau_c:.4f}, tau_self {tau_s:.4f}", flush=True)
     rows, results = [], {"tau_cross": tau_c, "tau_self": tau_s, "runs": []}
-    per_variant: dict[str, list] = {"random noise": [], "LatentMapper": [], "LatentMapper + SimPrune 0.5": []}
-    costs: dict[str, list] = {k: [] for k in per_variant}
+    sample_ratios = [float(r) for r in args.sample_prune.split(",")]
+    noises = ("random noise", "LatentMapper", "LatentMapper + SimPrune 0.5")
+    rates: dict = {(nz, r): [] for nz in noises for r in sample_ratios}
+    costs: dict[str, list] = {k: [] for k in noises[1:]}
     predictive = []
+    from layerwise.tokens import TOKEN_SELECTORS
+    from layerwise.tokens.diffusion import SpatialTokenPruning
+
     for seed in [int(x) for x in args.seeds.split(",")]:
         tokens, eps = prompts_and_noise(args.prompts, seed, shape)
-        x = ode_samples(unet, sampler, tokens, eps)
-        found = pair_consistency(judge, x, tokens)["found"]
-        per_variant["random noise"].append(float(found.float().mean()))
-        with torch.no_grad():
-            c, s = diagnose(unet, eps, prompt_states(tokens, width), [0, 1], MapperConfig(diag_sigma=args.diag_sigma))
-        predictive.append({"s_cross_found": float(c[found].mean()), "s_cross_missed": float(c[~found].mean()),
-                           "s_self_found": float(s[found].mean()), "s_self_missed": float(s[~found].mean()),
-                           "missed": int((~found).sum())})
+        starts = {"random noise": eps}
         for name, ratio in (("LatentMapper", 0.0), ("LatentMapper + SimPrune 0.5", args.prune_ratio)):
             cfg = MapperConfig(steps=args.steps, lr=args.lr, tau_cross=tau_c, tau_self=tau_s,
                                diag_sigma=args.diag_sigma, prune_ratio=ratio, seed=seed)
             res = optimize_noise(unet, tokens, [0, 1], eps, cfg)
-            xo = ode_samples(unet, sampler, tokens, res.z)
-            rate = float(pair_consistency(judge, xo, tokens)["found"].float().mean())
-            per_variant[name].append(rate)
+            starts[name] = res.z
             costs[name].append({"passes": res.passes, "seconds": res.seconds, "valid": float(res.valid.float().mean()),
                                 "mean_steps": float(res.steps_used.float().mean())})
-            print(seed, name, rate, costs[name][-1], flush=True)
-        print(seed, "random", per_variant["random noise"][-1], predictive[-1], flush=True)
-    results.update({"rates": per_variant, "costs": costs, "predictive": predictive})
+            print(seed, name, costs[name][-1], flush=True)
+        for r in sample_ratios:
+            pruning = SpatialTokenPruning(unet, TOKEN_SELECTORS.create("simprune"), r, seed=seed) if r else None
+            for nz, z in starts.items():
+                if pruning is not None:
+                    pruning.install()
+                try:
+                    x = ode_samples(unet, sampler, tokens, z)
+                finally:
+                    if pruning is not None:
+                        pruning.remove()
+                found = pair_consistency(judge, x, tokens)["found"]
+                rates[(nz, r)].append(float(found.float().mean()))
+                if nz == "random noise" and r == 0:
+                    with torch.no_grad():
+                        c, s = diagnose(unet, eps, prompt_states(tokens, width), [0, 1],
+                                        MapperConfig(diag_sigma=args.diag_sigma))
+                    predictive.append({"s_cross_found": float(c[found].mean()), "s_cross_missed": float(c[~found].mean()) if (~found).any() else float("nan"),
+                                       "s_self_found": float(s[found].mean()), "s_self_missed": float(s[~found].mean()) if (~found).any() else float("nan"),
+                                       "missed": int((~found).sum())})
+                print(seed, nz, r, rates[(nz, r)][-1], flush=True)
+    results.update({"rates": {f"{k[0]} | sampling prune {k[1]}": v for k, v in rates.items()}, "costs": costs,
+                    "predictive": predictive})
     n = args.prompts
-    for name, rates in per_variant.items():
-        cost = costs[name]
-        rows.append([name, f"{statistics.mean(rates):.3f} (" + ", ".join(f"{r:.3f}" for r in rates) + ")",
-                     f"{statistics.mean(c['valid'] for c in cost):.2f}" if cost else "-",
-                     f"{statistics.mean(c['passes'] for c in cost):.1f}" if cost else "0",
-                     f"{statistics.mean(c['seconds'] for c in cost):.1f} s" if cost else "0"])
-    t1 = md_table([f"initial noise ({n} two-digit prompts per seed, seeds {args.seeds})", "both digits found (per seed)",
-                   "share passing both thresholds", "diagnostic passes (batched)", "optimisation time"], rows)
-    t2 = md_table(["random noise, by outcome", "S_cross", "S_self", "samples"],
-                  [["both digits found", f"{statistics.mean(p['s_cross_found'] for p in predictive):.4f}",
-                    f"{statistics.mean(p['s_self_found'] for p in predictive):.4f}",
+    for nz in noises:
+        cost = costs.get(nz)
+        rows.append([nz] + [f"{statistics.mean(rates[(nz, r)]):.3f} (" + ", ".join(f"{x:.3f}" for x in rates[(nz, r)]) + ")"
+                            for r in sample_ratios]
+                    + [f"{statistics.mean(c['valid'] for c in cost):.2f}" if cost else "-",
+                       f"{statistics.mean(c['passes'] for c in cost):.1f}" if cost else "0",
+                       f"{statistics.mean(c['seconds'] for c in cost):.1f} s" if cost else "0"])
+    t1 = md_table([f"initial noise ({n} two-digit prompts per seed, seeds {args.seeds})"]
+                  + [f"both digits found, sampling {'unpruned' if r == 0 else f'with SimPrune {r}'} (per seed)"
+                     for r in sample_ratios]
+                  + ["share passing both thresholds", "diagnostic passes (batched)", "optimisation time"], rows)
+
+    def mean_of(key):
+        v = [p[key] for p in predictive if p[key] == p[key]]
+        return f"{statistics.mean(v):.4f}" if v else "-"
+
+    t2 = md_table(["random noise, unpruned sampling, by outcome", "S_cross", "S_self", "samples"],
+                  [["both digits found", mean_of("s_cross_found"), mean_of("s_self_found"),
                     str(sum(n - p["missed"] for p in predictive))],
-                   ["a digit missed", f"{statistics.mean(p['s_cross_missed'] for p in predictive):.4f}",
-                    f"{statistics.mean(p['s_self_missed'] for p in predictive):.4f}", str(sum(p["missed"] for p in predictive))]])
+                   ["a digit missed", mean_of("s_cross_missed"), mean_of("s_self_missed"),
+                    str(sum(p["missed"] for p in predictive))]])
     print(t1, t2, sep="\n\n")
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
