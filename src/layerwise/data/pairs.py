@@ -95,3 +95,11 @@ def pair_batch(split: str, n: int, g: torch.Generator) -> tuple[torch.Tensor, to
 def cells(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The left and right 8 × 8 cells of [n, 1, 8, 16] canvases (what the judge reads)."""
     return x[..., :CELL], x[..., CELL:]
+
+
+def eval_prompts() -> torch.Tensor:
+    """The fixed evaluation prompts: every digit alone on the left and on the right, and 20 pairs."""
+    g = torch.Generator().manual_seed(2024)
+    pairs = torch.randint(0, 10, (20, 2), generator=g)
+    rows = [prompt_tokens(d, None) for d in range(10)] + [prompt_tokens(None, d) for d in range(10)]
+    return torch.stack(rows + [prompt_tokens(int(a), int(b)) for a, b in pairs])

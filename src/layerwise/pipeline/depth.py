@@ -337,5 +337,12 @@ def _write(art, res: DepthResult, src, select, healer, k, seed, timings) -> Path
                      f"{iv.get('cost', float('nan')):.4f} |")
     if res.metrics:
         lines += ["", "| metric | value |", "|---|---|"] + [f"| {a} | {b:.4f} |" for a, b in res.metrics.items()]
+    from ..models.adapters import get_adapter
+
+    if src.tokenizer is None and any(f.kind == "latents" for f in get_adapter(res.model).inputs):
+        from .sample import write_sample_grid
+
+        write_sample_grid(res.model, tmp / "samples.png", f"{src.spec}: {L - len(res.removed)} blocks")
+        lines += ["", "Samples (one row per class):", "", "![samples](samples.png)"]
     (tmp / "report.md").write_text("\n".join(lines) + "\n")
     return art.commit(check=check_model_dir)

@@ -89,3 +89,19 @@ def sample(model, prompt: str, *, n: int = 16, steps: int = 20, eta: float = 0.3
         for f in (tmp_png, tmp_pt):
             f.unlink(missing_ok=True)
     return res
+
+
+@torch.no_grad()
+def write_sample_grid(model, path: Path, title: str, per: int = 6, seed: int = 777, steps: int = 20) -> None:
+    """A report's sample grid: one row per class (0-9) or per evaluation prompt of a two-digit model."""
+    from ..eval.generators import save_grid
+    from .tokens_diffusion import is_pairs_model
+
+    if is_pairs_model(model):
+        from ..data.pairs import eval_prompts
+
+        cond = eval_prompts()[::4]
+    else:
+        cond = torch.arange(min(10, num_conditions(model)))
+    x = samples(model, Sampler(steps), cond, per, seed)
+    save_grid(x.reshape(x.shape[0], 1, *x.shape[-2:]), path, per, title)

@@ -75,10 +75,10 @@ def consistency(model, judge, per: int = 4, steps: int = 20, seed: int = 12345) 
     from ..rl.trainer import samples
 
     if is_pairs_model(model):
+        from ..data.pairs import eval_prompts
         from ..eval.generators import pair_consistency
-        from ..zoo.diffusion import pair_eval_prompts
 
-        prompts = pair_eval_prompts()
+        prompts = eval_prompts()
         x = samples(model, Sampler(steps), prompts, per, seed)
         return pair_consistency(judge, x, prompts.repeat_interleave(per, dim=0))["consistency"]
     from ..eval.generators import prompt_accuracy
@@ -150,9 +150,16 @@ def _write(art, res, pruning, src, x0, cond) -> Path:
                               res.timings, res.metrics, {"attention_sites": len(pruning.sites)})
     manifest["checks"] = {"reload": reload}
     write_json(tmp / "manifest.json", manifest)
+    from .sample import write_sample_grid
+
+    write_sample_grid(res.model, tmp / "samples_dense.png", f"{src.spec}: unpruned")
+    with pruning:
+        write_sample_grid(res.model, tmp / "samples.png", f"{res.selector.name}, ratio {pruning.ratio}")
     lines = [f"# Token pruning in self-attention: {src.spec}", "", f"Selector `{res.selector.name}`, ratio "
              f"{pruning.ratio} of the top-resolution tokens around every `attn1` there.", "",
              "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in res.metrics.items()]
+    lines += ["", "Samples from the same noises, pruned and unpruned:", "", "![pruned](samples.png)", "",
+              "![unpruned](samples_dense.png)"]
     (tmp / "report.md").write_text("\n".join(lines) + "\n")
     return art.commit()
 

@@ -203,23 +203,14 @@ def train_dit(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | No
 
 
 # --- the text-conditioned UNet on two-digit canvases -------------------------------------------------
-def pair_eval_prompts() -> torch.Tensor:
-    """The fixed evaluation prompts: every digit alone on the left and on the right, and 20 pairs."""
-    from ..data.pairs import prompt_tokens
-
-    g = torch.Generator().manual_seed(2024)
-    pairs = torch.randint(0, 10, (20, 2), generator=g)
-    rows = [prompt_tokens(d, None) for d in range(10)] + [prompt_tokens(None, d) for d in range(10)]
-    return torch.stack(rows + [prompt_tokens(int(a), int(b)) for a, b in pairs])
-
-
 def evaluate_pairs(model, judge, ev: dict, eta: float | None = None, seed: int = 12345, per: int | None = None) -> dict:
     """Prompt consistency of SDE samples on the evaluation prompts (`eval.generators.pair_consistency`)."""
+    from ..data.pairs import eval_prompts
     from ..eval.generators import pair_consistency
     from ..rl.sampler import Sampler
     from ..rl.trainer import samples
 
-    prompts = pair_eval_prompts()
+    prompts = eval_prompts()
     per = per or ev["per_prompt"]
     x = samples(model, Sampler(ev["steps"], ev["shift"], ev["eta"] if eta is None else eta), prompts, per, seed)
     m = pair_consistency(judge, x, prompts.repeat_interleave(per, dim=0))
@@ -299,7 +290,9 @@ def train_unet(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | N
             "curve": curve}
 
     def grids(d: Path) -> None:
-        prompts = pair_eval_prompts()[::4]
+        from ..data.pairs import eval_prompts
+
+        prompts = eval_prompts()[::4]
         x = samples(model, Sampler(ev["steps"], ev["shift"], ev["eta"]), prompts, 6, 777)
         save_grid(x, d / "samples.png", 6, f"{spec.name}: SDE samples, one row per prompt")
 
