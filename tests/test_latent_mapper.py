@@ -74,7 +74,7 @@ def test_pruned_diagnostic_pass_gives_full_size_maps():
     tokens = parse_pair_prompt("3 7")
     p = SpatialTokenPruning(unet, TOKEN_SELECTORS.create("simprune"), 0.5)
     s_c, s_s = diagnose(unet, torch.randn(1, 1, 8, 16), prompt_states(tokens, 32), [0, 1], MapperConfig(), p)
-    assert 0 <= float(s_c) <= 1 and 0 <= float(s_s) <= 0.5
+    assert 0 <= float(s_c.detach()) <= 1 and 0 <= float(s_s.detach()) <= 0.5
 
 
 @pytest.mark.parametrize("prompt", ["cat dog", "3", "", "12 4"])
