@@ -152,3 +152,15 @@ def test_quantize_refuses_to_write_a_diffusers_checkpoint(tmp_path):
                         "--calib", "digits", "--out", str(tmp_path / "q")], capture_output=True, text=True)
     assert r.returncode == 2 and "diffusers" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q").exists()
+
+
+def test_ode_samples_from_given_noise_equal_the_eta_zero_sampler():
+    from layerwise.rl.trainer import _prompt_key, generator, ode_samples
+
+    dit = tiny_dit()
+    cond = torch.tensor([1, 4])
+    s = Sampler(5, eta=0.0)
+    ref = samples(dit, s, cond, 3, seed=9)
+    noise = torch.cat([torch.randn((3, 1, 8, 8), generator=generator(9, _prompt_key(c), 5)) for c in cond])
+    out = ode_samples(dit, s, cond.repeat_interleave(3), noise)
+    assert torch.allclose(out, ref, atol=1e-5)
