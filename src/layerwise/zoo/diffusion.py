@@ -273,8 +273,8 @@ def train_unet(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | N
     sde, ode = evaluate_pairs(model, judge, ev), evaluate_pairs(model, judge, ev, eta=0.0)
     card = {"name": spec.name, "description": spec.description, "architecture": type(model).__name__,
             "parameters": nparams, "config": spec.config,
-            "data": {"source": "scikit-learn load_digits: 16x32 canvases of a left and a right cell, each blank or a "
-                               "digit upsampled 8x8 -> 16x16 (layerwise.data.pairs)",
+            "data": {"source": "scikit-learn load_digits: 8x16 canvases of a left and a right 8x8 cell, each blank or "
+                               "a digit of the training split (layerwise.data.pairs)",
                      "prompts": "[left, right, FILL, FILL]: 0-9 left digit, 10-19 right digit, 20/21 blank "
                                 "left/right, 22 filler; one-hot encoder states of width cross_attention_dim"},
             "task": {"name": "flow-matching-pairs",
@@ -283,7 +283,7 @@ def train_unet(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | N
             "training": {"seed": spec.seed, "steps": steps, "batch_size": spec.batch_size,
                          "loss": "mean squared velocity error", **training_settings(spec, nthreads, wall),
                          "diffusers": diffusers.__version__},
-            "eval": {"judge": f"zoo:{spec.extra['judge']} on each cell average-pooled to 8x8",
+            "eval": {"judge": f"zoo:{spec.extra['judge']} on each 8x8 cell",
                      "prompts": "10 left-only, 10 right-only, 20 two-digit prompts",
                      "sampler": f"{ev['steps']} steps, shift {ev['shift']}; x0 prediction of the last step",
                      "sde": {"eta": ev["eta"], **sde}, "ode": ode},
