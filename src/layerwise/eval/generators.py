@@ -68,7 +68,7 @@ def save_grid(x: torch.Tensor, path: Path, nrow: int, title: str | None = None) 
     for i in range(n):
         r, c = divmod(i, nrow)
         grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x[i, 0]
-    fig, ax = plt.subplots(figsize=(max(3.0, nrow * 0.45), max(2.0, rows * 0.45 + (0.3 if title else 0))))
+    fig, ax = plt.subplots(figsize=(max(3.0, nrow * 0.45 * w / h), max(2.0, rows * 0.45 + (0.3 if title else 0))))
     ax.imshow(grid.numpy(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     ax.axis("off")
     if title:
