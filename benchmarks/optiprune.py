@@ -48,7 +48,8 @@ def main():
     ap.add_argument("--prompts", type=int, default=240)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=15)
-    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--kl-weight", type=float, default=1.0)
     ap.add_argument("--tau-quantile", type=float, default=0.3)
     ap.add_argument("--prune-ratio", type=float, default=0.5)
     ap.add_argument("--diag-sigma", type=float, default=1.0)
@@ -82,7 +83,7 @@ def main():
         tokens, eps = prompts_and_noise(args.prompts, seed, shape)
         starts = {"random noise": eps}
         for name, ratio in (("LatentMapper", 0.0), ("LatentMapper + SimPrune 0.5", args.prune_ratio)):
-            cfg = MapperConfig(steps=args.steps, lr=args.lr, tau_cross=tau_c, tau_self=tau_s,
+            cfg = MapperConfig(steps=args.steps, lr=args.lr, tau_cross=tau_c, tau_self=tau_s, kl_weight=args.kl_weight,
                                diag_sigma=args.diag_sigma, prune_ratio=ratio, seed=seed)
             res = optimize_noise(unet, tokens, [0, 1], eps, cfg)
             starts[name] = res.z
@@ -143,7 +144,7 @@ def main():
     body = (f"zoo:unet-digit-pairs, deterministic ODE samples (20 steps) from each prompt's initial noise. Diagnosis at "
             f"σ = {args.diag_sigma}; thresholds = the {args.tau_quantile:.0%} quantiles of S_cross and S_self over 64 "
             f"calibration prompts with random noise (τ_cross {tau_c:.4f}, τ_self {tau_s:.4f}); at most {args.steps} Adam "
-            f"steps (lr {args.lr}) on (μ, log s), KL weight 0.01; all prompts of a seed optimised as one batch. "
+            f"steps (lr {args.lr}) on (μ, log s), KL weight {args.kl_weight}; all prompts of a seed optimised as one batch. "
             f"{minutes:.0f} min on {platform.machine()}.\n\n" + t1 + "\n\nAre the diagnostic scores of random noise "
             "predictive of the outcome?\n\n" + t2 + "\n")
     update_section("optiprune", body, "OptiPrune: initial-noise optimisation on two-digit prompts")
