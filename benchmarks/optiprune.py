@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--kl-weight", type=float, default=1.0)
+    ap.add_argument("--weak-kl", default="0.01:0.1", help="KL weight:lr of an extra LatentMapper row ('' for none)")
     ap.add_argument("--tau-quantile", type=float, default=0.3)
     ap.add_argument("--prune-ratio", type=float, default=0.5)
     ap.add_argument("--diag-sigma", type=float, default=1.0)
@@ -72,7 +73,11 @@ def main():
     print(f"tau_cross {tau_c:.4f}, tau_self {tau_s:.4f}", flush=True)
     rows, results = [], {"tau_cross": tau_c, "tau_self": tau_s, "runs": []}
     sample_ratios = [float(r) for r in args.sample_prune.split(",")]
-    noises = ("random noise", "LatentMapper", "LatentMapper + SimPrune 0.5")
+    weak = [tuple(float(v) for v in args.weak_kl.split(":"))] if args.weak_kl else []
+    variants = [("LatentMapper", 0.0, args.kl_weight, args.lr),
+                (f"LatentMapper + SimPrune {args.prune_ratio}", args.prune_ratio, args.kl_weight, args.lr)]
+    variants += [(f"LatentMapper, KL weight {k:g}, lr {lr:g}", 0.0, k, lr) for k, lr in weak]
+    noises = ("random noise", *(v[0] for v in variants))
     rates: dict = {(nz, r): [] for nz in noises for r in sample_ratios}
     costs: dict[str, list] = {k: [] for k in noises[1:]}
     predictive = []
@@ -82,8 +87,8 @@ def main():
     for seed in [int(x) for x in args.seeds.split(",")]:
         tokens, eps = prompts_and_noise(args.prompts, seed, shape)
         starts = {"random noise": eps}
-        for name, ratio in (("LatentMapper", 0.0), ("LatentMapper + SimPrune 0.5", args.prune_ratio)):
-            cfg = MapperConfig(steps=args.steps, lr=args.lr, tau_cross=tau_c, tau_self=tau_s, kl_weight=args.kl_weight,
+        for name, ratio, kl, lr in variants:
+            cfg = MapperConfig(steps=args.steps, lr=lr, tau_cross=tau_c, tau_self=tau_s, kl_weight=kl,
                                diag_sigma=args.diag_sigma, prune_ratio=ratio, seed=seed)
             res = optimize_noise(unet, tokens, [0, 1], eps, cfg)
             starts[name] = res.z
