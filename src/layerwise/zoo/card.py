@@ -271,48 +271,45 @@ def judge_card_markdown(card: dict) -> str:
         "", f"Retrain: `layerwise zoo train {card['name']} --out DIR`.", "", "![training curve](curve.png)", ""])
 
 
-def generator_card_markdown(card: dict) -> str:
-    t, e, d = card["training"], card["eval"], card["data"]
-    return "\n".join([
+def _diffusers_rows(card: dict, data_rows: list[str]) -> list[str]:
+    """The rows every diffusers generator's card shares, up to its sampler."""
+    t, e = card["training"], card["eval"]
+    return [
         f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
         f"| architecture | `{card['architecture']}` (stock diffusers) |",
         f"| parameters | {card['parameters']:,} |",
         "| config | " + ", ".join(f"{k}={v}" for k, v in sorted(card["config"].items())) + " |",
-        f"| data | {d['source']}; {d['train_images']} training digits |",
+        *data_rows,
         f"| task | {card['task']['definition']} |",
         f"| seed | {t['seed']} |",
         f"| training | {t['steps']:,} steps × batch {t['batch_size']}, {t['optimizer']}, lr {t['lr']}, {t['schedule']}, "
         f"clip {t['grad_clip']} |", *_stack_rows(t)[:-1],
         f"| stack | Python {t['python']}, torch {t['torch']}, diffusers {t.get('diffusers', '?')} |",
-        f"| sampler | {e['sampler']} |",
+        f"| sampler | {e['sampler']} |"]
+
+
+_GENERATOR_TAIL = ["", "Retrain: `layerwise zoo train {name} --out DIR` (bit-identical on the same machine type).",
+                   "", "![samples](samples.png)", "", "![training curve](curve.png)", ""]
+
+
+def generator_card_markdown(card: dict) -> str:
+    e, d = card["eval"], card["data"]
+    return "\n".join(_diffusers_rows(card, [f"| data | {d['source']}; {d['train_images']} training digits |"]) + [
         f"| prompt accuracy (judge {e['judge']}) | **{e['sde']['prompt_accuracy']:.4f}** SDE (eta {e['sde']['eta']}), "
         f"{e['ode']['prompt_accuracy']:.4f} ODE ({e['sde']['samples']} samples each) |",
         f"| Fréchet distance on judge features | {e['sde']['frechet_distance']:.3f} SDE, {e['ode']['frechet_distance']:.3f} "
         f"ODE, vs {e['frechet_reference']}; two halves of the real digits: {e['frechet_floor']:.3f} |",
-        "", f"Retrain: `layerwise zoo train {card['name']} --out DIR` (bit-identical on the same machine type).",
-        "", "![samples](samples.png)", "", "![training curve](curve.png)", ""])
+        *[r.format(name=card["name"]) for r in _GENERATOR_TAIL]])
 
 
 def pairs_card_markdown(card: dict) -> str:
-    t, e, d = card["training"], card["eval"], card["data"]
-    return "\n".join([
-        f"# {card['name']}", "", card["description"], "", "| | |", "|---|---|",
-        f"| architecture | `{card['architecture']}` (stock diffusers) |",
-        f"| parameters | {card['parameters']:,} |",
-        "| config | " + ", ".join(f"{k}={v}" for k, v in sorted(card["config"].items())) + " |",
-        f"| data | {d['source']} |", f"| prompts | {d['prompts']} |",
-        f"| task | {card['task']['definition']} |",
-        f"| seed | {t['seed']} |",
-        f"| training | {t['steps']:,} steps × batch {t['batch_size']}, {t['optimizer']}, lr {t['lr']}, {t['schedule']}, "
-        f"clip {t['grad_clip']} |", *_stack_rows(t)[:-1],
-        f"| stack | Python {t['python']}, torch {t['torch']}, diffusers {t.get('diffusers', '?')} |",
-        f"| sampler | {e['sampler']} |",
+    e, d = card["eval"], card["data"]
+    return "\n".join(_diffusers_rows(card, [f"| data | {d['source']} |", f"| prompts | {d['prompts']} |"]) + [
         f"| prompt consistency (judge {e['judge']}; {e['prompts']}) | **{e['sde']['consistency']:.4f}** SDE "
         f"(eta {e['sde']['eta']}), {e['ode']['consistency']:.4f} ODE ({e['sde']['samples']} samples each) |",
         f"| both digits found, two-digit prompts | {e['sde']['both_digits_rate']:.4f} SDE, "
         f"{e['ode']['both_digits_rate']:.4f} ODE |",
-        "", f"Retrain: `layerwise zoo train {card['name']} --out DIR` (bit-identical on the same machine type).",
-        "", "![samples](samples.png)", "", "![training curve](curve.png)", ""])
+        *[r.format(name=card["name"]) for r in _GENERATOR_TAIL]])
 
 
 def card_markdown(card: dict) -> str:
