@@ -8,6 +8,7 @@ training steps) are kept small; everything else is drawn from hostile values.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -128,11 +129,14 @@ def _fuzz(path, params, fuzz_root, data, capsys):
            "fresh": work / "fresh"}
     before = tree_hash(ctx["src"])
     args = draw_args(path, params, data.draw, ctx)
+    cwd = os.getcwd()
+    os.chdir(work)          # outputs with a default name (export's ./NAME-F16.gguf) land in the scratch dir
     try:
         code = main(args)
         _, err = capsys.readouterr()
         check_contract(args, code, err, ctx, before)
     finally:
+        os.chdir(cwd)
         shutil.rmtree(work, ignore_errors=True)
         if tree_hash(ctx["src"]) != before:
             shutil.rmtree(ctx["src"])
