@@ -113,14 +113,9 @@ def evaluate_generator(model, judge, spec_eval: dict, eta: float | None = None, 
 
 
 def train_dit(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | None) -> Path:
-    import diffusers
     from diffusers import DiTTransformer2DModel
 
     from ..io.load import load_model
-    from ..rl.sampler import Sampler
-    from ..rl.trainer import samples
-    from .card import save_zoo_model
-    from .train import training_settings
 
     nthreads = configure_threads(threads)
     torch.manual_seed(spec.seed)           # diffusers' label dropout draws from the global generator
@@ -167,7 +162,22 @@ def train_dit(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | No
                      f"{m['prompt_accuracy']:.3f}, FD {m['frechet_distance']:.2f}")
                 acc_loss, n_loss = 0.0, 0
     model.eval()
-    wall = time.perf_counter() - t0
+    return _finish_dit(spec, art, model, judge, data, curve, steps, nthreads, time.perf_counter() - t0)
+
+
+def _finish_dit(spec: ZooSpec, art: Artifact, model, judge, data, curve: list, steps: int, nthreads: int,
+                wall: float) -> Path:
+    """Final evaluation, card and atomic save of a trained DiT."""
+    import diffusers
+
+    from ..rl.sampler import Sampler
+    from ..rl.trainer import samples
+    from .card import save_zoo_model
+    from .train import training_settings
+
+    ev = spec.extra["eval"]
+    noise = float(spec.extra.get("label_noise", 0.0))
+    nparams = sum(p.numel() for p in model.parameters())
     sde, ode = evaluate_generator(model, judge, ev), evaluate_generator(model, judge, ev, eta=0.0)
     real = digit_images("test")
     from ..eval.generators import frechet_distance, judge_features
@@ -219,16 +229,11 @@ def evaluate_pairs(model, judge, ev: dict, eta: float | None = None, seed: int =
 
 def train_unet(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | None) -> Path:
     """Rectified flow matching of a stock `UNet2DConditionModel` on two-digit canvases (data.pairs)."""
-    import diffusers
     from diffusers import UNet2DConditionModel
 
     from ..data.pairs import pair_batch
     from ..io.load import load_model
     from ..models.velocity import velocity
-    from ..rl.sampler import Sampler
-    from ..rl.trainer import samples
-    from .card import save_zoo_model
-    from .train import training_settings
 
     nthreads = configure_threads(threads)
     torch.manual_seed(spec.seed)
@@ -269,7 +274,21 @@ def train_unet(spec: ZooSpec, art: Artifact, threads: int | None, steps: int | N
                      f"both digits {m['both_digits_rate']:.3f}")
                 acc_loss, n_loss = 0.0, 0
     model.eval()
-    wall = time.perf_counter() - t0
+    return _finish_unet(spec, art, model, judge, curve, steps, nthreads, time.perf_counter() - t0)
+
+
+def _finish_unet(spec: ZooSpec, art: Artifact, model, judge, curve: list, steps: int, nthreads: int,
+                 wall: float) -> Path:
+    """Final evaluation, card and atomic save of a trained two-digit UNet."""
+    import diffusers
+
+    from ..rl.sampler import Sampler
+    from ..rl.trainer import samples
+    from .card import save_zoo_model
+    from .train import training_settings
+
+    ev = spec.extra["eval"]
+    nparams = sum(p.numel() for p in model.parameters())
     sde, ode = evaluate_pairs(model, judge, ev), evaluate_pairs(model, judge, ev, eta=0.0)
     card = {"name": spec.name, "description": spec.description, "architecture": type(model).__name__,
             "parameters": nparams, "config": spec.config,
