@@ -106,6 +106,25 @@ def test_bits_never_exceed_the_target_and_come_close(target, seed):
         x.bits == 2 for x in plan.rows if x.block == d))
 
 
+@given(target=st.floats(2.0, 4.0), seed=st.integers(0, 100))
+@settings(max_examples=60, deadline=None)
+def test_fused_sets_get_one_width_and_the_budget_still_holds(target, seed):
+    from layerwise.io.ct_pack import VLLM_FUSED
+
+    leaves = {"q_proj": 16384, "k_proj": 4096, "v_proj": 4096, "o_proj": 16384, "gate_proj": 49152,
+              "up_proj": 49152, "down_proj": 49152}
+    plan = Plan([PlanRow(name=f"model.layers.{b}.x.{leaf}", block=b, shape=(1, n)) for b in range(6)
+                 for leaf, n in leaves.items()])
+    ranking = list(torch.randperm(6, generator=torch.Generator().manual_seed(seed)).tolist())
+    allocate_bits(plan, ranking, target, 4, 2, fused=VLLM_FUSED)
+    assert plan.mean_bits() <= target + 1e-9
+    assert target - plan.mean_bits() <= 2 * (16384 + 8192 + 98304) / plan.total_params + 1e-9
+    for b in range(6):
+        width = {r.name.rsplit(".", 1)[1]: r.bits for r in plan.rows if r.block == b}
+        for fused in VLLM_FUSED:
+            assert len({width[leaf] for leaf in fused}) == 1, (b, width)
+
+
 @pytest.mark.parametrize("quantizer", ["rtn", "gptq"])
 def test_saved_packed_and_dequantized_reload_identically(tmp_path, quantizer):
     from transformers import AutoModelForCausalLM

@@ -15,7 +15,7 @@ field (`stages[1].quantize.bits`) and the allowed values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -78,6 +78,7 @@ class QuantizeStage(_Strict):
     targets: list[str] | None = None
     ignore: list[str] | None = None
     target: str | None = None
+    format: Literal["compressed-tensors", "gptq"] | None = None
 
     _q = field_validator("quantizer")(lambda v: _registered("layerwise.quant:QUANTIZERS", v))
 

@@ -46,8 +46,21 @@ def parse_order(order: str, num_blocks: int) -> list[int] | None:
     return blocks
 
 
-def allocate_bits(plan, ranking: list[int], target: float, high: int, low: int):
-    """`ranking`: block indices, most important first. Fills `bits` of every plan row."""
+def fused_units(rows, fused: tuple[tuple[str, ...], ...]) -> list[list]:
+    """Rows grouped into sets that must share one width (e.g. vLLM fuses q/k/v and gate/up into one
+    kernel); every other row is a set of its own."""
+    units: dict[tuple, list] = {}
+    for r in rows:
+        prefix, _, leaf = r.name.rpartition(".")
+        key = next(((prefix, f) for f in fused if leaf in f), (r.name,))
+        units.setdefault(key, []).append(r)
+    return list(units.values())
+
+
+def allocate_bits(plan, ranking: list[int], target: float, high: int, low: int,
+                  fused: tuple[tuple[str, ...], ...] = ()):
+    """`ranking`: block indices, most important first. Fills `bits` of every plan row. Linears named in one
+    tuple of `fused` (leaf names, e.g. ("q_proj", "k_proj", "v_proj")) inside a block get one width."""
     check_bit_request(target, high, low)
     sizes = {r.name: r.params for r in plan.rows}
     total = sum(sizes.values())
@@ -72,28 +85,32 @@ def allocate_bits(plan, ranking: list[int], target: float, high: int, low: int):
         rest = need - demoted
         if rest <= 1e-9:
             break
-        # Boundary block: the smallest subset of its linears covering the rest (average ≤ target).
+        # Boundary block: the smallest subset of its linears (of its fused sets) covering the rest
+        # (average ≤ target).
+        units = fused_units(rows, fused)
+        size_of = [sum(r.params for r in u) for u in units]
         best = None
-        if len(rows) <= 12:
-            for k in range(1, len(rows) + 1):
-                for combo in itertools.combinations(rows, k):
-                    s = sum(r.params for r in combo)
+        if len(units) <= 12:
+            for k in range(1, len(units) + 1):
+                for combo in itertools.combinations(range(len(units)), k):
+                    s = sum(size_of[i] for i in combo)
                     if s >= rest - 1e-9 and (best is None or s < best[0]):
                         best = (s, combo)
         else:
             acc, combo = 0, []
-            for r in sorted(rows, key=lambda r: -r.params):
+            for i in sorted(range(len(units)), key=lambda i: -size_of[i]):
                 if acc >= rest - 1e-9:
                     break
-                combo.append(r)
-                acc += r.params
+                combo.append(i)
+                acc += size_of[i]
             best = (acc, tuple(combo))
-        for r in best[1]:
-            r.bits = low
+        for i in best[1]:
+            for r in units[i]:
+                r.bits = low
         demoted += best[0]
         break
     plan.meta.update({"bits_target": target, "high": high, "low": low, "ranking": ranking,
-                      "bits_achieved": plan.mean_bits()})
+                      "bits_achieved": plan.mean_bits(), **({"fused": [list(f) for f in fused]} if fused else {})})
     return plan
 
 

@@ -25,7 +25,12 @@ def quantize_cmd(
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: visit columns by decreasing Hessian diagonal."),
     target: Optional[str] = typer.Option(None, "--target", help="Runtime the result is for: gguf (4/5/8 bits, "
                                          "groups of 32·k) | compressed-tensors (4/8 bits); refuses other grids."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (GPTQ format + dequantized/)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (packed checkpoint + "
+                                      "dequantized/)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Packed format of --out: compressed-tensors (the "
+                                         "default where it can hold the result; transformers and vLLM load it) | "
+                                         "gptq (v1, per-module bits; the default for act-order, Conv1D models and "
+                                         "groups that do not divide a width)."),
     calib: str = typer.Option("stdlib", "--calib", help="Calibration corpus."),
     nsamples: int = typer.Option(128, help="Calibration sequences."),
     seqlen: int = typer.Option(256, help="Tokens per calibration sequence."),
@@ -54,7 +59,7 @@ def quantize_cmd(
                    sym=not asym, act_order=act_order, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed,
                    order_seed=order_seed, targets=targets, ignore=ignore, plan=plan, out=out, overwrite=overwrite, overwrite_source=overwrite_source,
                    resume=resume, batch_size=batch_size, stream=False if in_memory else None, tokenizer=tokenizer,
-                   evaluate=evaluate, target=target)
+                   evaluate=evaluate, target=target, format=format)
     console.print(res.plan.table(f"plan: {quantizer}, {order} order", max_rows=40))
     b = res.bits
     line = (f"bits: nominal {b['nominal_bits']:.4f}, effective {b['effective_bits_quantized']:.4f} on quantized "
@@ -70,5 +75,6 @@ def quantize_cmd(
     if res.metrics:
         console.print("perplexity: " + ", ".join(f"{k} {v:.3f}" for k, v in res.metrics.items()))
     if res.out:
-        console.print(f"wrote {res.out} (GPTQ format with per-module bits; dequantized/ loads with stock "
-                      "from_pretrained)")
+        fmt = {"gptq": "GPTQ v1 with per-module bits", "compressed-tensors": "compressed-tensors pack-quantized, "
+               "one config group per width"}[b["format"]]
+        console.print(f"wrote {res.out} ({fmt}; dequantized/ loads with stock from_pretrained)")

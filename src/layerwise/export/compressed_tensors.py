@@ -1,6 +1,7 @@
-"""compressed-tensors `pack-quantized` export: the quantized format vLLM and transformers read.
+"""compressed-tensors `pack-quantized` export checked against a runtime's constraints.
 
-A symmetric b-bit result w = s·(q − 2^(b−1)) is the compressed-tensors int grid w = s·q' with
+`layerwise quantize` writes this format already (see `io.ct_pack`); the export converts older GPTQ
+results and checks what a runtime can execute. A symmetric b-bit result w = s·(q − 2^(b−1)) is the compressed-tensors int grid w = s·q' with
 q' = q − 2^(b−1) ∈ [−2^(b−1), 2^(b−1) − 1], so codes and scales are written as they are (exact). Each
 bit width / group size becomes one config group whose targets are the module names; the codes are
 packed into int32 along the input dimension (element i of a row at bits i·b of the stream), which is
@@ -10,7 +11,7 @@ it is committed.
 
 Runtime constraints (`runtime="vllm"`, the default): widths 4 or 8, symmetric, no act-order, and one
 width per fused set (q/k/v, gate/up), because vLLM fuses those linears into one kernel.
-`runtime="transformers"` accepts widths 2–8.
+`runtime="transformers"` accepts widths 2–8 and asymmetric grids (zero points packed).
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ import torch
 
 from ..console import info
 from ..errors import ConfigError
+from ..io.ct_pack import VLLM_FUSED as FUSED
 from .ggml_blocks import Codes
 
 RUNTIMES = {"vllm": (4, 8), "transformers": (2, 3, 4, 5, 6, 7, 8)}
-FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def _group_size(c: Codes) -> int:
@@ -34,7 +35,14 @@ def _group_size(c: Codes) -> int:
     g = -(-cols // groups)
     if not torch.equal(c.g_idx.long(), torch.arange(cols) // g):
         raise ConfigError("compressed-tensors export needs column groups in order (quantize without --act-order)")
+    if groups > 1 and cols % g:
+        raise ConfigError(f"compressed-tensors needs groups that divide the {cols} input columns (groups of {g}); "
+                          "quantize with a --group-size that divides every width")
     return -1 if groups == 1 else g
+
+
+def _sym(c: Codes) -> bool:
+    return bool((c.zeros == 2 ** (c.bits - 1)).all())
 
 
 def check_runtime(codes: dict[str, Codes], runtime: str) -> None:
@@ -44,8 +52,9 @@ def check_runtime(codes: dict[str, Codes], runtime: str) -> None:
         if c.bits not in RUNTIMES[runtime]:
             raise ConfigError(f"{name} has {c.bits} bits; {runtime} runs compressed-tensors int weights of "
                               f"{' or '.join(map(str, RUNTIMES[runtime]))} bits (use --runtime transformers)")
-        if not bool((c.zeros == 2 ** (c.bits - 1)).all()):
-            raise ConfigError(f"{name} is asymmetric; the compressed-tensors export writes symmetric grids only")
+        if runtime == "vllm" and not _sym(c):
+            raise ConfigError(f"{name} is asymmetric; vLLM runs symmetric compressed-tensors int weights "
+                              "(use --runtime transformers)")
         _group_size(c)
     if runtime == "vllm":
         for name, c in codes.items():
@@ -61,34 +70,22 @@ def check_runtime(codes: dict[str, Codes], runtime: str) -> None:
 
 
 def pack_codes(c: Codes) -> dict[str, torch.Tensor]:
-    from ..io.gptq_pack import pack_rows
+    from ..io.ct_pack import to_ct_tensors
 
-    signed_plus_offset = c.q.long()               # q = q' + 2^(b−1): already the unsigned stream value
-    packed = pack_rows(signed_plus_offset.t().contiguous(), c.bits).t().contiguous()
-    return {"weight_packed": packed, "weight_scale": c.scales.float().contiguous(),
-            "weight_shape": torch.tensor(list(c.q.shape), dtype=torch.int64)}
+    return to_ct_tensors(c.q, c.zeros, c.scales, c.bits, sym=_sym(c))
 
 
 def quantization_config(codes: dict[str, Codes], model) -> dict:
-    groups: dict[tuple, list[str]] = {}
-    for name, c in sorted(codes.items()):
-        groups.setdefault((c.bits, _group_size(c)), []).append(name)
-    cfg_groups = {}
-    for i, ((bits, gs), names) in enumerate(sorted(groups.items())):
-        cfg_groups[f"group_{i}"] = {
-            "targets": [f"re:^{re.escape(n)}$" for n in names],
-            "weights": {"num_bits": bits, "type": "int", "symmetric": True,
-                        "strategy": "channel" if gs == -1 else "group", "group_size": None if gs == -1 else gs,
-                        "dynamic": False, "actorder": None, "observer": "minmax"},
-            "input_activations": None, "output_activations": None, "format": "pack-quantized"}
+    from ..io.ct_pack import ct_config, scheme_key
+
+    schemes = {name: scheme_key(c.bits, _group_size(c), c.q.shape[1], _sym(c)) for name, c in codes.items()}
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": cfg_groups,
-            "ignore": sorted(linears - set(codes)), "quantization_status": "compressed", "kv_cache_scheme": None,
-            "sparsity_config": {}, "transform_config": {}}
+    return ct_config(schemes, sorted(linears - set(codes)))
 
 
 def export_compressed_tensors(model: str, out, *, runtime: str = "vllm", overwrite: bool = False):
-    """Write a GPTQ-format layerwise result as a compressed-tensors directory; returns its path."""
+    """Write a quantized layerwise result (compressed-tensors or GPTQ) as a compressed-tensors directory checked
+    against `runtime`'s constraints; returns its path."""
     from safetensors.torch import save_file
 
     from ..io.artifacts import Artifact
@@ -104,7 +101,7 @@ def export_compressed_tensors(model: str, out, *, runtime: str = "vllm", overwri
     path = Path(lm.path) if lm.path is not None else None
     codes = read_codes(path) if path is not None else {}
     if not codes:
-        raise ConfigError(f"{model} is not a quantized result (GPTQ format): nothing to pack for compressed-tensors")
+        raise ConfigError(f"{model} is not a quantized result (compressed-tensors or GPTQ format): nothing to pack for compressed-tensors")
     check_runtime(codes, runtime)
     if out is None:
         raise ConfigError("--out is required for a compressed-tensors export (a directory)")

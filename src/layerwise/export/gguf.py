@@ -57,26 +57,18 @@ class GGUFExport:
 
 
 def read_codes(path: Path) -> dict[str, Codes]:
-    """Integer codes of every packed linear of a GPTQ-format result (empty for other formats)."""
-    from safetensors import safe_open
+    """Integer codes of every packed linear of a quantized result, compressed-tensors or GPTQ (empty for
+    other formats)."""
+    from ..io.quantized import read_packed
 
-    from ..io.gptq_pack import gptq_codes
-    from ..io.quantized import gptq_config, module_bits
-
-    qc = gptq_config(path)
-    if qc is None:
+    found = read_packed(path)
+    if found is None:
         return {}
-    tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(f), "pt") as h:
-            tensors.update({k: h.get_tensor(k) for k in h.keys() if k.rsplit(".", 1)[-1] in
-                            ("qweight", "qzeros", "scales", "g_idx")})
+    layout, qc, tensors = found
     out = {}
-    for key in [k for k in tensors if k.endswith(".qweight")]:
-        base = key[: -len(".qweight")]
-        bits = module_bits(base, qc)
-        part = {s: tensors[f"{base}.{s}"] for s in ("qweight", "qzeros", "scales", "g_idx")}
-        q, zeros, scales, g_idx = gptq_codes(part, bits, part["g_idx"].numel(), part["scales"].shape[1])
+    for key in [k for k in tensors if k.endswith("." + layout.key)]:
+        base = key[: -len(layout.key) - 1]
+        q, zeros, scales, g_idx, bits = layout.codes(layout.parts(tensors, base), base, None, qc)
         out[base] = Codes(q, scales, zeros, g_idx, bits)
     return out
 

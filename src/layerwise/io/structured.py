@@ -132,11 +132,11 @@ def load_structured(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module
 
 
 def _plain_width_checkpoint(p) -> bool:
-    """Per-layer widths in plain weights; a packed (GPTQ) checkpoint with widths belongs to the GPTQ
+    """Per-layer widths in plain weights; a packed checkpoint with widths belongs to the packed
     loader, which applies the widths itself — whichever format registered first."""
-    from .quantized import gptq_config
+    from .quantized import packed_layout
 
-    return (Path(p) / MARKER).exists() and gptq_config(Path(p)) is None
+    return (Path(p) / MARKER).exists() and packed_layout(Path(p)) is None
 
 
 register_format(Format("width", MARKER, _plain_width_checkpoint, load_structured,

@@ -3,8 +3,10 @@
 Blocks are ranked by a score (LIM, ZD, any analysis score, a user list, random or reverse); the most
 important keep `high` bits, the rest get `low` bits, so that the parameter-weighted average meets the
 fractional target. Each linear is quantized with RTN or GPTQ (GPTQ sees the already-quantized
-upstream blocks). The output is a GPTQ-format checkpoint with per-module bit overrides plus a
-dequantized copy that stock `from_pretrained` loads.
+upstream blocks). The output is a packed checkpoint — compressed-tensors `pack-quantized` (one config
+group per bit width; transformers and vLLM load it) unless act-order or a GPT-2 style Conv1D model
+needs GPTQ v1 with per-module bit overrides — plus a dequantized copy that stock `from_pretrained`
+loads without any quantization package.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ from ..engine.store import tied_names
 from ..errors import ConfigError, LayerwiseError
 from ..scores.base import SCORES
 from ..plan import Plan, PlanRow
-from ..quant import QUANTIZERS, QuantSpec, from_gptq, get_quantizer, gptq_compatible, packed_bits, to_gptq
+from ..io.ct_pack import VLLM_FUSED, scheme_key
+from ..io.quantized import COMPRESSED_TENSORS, GPTQ, LAYOUTS, Layout
+from ..quant import QUANTIZERS, QuantSpec, get_quantizer, gptq_compatible
 from .blockwise import BlockwiseStage, Run, run_stage
 from .output import evaluate_saved, perplexity_of
 from .prune import RECON_TOKENS, PruneStage, select_linears
@@ -66,13 +70,14 @@ def block_ranking(store, samples, order: str, plan: Plan, batch_size: int, seed:
     return ranking, {score: an.block_scores[score]}
 
 
-def bits_report(plan: Plan, model: nn.Module, out: Path | None) -> dict:
+def bits_report(plan: Plan, model: nn.Module, out: Path | None, layout: Layout = COMPRESSED_TENSORS,
+                sym: bool = True) -> dict:
     """Nominal bits, effective bits (packing metadata, then unquantized tensors too), bytes on disk."""
     q_params = plan.total_params
     q_bits = 0
     for r in plan.rows:
         spec = QuantSpec(r.bits, r.group_size or -1)
-        q_bits += sum(packed_bits(spec, r.shape[0], r.shape[1]).values())
+        q_bits += sum(layout.packed_bits(r.bits, spec.groups(r.shape[1]), r.shape[0], r.shape[1], sym).values())
     quantized = {r.name + ".weight" for r in plan.rows}
     other_bits, other_params = 0, 0
     seen = set()
@@ -96,7 +101,7 @@ def bits_report(plan: Plan, model: nn.Module, out: Path | None) -> dict:
 
 
 def _bit_plan(store, samples, spec: str, *, bits, high, low, order, order_seed, quantizer, group_size, targets, ignore,
-              batch_size, seed, fused: bool) -> Plan:
+              batch_size, seed, fused: bool, same_width: tuple = ()) -> Plan:
     """Rows for the selected linears with bits allocated by block importance (`order`)."""
     adapter = store.adapter
     chosen = select_linears(adapter, targets, ignore)
@@ -110,19 +115,20 @@ def _bit_plan(store, samples, spec: str, *, bits, high, low, order, order_seed, 
             int(i) for i in np.random.default_rng(order_seed).permutation(adapter.num_blocks)]
     else:
         ranking, scores_used = block_ranking(store, samples, order, plan, batch_size, seed, order_seed, spec)
-    allocate_bits(plan, ranking, bits, high, low)
+    allocate_bits(plan, ranking, bits, high, low, fused=same_width)
     for r in plan.rows:
         for k, v in scores_used.items():
             r.scores[k] = float(v[r.block])
     return plan
 
 
-class GPTQPacking:
-    """Quantizes each block's linears by the plan and, when writing, swaps their weights for GPTQ tensors
-    as the block is saved (and back on resume); a dequantized copy is written alongside."""
+class Packing:
+    """Quantizes each block's linears by the plan and, when writing, swaps their weights for the packed
+    tensors of `layout` as the block is saved (and back on resume); a dequantized copy is written alongside."""
 
-    def __init__(self, plan: Plan, adapter, quantizers: dict, sym: bool, write: bool):
+    def __init__(self, plan: Plan, adapter, quantizers: dict, sym: bool, write: bool, layout: Layout):
         self.plan, self.adapter, self.quantizers, self.sym, self.write = plan, adapter, quantizers, sym, write
+        self.layout, self.qc = layout, None
         self.rows = plan.by_name()
         self.packed: dict[str, dict] = {}
 
@@ -136,7 +142,7 @@ class GPTQPacking:
             res = self.quantizers[row.method].quantize(W, st, QuantSpec(row.bits, row.group_size, self.sym, min_zero=1))
             ref.set_weight(res.dequantize())
             if self.write:
-                self.packed[ref.name] = to_gptq(res)
+                self.packed[ref.name] = self.layout.pack(res.q, res.zeros, res.scales, res.g_idx, row.bits, self.sym)
             if st.H is not None:
                 row.recon_error = relative_recon_error(W, ref.weight.detach(), st.H)
             row.damping = res.info.get("damping")
@@ -155,9 +161,7 @@ class GPTQPacking:
     def untransform(self, i: int, tensors: dict) -> dict:
         out = dict(tensors)
         for name in [r.name for r in self.plan.rows if r.block == i]:
-            row = self.rows[name]
-            part = {k: out.pop(f"{name}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx")}
-            W = from_gptq(part, row.bits, row.shape[1], row.shape[0])
+            W = self.layout.dequantize(self.layout.parts(out, name, pop=True), name, None, self.qc)
             ref = next(x for x in self.adapter.linears(i) if x.name == name)
             out[name + ".weight"] = W.t() if ref.transposed else W
         return out
@@ -173,6 +177,7 @@ class GPTQPacking:
 # GGUF's Q4_0 / Q5_0 / Q8_0 hold symmetric 4/5/8-bit groups of 32·k columns; vLLM runs compressed-tensors
 # int weights at 4 or 8 bits. Other widths would be stored at the next container width (no saving).
 TARGETS = {"gguf": (4, 5, 8), "compressed-tensors": (4, 8)}
+FUSED_BY_RUNTIME = {"compressed-tensors": VLLM_FUSED}
 
 
 def check_target(target, high: int, low: int, group_size: int, sym: bool, act_order: bool) -> None:
@@ -192,19 +197,77 @@ def check_target(target, high: int, low: int, group_size: int, sym: bool, act_or
         raise ConfigError(f"--target gguf needs --group-size a multiple of 32 (ggml blocks), got {group_size}")
 
 
+# compressed-tensors 0.20.1 builds the compressed parameters of an asymmetric pack-quantized model on
+# the meta device without packing the zero points, so transformers refuses the checkpoint its own
+# library wrote (shape mismatch on every `weight_zero_point`; the layout itself matches the library's
+# compressor, tests/test_compressed_tensors.py).
+ASYM_STOCK_LOAD = ("asymmetric grids loadable by stock transformers (compressed-tensors 0.20.1 expects unpacked "
+                   "zero points when it loads pack-quantized checkpoints; layerwise.load reads them)")
+
+
+def resolve_layout(fmt: str | None, act_order: bool, adapter, plan: Plan | None = None,
+                   group_size: int = -1, sym: bool = True) -> Layout:
+    """The packed format of the output: compressed-tensors unless it cannot hold the result (act-order,
+    Conv1D linears, column groups that do not divide a linear's inputs, asymmetric grids), then GPTQ v1
+    with a note why."""
+    from ..console import info, warn
+    from ..models.adapters.base import CONV1D
+
+    why = []
+    if act_order:
+        why.append("--act-order groups (its loaders ignore g_idx)")
+    if adapter is not None and bool(CONV1D) and any(isinstance(m, CONV1D) for m in adapter.model.modules()):
+        why.append("Conv1D linears (GPT-2 style; its loaders decompress nn.Linear only)")
+    ragged = [r for r in (plan.rows if plan is not None else [])
+              if r.shape[1] % QuantSpec(r.bits, r.group_size or group_size).group(r.shape[1])]
+    if ragged:
+        r = ragged[0]
+        why.append(f"column groups that do not divide the inputs of {len(ragged)} linear(s) (e.g. {r.name}: "
+                   f"{r.shape[1]} columns, groups of {r.group_size or group_size}; choose a --group-size that "
+                   "divides every width, e.g. after `layerwise width --multiple-of`)")
+    if fmt is None:
+        if why or not sym:
+            info(f"writing GPTQ v1: compressed-tensors cannot hold {why[0] if why else ASYM_STOCK_LOAD}")
+            return GPTQ
+        return COMPRESSED_TENSORS
+    layout = LAYOUTS.get(fmt)
+    if layout is None:
+        raise ConfigError(f"--format must be one of {', '.join(LAYOUTS)} (got {fmt!r})")
+    if layout is COMPRESSED_TENSORS and why:
+        raise ConfigError(f"--format compressed-tensors cannot hold {why[0]}; use --format gptq")
+    if layout is COMPRESSED_TENSORS and not sym and plan is not None:
+        warn("compressed-tensors with zero points: layerwise.load reads it, stock transformers does not "
+             "(compressed-tensors 0.20.1 expects unpacked zero points when it loads)")
+    return layout
+
+
+def layout_config(layout: Layout, plan: Plan, adapter, high: int, group_size: int, sym: bool,
+                  act_order: bool) -> dict:
+    """quantization_config of the packed output."""
+    if layout is GPTQ:
+        return gptq_quantization_config(plan, adapter, high, group_size, sym, act_order)
+    from .._version import __version__
+    from ..io.ct_pack import ct_config
+
+    schemes = {r.name: scheme_key(r.bits, r.group_size or group_size, r.shape[1], sym) for r in plan.rows}
+    linears = [n for n, m in adapter.model.named_modules() if isinstance(m, nn.Linear) and n not in schemes]
+    return {**ct_config(schemes, linears), "version": f"layerwise:{__version__}"}
+
+
 class QuantizeStage(BlockwiseStage):
     """Quantize the selected linears to the plan's bits (mixed precision allocated by block importance);
-    written as GPTQ-packed tensors plus a dequantized copy."""
+    written as packed tensors (compressed-tensors, or GPTQ v1) plus a dequantized copy."""
 
     kind = "quantize"
     planning_time = "ranking_s"
 
     def __init__(self, bits=4.0, high: int = 4, low: int = 2, order: str = "lim", quantizer: str = "rtn",
                  group_size: int = 128, sym: bool = True, act_order: bool = False, order_seed: int = 0,
-                 targets=None, ignore=None, target: str | None = None):
+                 targets=None, ignore=None, target: str | None = None, format: str | None = None):
         self.bits, self.high, self.low, self.order, self.quantizer = bits, high, low, order, quantizer
         self.group_size, self.sym, self.act_order, self.order_seed = group_size, sym, act_order, order_seed
         self.targets, self.ignore, self.target = targets, ignore, target
+        self.format = "compressed-tensors" if format is None and target == "compressed-tensors" else format
 
     def check(self) -> None:
         try:
@@ -220,6 +283,9 @@ class QuantizeStage(BlockwiseStage):
             raise ConfigError(f"--order must be one of {', '.join(orders())} or a list of block indices "
                               f"(got {self.order!r})")
         check_target(self.target, self.high, self.low, self.group_size, self.sym, self.act_order)
+        if self.format is not None and self.format not in LAYOUTS:
+            raise ConfigError(f"--format must be one of {', '.join(LAYOUTS)} (got {self.format!r})")
+        resolve_layout(self.format, self.act_order, None)
 
     def whole_model(self) -> bool:
         return self.order in SCORES and "whole_model" in SCORES[self.order].needs
@@ -238,16 +304,21 @@ class QuantizeStage(BlockwiseStage):
                               "would need the pruned model): use uniform bits, --order random or a block list")
         return _bit_plan(store, samples, spec, bits=self.bits, high=self.high, low=self.low, order=self.order,
                          order_seed=self.order_seed, quantizer=self.quantizer, group_size=self.group_size,
-                         targets=self.targets, ignore=self.ignore, batch_size=batch_size, seed=seed, fused=fused)
+                         targets=self.targets, ignore=self.ignore, batch_size=batch_size, seed=seed, fused=fused,
+                         same_width=FUSED_BY_RUNTIME.get(self.target, ()))
 
     def make_pass(self, plan, store, partial):
         for r in plan.rows:
             r.group_size = r.group_size or self.group_size
-        _warn_incompatible(plan)
         qinst = {m: get_quantizer(m, **({"act_order": self.act_order}
                                         if "act_order" in QUANTIZERS.get(m).Config.model_fields else {}))
                  for m in {r.method for r in plan.rows}}
-        self.packing = GPTQPacking(plan, store.adapter, qinst, self.sym, write=partial is not None)
+        self.layout = resolve_layout(self.format, self.act_order, store.adapter, plan, self.group_size, self.sym)
+        if self.layout is GPTQ:
+            _warn_incompatible(plan)
+        self.packing = Packing(plan, store.adapter, qinst, self.sym, write=partial is not None, layout=self.layout)
+        self.packing.qc = layout_config(self.layout, plan, store.adapter, self.high, self.group_size, self.sym,
+                                        self.act_order)
         if partial is not None:
             self.packing.attach(store, partial)
         selected = {r.name for r in plan.rows}
@@ -259,7 +330,7 @@ class QuantizeStage(BlockwiseStage):
         return {"bits": self.bits, "high": self.high, "low": self.low, "order": self.order,
                 "order_seed": self.order_seed, "quantizer": self.quantizer, "group_size": self.group_size,
                 "sym": self.sym, "act_order": self.act_order, "targets": self.targets, "ignore": self.ignore,
-            "target": self.target}
+                "target": self.target, "format": self.format}
 
     def row_key(self, row) -> tuple:
         return row.name, row.bits, row.method, row.group_size
@@ -278,13 +349,15 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
              out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
              overwrite_source: bool = False, batch_size: int = 8, stream: bool | None = None, tokenizer=None,
              evaluate: bool = False, eval_windows: int = 200, command: str | None = None,
-             before: list[dict] | None = None, target: str | None = None) -> QuantizeResult:
+             before: list[dict] | None = None, target: str | None = None,
+             format: str | None = None) -> QuantizeResult:
     """Quantize `model`. `before`: options of prune stages fused into the same block-by-block pass
-    (each on its own activation stream, so the weights equal those of the stages run one by one)."""
+    (each on its own activation stream, so the weights equal those of the stages run one by one).
+    `format`: compressed-tensors (the default where it can hold the result) or gptq."""
     stage = QuantizeStage(bits, high, low, order, quantizer, group_size, sym, act_order, order_seed, targets, ignore,
-                          target)
+                          target, format)
     if out is not None and _is_diffusers(model):
-        raise ConfigError("quantize cannot write diffusers checkpoints yet (the packed GPTQ format is a transformers "
+        raise ConfigError("quantize cannot write diffusers checkpoints yet (its packed formats are transformers "
                           "one); prune, depth and analyze take this model, or quantize it in memory without --out")
     return run_stage(stage, model, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, plan=plan, out=out,
                      overwrite=overwrite, resume=resume, overwrite_source=overwrite_source, batch_size=batch_size,
@@ -310,7 +383,7 @@ def _warn_incompatible(plan: Plan) -> None:
 
 
 def _result(run: Run, stage: QuantizeStage, title: str) -> QuantizeResult:
-    """Evaluate, write (GPTQ format + dequantized copy, verified) and report one quantization run."""
+    """Evaluate, write (packed checkpoint + dequantized copy, verified) and report one quantization run."""
     from ..io import build_manifest
 
     store, src, output, plan, res, samples = run.store, run.src, run.output, run.plan, run.res, run.samples
@@ -318,7 +391,9 @@ def _result(run: Run, stage: QuantizeStage, title: str) -> QuantizeResult:
     result_model = store.model if store.fully_in_memory else None
     if evaluate and result_model is not None:
         metrics["perplexity"] = perplexity_of(src, result_model, eval_windows)
-    bits_rep = bits_report(plan, store.model, None)
+    layout = getattr(stage, "layout", COMPRESSED_TENSORS)
+    bits_rep = bits_report(plan, store.model, None, layout, stage.sym)
+    bits_rep["format"] = layout.name
     plan.meta.update({"nominal_bits": bits_rep["nominal_bits"]})
     timings["total_s"] = time.perf_counter() - run.t_start
     manifest = build_manifest("quantize", run.options, run.seed, timings, metrics,
@@ -326,16 +401,16 @@ def _result(run: Run, stage: QuantizeStage, title: str) -> QuantizeResult:
     out_path = None
 
     def measure(directory: Path) -> None:   # on the written output, before its manifest is written
-        bits_rep.update(bits_report(plan, store.model, directory))
+        bits_rep.update(bits_report(plan, store.model, directory, layout, stage.sym))
         manifest["plan"].update(bits_rep)
         if evaluate and result_model is None:
             evaluate_saved(src, directory, metrics, manifest, eval_windows)
 
     if output is not None:
-        qc = gptq_quantization_config(plan, store.adapter, stage.high, stage.group_size, stage.sym, stage.act_order)
         out_path = output.finish(store, src, plan, manifest, res, samples[:2], title=title,
-                                 config_updates={"quantization_config": qc},
-                                 verify=lambda: _verify_quantized(store, res, output.partial, samples[:2]),
+                                 config_updates={"quantization_config": stage.packing.qc},
+                                 verify=lambda: _verify_quantized(store, res, output.partial, samples[:2], layout,
+                                                                  stage.packing.qc),
                                  after_config=lambda: _write_dequantized_meta(store, src, output.partial),
                                  before_manifest=measure)
     return QuantizeResult(plan, out_path, result_model, timings, bits_rep, metrics, manifest)
@@ -382,22 +457,18 @@ def _write_dequantized_meta(store, src, partial: Path) -> None:
 
 
 @torch.no_grad()
-def _verify_quantized(store, res, partial: Path, sample_ids: torch.Tensor) -> str:
+def _verify_quantized(store, res, partial: Path, sample_ids: torch.Tensor, layout: Layout, qc: dict) -> str:
     """Packed checkpoint and dequantized copy must both reproduce what the engine computed."""
     from safetensors.torch import load_file
-
-    from ..io.quantized import module_bits
 
     deq = partial / "dequantized"
     # 1. every packed tensor unpacks to exactly the dequantized copy (block by block, low memory)
     for f in sorted(partial.glob("model-*.safetensors")):
         packed, plain = load_file(str(f)), load_file(str(deq / f.name))
-        for k in [k for k in packed if k.endswith(".qweight")]:
-            base = k[: -len(".qweight")]
+        for k in [k for k in packed if k.endswith("." + layout.key)]:
+            base = k[: -len(layout.key) - 1]
             w = plain[base + ".weight"]
-            bits = module_bits(base, store.model.config.quantization_config)
-            W = from_gptq({s: packed[f"{base}.{s}"] for s in ("qweight", "qzeros", "scales", "g_idx")}, bits,
-                          packed[base + ".g_idx"].numel(), packed[base + ".scales"].shape[1])
+            W = layout.dequantize(layout.parts(packed, base), base, None, qc)
             if not (torch.equal(W, w) or torch.equal(W.t(), w)):
                 raise LayerwiseError(f"packed weights of {base} do not unpack to the dequantized copy")
     from ..io.verify import check_reload, check_streamed_reload

@@ -13,12 +13,8 @@ def to_gptq(res: QuantResult) -> dict[str, torch.Tensor]:
     return gptq_pack.to_gptq_tensors(res.q, res.zeros, res.scales, res.g_idx, res.spec.bits)
 
 
-def packed_bits(spec: QuantSpec, rows: int, cols: int) -> dict:
-    return gptq_pack.packed_bits(spec.bits, spec.groups(cols), rows, cols)
-
-
 def gptq_compatible(spec: QuantSpec, rows: int, cols: int) -> bool:
     return gptq_pack.gptq_compatible(spec.bits, rows, cols)
 
 
-__all__ = ["to_gptq", "from_gptq", "pack_rows", "unpack_rows", "packed_bits", "gptq_compatible"]
+__all__ = ["to_gptq", "from_gptq", "pack_rows", "unpack_rows", "gptq_compatible"]
