@@ -455,3 +455,22 @@ def test_other_families_match_llamacpp(tmp_path, arch, tied):
     r = compare(load(str(tmp_path / "m")).model, tmp_path / "m.gguf",
                 torch.randint(1, len(tok), (2, 40), generator=torch.Generator().manual_seed(1)))
     assert r["max_abs_diff"] <= 1e-3 * max(1.0, r["max_abs_logit"]) and r["top1_agreement"] >= 0.97, r
+
+
+def test_gguf_target_predicts_the_files_quantized_bytes(tmp_path):
+    """Under --target gguf a nominal-bit budget is a file-size budget: the bytes quantize predicts are the
+    bytes the quantized tensors take in the exported file."""
+    out = tmp_path / "q5"
+    assert main(["quantize", "zoo:llama-12l", "--bits", "5", "--high", "8", "--low", "4", "--group-size", "32",
+                 "--target", "gguf", "--nsamples", "8", "--seqlen", "64", "--out", str(out)]) == 0
+    predicted = json.loads((out / "manifest.json").read_text())["plan"]["gguf_bytes_quantized"]
+    from layerwise.export import export
+
+    export(str(out), "gguf", tmp_path / "q5.gguf")
+    reader, _ = read_gguf(tmp_path / "q5.gguf")
+    quant = [t for t in reader.tensors if t.tensor_type.name in ("Q4_0", "Q5_0", "Q8_0")]
+    assert len(quant) == 84 and {t.tensor_type.name for t in quant} == {"Q4_0", "Q8_0"}
+    assert sum(int(t.n_bytes) for t in quant) == predicted
+    # and it is the size of uniform 5 bits (Q5_0) on the same linears: b + 0.5 bits per weight for each type
+    params = sum(int(t.n_elements) for t in quant)
+    assert predicted == params * 5.5 / 8

@@ -69,6 +69,9 @@ def quantize_cmd(
     if "bytes_on_disk" in b:
         console.print(f"bytes on disk: {b['bytes_on_disk']:,} packed; {b.get('bytes_on_disk_dequantized', 0):,} "
                       "dequantized copy")
+    if "gguf_bytes_quantized" in b:
+        console.print(f"in a GGUF file these linears take {b['gguf_bytes_quantized']:,} bytes (Q4_0/Q5_0/Q8_0 blocks: "
+                      f"{b['nominal_bits'] + 0.5:.4f} bits per weight)")
     t = res.timings
     console.print(f"time: {t['total_s']:.1f} s (ranking {t['ranking_s']:.1f}, forward {t['forward_s']:.1f}, "
                   f"statistics {t['stats_s']:.1f}, solve {t['solve_s']:.1f})")

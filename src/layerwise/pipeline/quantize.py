@@ -180,6 +180,21 @@ TARGETS = {"gguf": (4, 5, 8), "compressed-tensors": (4, 8)}
 FUSED_BY_RUNTIME = {"compressed-tensors": VLLM_FUSED}
 
 
+# Bytes of one 32-weight ggml block holding a symmetric b-bit group exactly (fp16 scale + codes): every
+# type costs b + 0.5 bits per weight, so a nominal-bit budget under --target gguf is a file-size budget.
+GGUF_BLOCK_BYTES = {4: 18, 5: 22, 8: 34}
+
+
+def gguf_bytes(plan: Plan) -> int:
+    """Bytes the plan's linears take in a GGUF file (exact block types; F16 where the inputs are not a
+    multiple of 32, as the export does)."""
+    total = 0
+    for r in plan.rows:
+        rows, cols = r.shape
+        total += rows * cols * 2 if cols % 32 else rows * (cols // 32) * GGUF_BLOCK_BYTES[r.bits]
+    return total
+
+
 def check_target(target, high: int, low: int, group_size: int, sym: bool, act_order: bool) -> None:
     """Refuse bits and layouts the target runtime cannot execute exactly (one line each)."""
     if target is None:
@@ -394,6 +409,8 @@ def _result(run: Run, stage: QuantizeStage, title: str) -> QuantizeResult:
     layout = getattr(stage, "layout", COMPRESSED_TENSORS)
     bits_rep = bits_report(plan, store.model, None, layout, stage.sym)
     bits_rep["format"] = layout.name
+    if stage.target == "gguf":
+        bits_rep["gguf_bytes_quantized"] = gguf_bytes(plan)
     plan.meta.update({"nominal_bits": bits_rep["nominal_bits"]})
     timings["total_s"] = time.perf_counter() - run.t_start
     manifest = build_manifest("quantize", run.options, run.seed, timings, metrics,
