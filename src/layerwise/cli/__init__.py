@@ -36,6 +36,7 @@ from . import methods as _methods  # noqa: F401
 from . import run as _run  # noqa: F401
 from . import search as _search  # noqa: F401
 from . import tokens as _tokens  # noqa: F401
+from . import video as _video  # noqa: F401
 from . import width as _width  # noqa: F401
 from . import zoo as _zoo  # noqa: F401
 
