@@ -79,6 +79,7 @@ class GroupStats:
     estimated_bits: float          # the learned entropy models' estimate of the integers (training rate)
     nonzero_residuals: int
     seconds: float
+    direct_bits: float             # the same integers coded directly (ideal + tables), for residual vs direct
     curve: list[float] = field(default_factory=list)   # training PSNR (quantized weights) every iteration
 
 
@@ -304,9 +305,11 @@ def _encode_group(k, frames, cfg, header, names, coords, prev_state, prev_ints, 
     recon.append(out)
     table_bits = 8 * sum(len(c.table) for c in coded)
     side_bits = 16 * len(side)
+    direct = [bs.fit_model(v) for v in ints_d]
     stats.append(GroupStats(k, iters, psnr(out, frames), 8 * len(chunk) - table_bits - side_bits, table_bits,
                             side_bits, sum(c.ideal_bits for c in coded), estimated,
-                            int(sum(int((v != 0).sum()) for v in coded_values)), time.perf_counter() - t0, curve))
+                            int(sum(int((v != 0).sum()) for v in coded_values)), time.perf_counter() - t0,
+                            sum(c.ideal_bits + 8 * len(c.table) for c in direct), curve))
     chunks.append(chunk)
     return {k_: v.detach().clone() for k_, v in net.state_dict().items()}, ints_d
 
