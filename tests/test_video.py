@@ -164,3 +164,26 @@ def test_cli_encode_writes_the_file_and_a_report(tmp_path):
     rep = json.loads(out.with_suffix(".lwv.json").read_text())
     assert rep["bytes"] == out.stat().st_size and rep["psnr"] > 5
     assert (tmp_path / "s.lwv.png").exists()
+
+
+def test_a_user_video_file_is_read_with_imageio(tmp_path, capsys):
+    pytest.importorskip("imageio_ffmpeg", reason="reading video files needs the `video` extra (imageio-ffmpeg)")
+    import imageio.v3 as iio
+
+    from layerwise.video.data import read_video
+
+    src = pan_video(frames=8, size=32, regimes=((8, 1),), square=False)
+    f = tmp_path / "clip.mp4"
+    iio.imwrite(f, (src.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), fps=8, codec="libx264",
+                macro_block_size=1, plugin="FFMPEG")
+    v = read_video(f)
+    assert v.shape == (8, 3, 32, 32) and 0 <= float(v.min()) and float(v.max()) <= 1
+    assert float((v - src).abs().mean()) < 0.05          # lossy, but the same pictures
+    assert main(["video", "encode", str(f), "--iters-first", "5", "--iters-rest", "2", "--width", "8", "--expand", "2",
+                 "--out", str(tmp_path / "c.lwv")]) == 0
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00not a video" * 10)
+    capsys.readouterr()
+    assert main(["video", "encode", str(bad), "--out", str(tmp_path / "b.lwv")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read video" in err and len(err.strip().splitlines()) == 1, err

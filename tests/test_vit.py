@@ -266,3 +266,26 @@ def test_width_depth_and_ecoflap_run_on_the_zoo_vit(tmp_path):
         assert rep.extra["images"] == 1200 and rep.extra["accuracy"] > 0.5
     assert main(["width", "zoo:vit-digits", "--keep-params", "0.7", "--criterion", "wanda", "--tokens", "1000",
                  "--out", str(tmp_path / "x")]) == 2
+
+
+def test_width_healing_on_the_vit_recovers_accuracy(tmp_path, capsys):
+    """Width at 50% of the block parameters, then one epoch of distillation from the dense ViT on its training
+    canvases: the healed model classifies the test canvases better than the one-shot cut."""
+    import layerwise
+    from layerwise.eval.evaluate import evaluate
+
+    base = ["width", "zoo:vit-digits", "--keep-params", "0.5", "--criterion", "wanda", "--nsamples", "16"]
+    assert main(base + ["--out", str(tmp_path / "cut")]) in (0, None)
+    assert main(base + ["--epochs", "1", "--lr", "1e-3", "--global-batch", "64", "--out", str(tmp_path / "healed")]) \
+        in (0, None)
+    cut = evaluate(str(tmp_path / "cut"), data="digits", speed=False).extra["accuracy"]
+    healed = evaluate(str(tmp_path / "healed"), data="digits", speed=False).extra["accuracy"]
+    assert healed > cut + 0.05, (cut, healed)
+    from layerwise.prune.width import widths
+
+    same = widths(layerwise.load(str(tmp_path / "cut")).model)      # healing trains, it does not re-cut
+    assert same == widths(layerwise.load(str(tmp_path / "healed")).model) and len(same) == 6
+    capsys.readouterr()
+    assert main(["width", "zoo:llama-tiny", "--keep-params", "0.7", "--epochs", "1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs heals image classifiers" in err and len(err.strip().splitlines()) == 1, err

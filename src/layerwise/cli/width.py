@@ -22,6 +22,8 @@ def width_cmd(
     incremental: bool = typer.Option(False, "--incremental", help="Prune in steps, healing after each."),
     step: float = typer.Option(0.05, help="Share of the original block parameters removed per stage."),
     tokens: int = typer.Option(0, help="Training tokens of the healing (0 = no healing)."),
+    epochs: int = typer.Option(0, "--epochs", help="Image classifiers: healing epochs over the canvases the model "
+                                                  "was trained on, after each stage (0 = no healing)."),
     heal: str = registry_option("kd", "--heal", registry=HEALERS, prefix="Healing objective when --tokens > 0: "),
     heal_option: Optional[list[str]] = typer.Option(None, "--heal-option", help="KEY=VALUE option of the healing "
                                                     "objective (repeatable), e.g. temperature=2."),
@@ -53,7 +55,7 @@ def width_cmd(
     res = width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental, step=step,
                 tokens=tokens, heal=heal, heal_options=parse_options(heal_option, "--heal-option"), lr=lr, global_batch=global_batch, seed=seed, calib=calib, nsamples=nsamples,
                 out=out, plan=plan, overwrite=overwrite, overwrite_source=overwrite_source, work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate,
-                multiple_of=multiple_of)
+                multiple_of=multiple_of, epochs=epochs)
     from rich.table import Table
 
     from ..prune.width import widths

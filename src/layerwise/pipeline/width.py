@@ -115,16 +115,41 @@ def width(model, *, params: float = 0.6, adaptive: bool = False, criterion: str 
           nsamples: int = 32, seqlen: int = 256, seed: int = 0, out: str | Path | None = None,
           overwrite: bool = False, work_dir: str | Path | None = None, tokenizer=None, evaluate: bool = False,
           eval_windows_n: int = 200, amplitude: float = 1.0, mask_only: bool = False,
-          overwrite_source: bool = False, plan=None, multiple_of: int = 1) -> WidthResult:
+          overwrite_source: bool = False, plan=None, multiple_of: int = 1, epochs: int = 0) -> WidthResult:
     """Keep `params` of the block parameters (0 < params < 1), or replay the cuts of a width `plan`.
-    `multiple_of`: every layer keeps a multiple of this many MLP channels."""
+    `multiple_of`: every layer keeps a multiple of this many MLP channels. Healing: `tokens` of text for a
+    language model; `epochs` over the training canvases for an image classifier (`heal` kd: distillation
+    from the dense model plus the labels; finetune: labels only)."""
     art = guard_output(out, model, tokenizer, calib, work_dir, overwrite, overwrite_source, plan=plan)
     with art.run() if art is not None else nullcontext():
         return _width(model, params=params, adaptive=adaptive, criterion=criterion, incremental=incremental,
                       step=step, tokens=tokens, lr=lr, global_batch=global_batch, train_seqlen=train_seqlen,
                       heal=heal, heal_options=heal_options, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, art=art,
                       work_dir=work_dir, tokenizer=tokenizer, evaluate=evaluate, eval_windows_n=eval_windows_n,
-                      amplitude=amplitude, mask_only=mask_only, plan=plan, multiple_of=multiple_of)
+                      amplitude=amplitude, mask_only=mask_only, plan=plan, multiple_of=multiple_of, epochs=epochs)
+
+
+def _heal_images(heal: str, student, teacher, src, epochs: int, lr: float, seed: int, k: int, n_stages: int,
+                 global_batch: int) -> list[dict]:
+    """Heal a width-pruned image classifier by `epochs` over the canvases it was trained on: KD from the
+    dense model (TAS's objective, 0.9·T²·KL + 0.1·CE) or plain cross-entropy (`finetune`)."""
+    from ..data.images import canvases_for
+    from ..distill.classifier import TrainConfig as ImageTrainConfig, train_classifier
+
+    card = (src.loaded.card or {}) if src.loaded is not None else {}
+    adapter = get_adapter(teacher)
+    _, size, _ = adapter.image_shape()
+    train_set = canvases_for("train", size, card.get("data"))
+    for p in student.parameters():
+        p.requires_grad_(True)
+    cfg = ImageTrainConfig(epochs=epochs, batch_size=global_batch, lr=lr, weight_decay=0.05, seed=seed + k,
+                           optimizer="adamw", warmup_epochs=min(1.0, epochs / 5),
+                           kd_alpha=0.9 if heal == "kd" else 0.0)
+    res = train_classifier(student, train_set, cfg, teacher=teacher if heal == "kd" else None,
+                           description=f"stage {k}/{n_stages} {heal}")
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return [{**r, "stage": k} for r in res.curve]
 
 
 def _heal_stage(healer, student, teacher, cfg: TrainConfig, tokenizer, work: Path, k: int,
@@ -183,7 +208,7 @@ def _check_options(params, criterion, incremental, step, tokens, global_batch, n
 
 def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr, global_batch, train_seqlen,
            heal, heal_options, calib, nsamples, seqlen, seed, art, work_dir, tokenizer, evaluate, eval_windows_n,
-           amplitude, mask_only, plan, multiple_of) -> WidthResult:
+           amplitude, mask_only, plan, multiple_of, epochs) -> WidthResult:
     out = art.out if art is not None else None
     quiet()
     t_start = time.perf_counter()
@@ -196,8 +221,15 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
     adapter = get_adapter(teacher)
     pixels = any(f.kind == "pixels" for f in adapter.inputs)
     if pixels and (tokens or evaluate):
-        raise ConfigError(f"{src.spec} takes images: width healing (--tokens) and --eval are for language models; "
-                          "evaluate the result with `layerwise eval`")
+        raise ConfigError(f"{src.spec} takes images: heal it with --epochs N (not --tokens), and evaluate the result "
+                          "with `layerwise eval` (--eval is for language models)")
+    if epochs < 0 or (epochs and not pixels):
+        raise ConfigError(f"--epochs heals image classifiers (a number ≥ 0); {src.spec} is healed with --tokens"
+                          if epochs > 0 else f"--epochs must be ≥ 0 (got {epochs})")
+    if epochs and heal not in ("kd", "finetune"):
+        raise ConfigError(f"image classifiers heal with --heal kd or finetune (got {heal})")
+    if epochs and mask_only:
+        raise ConfigError("--epochs trains the pruned model; it needs the physically narrowed model, not --mask-only")
     if src.tokenizer is None and not pixels:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
     for p in teacher.parameters():
@@ -242,6 +274,9 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
             work = work or Path(f"runs/.width-work-{id(student)}")
             res.curve += _heal_stage(healer, student, teacher, cfg, src.tokenizer, work, k, n_stages)
             offset += per_stage[k - 1]
+        if epochs:
+            stage["epochs"] = epochs
+            res.curve += _heal_images(heal, student, teacher, src, epochs, lr, seed, k, n_stages, global_batch)
         res.stages.append(stage)
         info(f"stage {k}/{n_stages}: block parameters {cur:,} → {block_params(student):,} (goal {goal:,})")
     res.params_after = block_params(student)
@@ -256,7 +291,8 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
     if out is not None:
         res.out = _write(art, res, src, dict(params=params, adaptive=adaptive, criterion=criterion,
                                                           incremental=incremental, step=step, tokens=tokens,
-                                                          heal=healer.config_dict() if steps_total else "none",
+                                                          heal=healer.config_dict() if steps_total else
+                                                          (f"{heal} ({epochs} epochs per stage)" if epochs else "none"),
                                                           seed=seed, stages=n_stages, multiple_of=multiple_of))
     return res
 
