@@ -80,22 +80,6 @@ def test_default_output_is_compressed_tensors_and_stock_transformers_reads_it_ex
     assert man["plan"]["bytes_on_disk"] < man["plan"]["bytes_on_disk_dequantized"]
 
 
-def test_streamed_equals_in_memory_and_resumes(tmp_path, monkeypatch):
-    src = str(zoo.path("llama-tiny"))
-    kw = dict(bits=3.0, order="zd", quantizer="gptq", group_size=8, **SMALL)
-    quantize(src, out=tmp_path / "s", **kw)
-    quantize(src, out=tmp_path / "m", stream=False, **kw)
-    monkeypatch.setenv("LAYERWISE_FAULT", "block:2:stop")
-    with pytest.raises(KeyboardInterrupt):
-        quantize(src, out=tmp_path / "r", **kw)
-    monkeypatch.delenv("LAYERWISE_FAULT")
-    quantize(src, out=tmp_path / "r", resume=True, **kw)
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["quantization_config"]["format"] == "pack-quantized"
-    for f in sorted((tmp_path / "s").glob("model-*.safetensors")):
-        a, b, c = (x.read_bytes() for x in (f, tmp_path / "m" / f.name, tmp_path / "r" / f.name))
-        assert a == b == c, f.name
-
-
 def test_asymmetric_grids_default_to_gptq(tmp_path):
     r = quantize(zoo.load("llama-tiny"), bits=4.0, high=4, low=4, group_size=8, sym=False, out=tmp_path / "q", **SMALL)
     assert r.bits["format"] == "gptq"

@@ -146,9 +146,11 @@ def test_saved_packed_and_dequantized_reload_identically(tmp_path, quantizer):
     assert man["plan"]["bytes_on_disk"] < man["plan"]["bytes_on_disk_dequantized"]
 
 
-def test_streamed_equals_in_memory_and_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("group_size, fmt", [(128, "gptq"), (8, "compressed-tensors")])
+def test_streamed_equals_in_memory_and_resumes(tmp_path, monkeypatch, group_size, fmt):
+    """Both packed formats (llama-tiny's 344 MLP channels make groups of 128 ragged: GPTQ v1)."""
     src = str(zoo.path("llama-tiny"))
-    kw = dict(bits=3.0, order="zd", quantizer="gptq", **SMALL)
+    kw = dict(bits=3.0, order="zd", quantizer="gptq", group_size=group_size, **SMALL)
     quantize(src, out=tmp_path / "s", **kw)
     quantize(src, out=tmp_path / "m", stream=False, **kw)
     monkeypatch.setenv("LAYERWISE_FAULT", "block:2:stop")
@@ -156,6 +158,7 @@ def test_streamed_equals_in_memory_and_resumes(tmp_path, monkeypatch):
         quantize(src, out=tmp_path / "r", **kw)
     monkeypatch.delenv("LAYERWISE_FAULT")
     quantize(src, out=tmp_path / "r", resume=True, **kw)
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["plan"]["format"] == fmt
     for f in sorted((tmp_path / "s").glob("model-*.safetensors")):
         a, b, c = (x.read_bytes() for x in (f, tmp_path / "m" / f.name, tmp_path / "r" / f.name))
         assert a == b == c, f.name
