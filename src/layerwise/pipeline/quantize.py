@@ -300,7 +300,8 @@ class QuantizeStage(BlockwiseStage):
         check_target(self.target, self.high, self.low, self.group_size, self.sym, self.act_order)
         if self.format is not None and self.format not in LAYOUTS:
             raise ConfigError(f"--format must be one of {', '.join(LAYOUTS)} (got {self.format!r})")
-        resolve_layout(self.format, self.act_order, None)
+        if self.format is not None:      # an explicit format it cannot honour fails before any work
+            resolve_layout(self.format, self.act_order, None)
 
     def whole_model(self) -> bool:
         return self.order in SCORES and "whole_model" in SCORES[self.order].needs
