@@ -313,8 +313,7 @@ def verdicts(res: dict) -> str:
 def render(res: dict) -> str:
     a = res["args"]
     runs = res["runs"]
-    lines = [f"Machine: {res['machine']}", "",
-             f"`test:pan48` (48 frames, 64×64 RGB, 8-bit), groups of 4 frames, patches of 16, SIREN width 64, C_e 8 "
+    lines = [f"`test:pan48` (48 frames, 64×64 RGB, 8-bit), groups of 4 frames, patches of 16, SIREN width 64, C_e 8 "
              f"(42,032 weights and 716 biases per group), {a['iters_first']} Adam iterations for the first group and "
              f"{a['iters_rest']} for each later one, {a['seeds']} training seeds (mean ± sd). bpp counts the whole "
              "file (header, float16 side information, coding tables, range-coded words); PSNR on the decoded "

@@ -102,7 +102,6 @@ def render(res: dict) -> str:
              for k, v in res["speed"].items()]
     n = res["args"]["seeds"]
     return "\n".join([
-        f"Machine: {res['machine']}", "",
         f"`zoo:vit-digits` (dense test accuracy {res['dense']:.4f} on 1988 test canvases); Wanda unit criterion on "
         f"32 calibration canvases; healing = distillation from the dense ViT on its training canvases (AdamW, lr "
         f"1e-3, batch 64); test accuracy, mean ± sd over {n} seeds:", "",
