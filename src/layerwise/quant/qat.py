@@ -229,7 +229,6 @@ class EntropyQAT(QATMethod):
 
     class Config(MethodConfig):
         bits: int = 8          # initial grid of an existing layer: max|W| / (2^(bits−1) − 1)
-        rate_weight: float = 0.0
 
     def attach(self, model: nn.Module, select=lambda n, m: True) -> QATModel:
         return attach(model, bits=self.config.bits, select=select)
