@@ -206,19 +206,8 @@ def _check_options(params, criterion, incremental, step, tokens, global_batch, n
     return healer
 
 
-def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr, global_batch, train_seqlen,
-           heal, heal_options, calib, nsamples, seqlen, seed, art, work_dir, tokenizer, evaluate, eval_windows_n,
-           amplitude, mask_only, plan, multiple_of, epochs) -> WidthResult:
-    out = art.out if art is not None else None
-    quiet()
-    t_start = time.perf_counter()
-    healer = _check_options(params, criterion, incremental, step, tokens, global_batch, nsamples, seqlen, lr, heal,
-                            heal_options)
-    if multiple_of < 1:
-        raise ConfigError(f"--multiple-of must be >= 1 (got {multiple_of})")
-    src = resolve(model, tokenizer, load=True)
-    teacher = src.loaded.model.eval()
-    adapter = get_adapter(teacher)
+def _check_input_kind(src, adapter, tokens, evaluate, epochs, heal, mask_only) -> None:
+    """Healing and evaluation options that fit the model: text (tokens, --eval) or images (--epochs)."""
     pixels = any(f.kind == "pixels" for f in adapter.inputs)
     if pixels and (tokens or evaluate):
         raise ConfigError(f"{src.spec} takes images: heal it with --epochs N (not --tokens), and evaluate the result "
@@ -232,6 +221,22 @@ def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr,
         raise ConfigError("--epochs trains the pruned model; it needs the physically narrowed model, not --mask-only")
     if src.tokenizer is None and not pixels:
         raise DataError(f"model {src.spec} has no tokenizer; pass --tokenizer")
+
+
+def _width(model, *, params, adaptive, criterion, incremental, step, tokens, lr, global_batch, train_seqlen,
+           heal, heal_options, calib, nsamples, seqlen, seed, art, work_dir, tokenizer, evaluate, eval_windows_n,
+           amplitude, mask_only, plan, multiple_of, epochs) -> WidthResult:
+    out = art.out if art is not None else None
+    quiet()
+    t_start = time.perf_counter()
+    healer = _check_options(params, criterion, incremental, step, tokens, global_batch, nsamples, seqlen, lr, heal,
+                            heal_options)
+    if multiple_of < 1:
+        raise ConfigError(f"--multiple-of must be >= 1 (got {multiple_of})")
+    src = resolve(model, tokenizer, load=True)
+    teacher = src.loaded.model.eval()
+    adapter = get_adapter(teacher)
+    _check_input_kind(src, adapter, tokens, evaluate, epochs, heal, mask_only)
     for p in teacher.parameters():
         p.requires_grad_(False)
     if isinstance(plan, (str, Path)):
