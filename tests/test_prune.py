@@ -11,7 +11,7 @@ from layerwise import zoo
 from layerwise.cli import main
 from layerwise.engine.stats import InputStats
 from layerwise.errors import ConfigError, LayerwiseError
-from layerwise.linalg import damped_inverse_cholesky, largest_remainder
+from layerwise.linalg import _restore_lower, _reverse_, inverse_cholesky_, largest_remainder
 from layerwise.models.adapters import get_adapter
 from layerwise.pipeline.prune import prune
 from layerwise.plan import Plan
@@ -88,10 +88,10 @@ def test_cholesky_retries_with_more_damping():
     X = torch.randn(10, 32, generator=g)  # rank 10 < 32
     H = X.T @ X
     H = H - 0.05 * float(torch.diag(H).mean()) * torch.eye(32)  # indefinite: 1% damping is not enough
-    U, damp = damped_inverse_cholesky(lambda: H.clone(), 0.01)
+    U, damp = inverse_cholesky_(H.clone(), 0.01)
     assert damp == pytest.approx(0.1) and torch.isfinite(U).all()
     with pytest.raises(LayerwiseError, match="not positive definite"):
-        damped_inverse_cholesky(lambda: -torch.eye(8), 0.01)
+        inverse_cholesky_(-torch.eye(8), 0.01)
 
 
 def test_inverse_cholesky_factor_matches_float64_reference():
@@ -99,13 +99,52 @@ def test_inverse_cholesky_factor_matches_float64_reference():
     X = torch.randn(400, 96, generator=g) * torch.rand(96, generator=g) * 5
     H = X.T @ X * (2 / 400)
     H[5, :] = H[:, 5] = 0                      # a dead input
-    U, damp = damped_inverse_cholesky(lambda: H.clone(), 0.01)
+    U, damp = inverse_cholesky_(H.clone(), 0.01)
     R = H.double().clone()
     R[5, 5] = 1
     R += 0.01 * float(torch.diag(R).mean()) * torch.eye(96, dtype=torch.float64)
     ref = torch.linalg.cholesky(torch.linalg.inv(R), upper=True)
     assert damp == 0.01 and U.dtype == torch.float32
     assert torch.allclose(U.double(), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 70), st.integers(1, 90), st.floats(0.0, 0.2), st.integers(0, 2 ** 31 - 1))
+def test_inplace_inverse_factor_matches_the_three_step_reference(n, rank, shift, seed):
+    """The in-place factor (one Cholesky of the reversed H, one triangular inverse) equals Cholesky →
+    inverse → Cholesky at the damping the reference needs, on full-rank, rank-deficient and indefinite
+    H with dead inputs, retries included."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(rank, n, generator=g, dtype=torch.float64)
+    H = X.T @ X
+    H[:, n // 3] = H[n // 3, :] = 0
+    H -= shift * float(H.diagonal().mean()) * torch.eye(n, dtype=torch.float64)
+    H = H.float().double()      # the reference starts from the same float32 matrix
+    U, damp = inverse_cholesky_(H.float(), 0.01)
+    R = H.clone()
+    R.diagonal()[R.diagonal() == 0] = 1
+    R += damp * float(R.diagonal().mean()) * torch.eye(n, dtype=torch.float64)
+    ref = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(R)), upper=True)
+    assert torch.equal(U, U.triu())
+    assert torch.allclose(U.double(), ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
+    if damp > 0.01:   # the retry was needed: the reference fails one step lower
+        R2 = H.clone()
+        R2.diagonal()[R2.diagonal() == 0] = 1
+        R2 += damp / 10 * float(R2.diagonal().mean()) * torch.eye(n, dtype=torch.float64)
+        assert int(torch.linalg.cholesky_ex(R2.float())[1]) != 0
+
+
+@given(st.integers(1, 40), st.integers(1, 50), st.integers(1, 17))
+def test_reverse_and_triangle_restore_are_exact(n, chunk, rchunk):
+    A = torch.randn(n, n)
+    S = A + A.T
+    B = S.clone()
+    _reverse_(B, chunk)
+    assert torch.equal(B, S.flip(0, 1))
+    B = S.clone()
+    B.tril_(-1).mul_(7).add_(S.triu())     # garbage below the diagonal, H above
+    _restore_lower(B, rchunk)
+    assert torch.equal(B, S)
 
 
 @settings(max_examples=200, deadline=None)

@@ -33,7 +33,7 @@ class Calibration(_Strict):
     nsamples: int = Field(128, ge=1)
     seqlen: int = Field(256, ge=2)
     seed: int = 0
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | None = Field(None, ge=1)     # default: 8, fewer above 2048 tokens per batch
 
 
 def _registered(registry_path: str, value: str) -> str:

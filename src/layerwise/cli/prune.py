@@ -36,7 +36,8 @@ def prune_cmd(
     farms_rows: Optional[int] = typer.Option(None, help="FARMS window rows m (default: smallest matrix dim)."),
     farms_windows: int = typer.Option(8, help="FARMS windows per dimension K."),
     propagate: str = typer.Option("pruned", help="Feed the next block the pruned (default) or dense outputs."),
-    batch_size: int = typer.Option(8, help="Calibration sequences per block forward."),
+    batch_size: int | None = typer.Option(
+        None, help="Calibration sequences per block forward [default: 8, fewer above 2048 tokens per batch]."),
     in_memory: bool = typer.Option(False, "--in-memory", help="Load the whole model instead of streaming blocks."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run at its last finished block."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),

@@ -39,7 +39,8 @@ def quantize_cmd(
     targets: Optional[List[str]] = typer.Option(None, "--targets", help="Only these linears (substring or re:REGEX)."),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="Skip these linears."),
     plan: Optional[str] = typer.Option(None, "--plan", help="Replay a (hand-edited) plan.json with per-linear bits."),
-    batch_size: int = typer.Option(8, help="Calibration sequences per block forward."),
+    batch_size: int | None = typer.Option(
+        None, help="Calibration sequences per block forward [default: 8, fewer above 2048 tokens per batch]."),
     in_memory: bool = typer.Option(False, "--in-memory", help="Load the whole model instead of streaming blocks."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     overwrite: bool = typer.Option(False, "--overwrite"),

@@ -64,7 +64,8 @@ class EngineResult:
     final_hidden: list[torch.Tensor] | None = None
     resumed_from: int = 0
     propagate: str = "pruned"
-    first_ids: torch.Tensor | None = None
+    probe_ids: torch.Tensor | None = None     # a short input carried through every compressed block ...
+    probe_hidden: torch.Tensor | None = None  # ... and its last-block output, which a reload must reproduce
 
 
 class Checkpointer:
@@ -91,10 +92,10 @@ class Checkpointer:
         return state
 
     def save(self, next_block: int, hidden: list[torch.Tensor], rows: list[dict], timings: Timings,
-             before: list | None = None) -> None:
+             before: list | None = None, probe: torch.Tensor | None = None) -> None:
         tmp = self.dir / f".{self.name}.tmp"
         torch.save({"fingerprint": self.fingerprint, "next_block": next_block, "hidden": hidden,
-                    "rows": rows, "timings": timings.to_dict(), "before": before or []}, tmp)
+                    "rows": rows, "timings": timings.to_dict(), "before": before or [], "probe": probe}, tmp)
         os.replace(tmp, self.path)
 
 
@@ -157,11 +158,13 @@ def _run_pass(p: Pass, adapter, block, i, batches, timings) -> None:
     p.hidden = _propagate(adapter, block, i, p.hidden, batches, timings)
 
 
-def _resume(checkpointer, store, batches, before, res) -> int:
+def _resume(checkpointer, store, batches, before, res, probe) -> int:
     state = checkpointer.load()
     if state is None:
         return 0
     start = state["next_block"]
+    if probe is not None:
+        probe.hidden = state.get("probe")
     res.rows = state["rows"]
     res.timings = Timings(**state["timings"])
     for b, h in zip(batches, state["hidden"]):
@@ -182,10 +185,13 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
                    propagate: str = "pruned", batch_size: int = 8, checkpointer: Checkpointer | None = None,
                    description: str = "compress",
                    observe: Callable[[int, list, list], None] | None = None,
-                   propagate_last: bool = True, before: list[Pass] | tuple = ()) -> EngineResult:
+                   propagate_last: bool = True, before: list[Pass] | tuple = (),
+                   probe: torch.Tensor | None = None) -> EngineResult:
     """Run `action` on every block, after the `before` passes of a fused recipe (each on its own
     stream). `observe(i, inputs, outputs)` sees each block's input and output hidden states (lists
-    over calibration batches) after the action."""
+    over calibration batches) after the action. `probe` (model inputs) is carried through every
+    block as compressed, in a batch of its own: `res.probe_hidden` is what a reload of the result
+    must compute on it, checked at the cost of a short input instead of a calibration batch."""
     if propagate not in PROPAGATE:
         raise ConfigError(f"propagate must be one of {', '.join(PROPAGATE)} (got {propagate!r})")
     adapter = store.adapter
@@ -196,7 +202,8 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
     res.timings.capture_s = time.perf_counter() - t0
     for p in before:
         p.hidden = [b.hidden for b in batches]
-    start = _resume(checkpointer, store, batches, before, res) if checkpointer is not None else 0
+    pb = capture_block_inputs(store.model, adapter, probe, probe.shape[0])[0] if probe is not None else None
+    start = _resume(checkpointer, store, batches, before, res, pb) if checkpointer is not None else 0
     n = adapter.num_blocks
     with torch.no_grad(), progress_bar() as prog:
         task = prog.add_task(description, total=n, completed=start, info="")
@@ -225,16 +232,20 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
                 observe(i, [b.hidden for b in batches], new)
             for b, h in zip(batches, new):
                 b.hidden = h
+            if pb is not None and pb.hidden is not None:
+                pb.hidden = _propagate(adapter, block, i, [pb.hidden], [pb], res.timings)[0]
             t0 = time.perf_counter()
             store.release_block(i)
             if checkpointer is not None:
                 checkpointer.save(i + 1, [b.hidden for b in batches], res.rows, res.timings,
-                                  [(p.hidden, p.rows) for p in before])
+                                  [(p.hidden, p.rows) for p in before], pb.hidden if pb is not None else None)
             res.timings.io_s += time.perf_counter() - t0
             prog.advance(task)
             if i + 1 < n:
                 fault_point("block", adapter.block_offset + i + 1)
     res.final_hidden = [b.hidden for b in batches]
+    if pb is not None and pb.hidden is not None:
+        res.probe_ids, res.probe_hidden = probe, pb.hidden
     res.timings.total_s += time.perf_counter() - t_all
     return res
 
@@ -266,5 +277,6 @@ def run_towers(store: BlockStore, samples, action: Action, *, checkpointer: Chec
         for k, v in part.timings.to_dict().items():
             setattr(res.timings, k, getattr(res.timings, k) + v)
         res.resumed_from += part.resumed_from
-        res.final_hidden, res.propagate, res.first_ids = part.final_hidden, part.propagate, part.first_ids
+        res.final_hidden, res.propagate = part.final_hidden, part.propagate
+        res.probe_ids, res.probe_hidden = part.probe_ids, part.probe_hidden
     return res

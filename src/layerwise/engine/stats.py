@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..linalg import inverse_cholesky_
 from ..models.adapters import LinearRef
 
 
@@ -28,6 +29,7 @@ class InputStats:
     s1: torch.Tensor | None = None          # Σ_t x_tj            [in]
     _H: torch.Tensor | None = None          # Σ_t x_t x_tᵀ        [in, in], upper block triangle until read
     _mirrored: bool = True
+    _factor: tuple | None = None            # (percdamp, U, damping used) of the last `inverse_factor`
     readers: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -83,6 +85,14 @@ class InputStats:
         H = self.H
         assert H is not None, "Gram statistics were not collected"
         return H * (2.0 / max(1, self.gram_tokens))
+
+    def inverse_factor(self, percdamp: float) -> tuple[torch.Tensor, float]:
+        """The damped inverse-Hessian factor SparseGPT and GPTQ sweep with (`inverse_cholesky_`), computed
+        once per accumulator: q/k/v (gate/up) read the same one. Callers must not modify it."""
+        if self._factor is None or self._factor[0] != percdamp:
+            self._factor = None
+            self._factor = (percdamp, *inverse_cholesky_(self.hessian, percdamp))
+        return self._factor[1], self._factor[2]
 
 
 # Below this width a plain x.t() @ x is as fast as the block-triangular product.

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+
 from ..engine import Checkpointer, InMemoryStore, LazyStore, Pass, fingerprint, run_towers
 from ..errors import ConfigError
 from ..io.artifacts import input_paths
@@ -93,6 +95,27 @@ class Run:
     timings: dict = field(default_factory=dict)
 
 
+PROBE_TOKENS = 64
+BATCH_TOKENS = 2048
+
+
+def default_batch(seqlen: int) -> int:
+    """Calibration sequences per block forward when none is given: 8, or fewer so that a batch holds
+    at most 2048 tokens. The MLP's intermediate activations of one batch are the largest transient of
+    a streamed run (4 × tokens × MLP width floats: 320 MB for 4096 tokens at the 0.5B shape); below
+    about 1024 tokens per batch the matrix products stop getting faster on a CPU."""
+    return max(1, min(8, BATCH_TOKENS // max(1, seqlen)))
+
+
+def verification_probe(samples: torch.Tensor) -> torch.Tensor:
+    """What a streamed result is checked on after it is written: the first calibration sequence, cut to
+    64 tokens. The engine carries it through every compressed block in a batch of its own, so the
+    reload check costs a short forward instead of a calibration batch's (a quarter of a forward
+    pass over the calibration set at the 0.5B shape)."""
+    p = samples[:1]
+    return p[:, :PROBE_TOKENS] if p.ndim == 2 and not p.is_floating_point() else p
+
+
 def check_calibration(nsamples: int, seqlen: int, batch_size: int) -> None:
     if nsamples < 1 or seqlen < 2 or batch_size < 1:
         raise ConfigError("--nsamples and --batch-size must be >= 1 and --seqlen >= 2")
@@ -106,7 +129,7 @@ def _check_positions(config, seqlen: int) -> None:
 
 def run_stage(stage: BlockwiseStage, model, *, calib="stdlib", nsamples: int = 128, seqlen: int = 256,
               seed: int = 0, plan=None, out=None, overwrite: bool = False, resume: bool = False,
-              overwrite_source: bool = False, batch_size: int = 8, stream: bool | None = None, tokenizer=None,
+              overwrite_source: bool = False, batch_size: int | None = None, stream: bool | None = None, tokenizer=None,
               evaluate: bool = False, eval_windows: int = 200, command: str | None = None,
               before: list[BlockwiseStage] = ()):
     """Run `stage` on `model` block by block, after the `before` stages fused into the same sweep."""
@@ -114,6 +137,8 @@ def run_stage(stage: BlockwiseStage, model, *, calib="stdlib", nsamples: int = 1
     t_start = time.perf_counter()
     for s in (*before, stage):
         s.check()
+    if batch_size is None:
+        batch_size = default_batch(seqlen)
     check_calibration(nsamples, seqlen, batch_size)
     output = OutputDir(out, overwrite=overwrite, resume=resume, overwrite_source=overwrite_source,
                        model_path=model_dir(model),
@@ -163,13 +188,13 @@ def _run(stage, src, output, plan, *, calib, nsamples, seqlen, seed, resume, bat
     res = run_towers(store, samples, main.action, select=main.select, gram=main.gram,
                          gram_limit=main.gram_limit, first_moment=main.first_moment, propagate=stage.propagate,
                          batch_size=batch_size, checkpointer=ckpt, description=stage.description(),
-                         propagate_last=use_stream and output is not None,
-                         before=[s.make_pass(p, store, None) for s, p in zip(before, before_plans)])
+                         propagate_last=False,
+                         before=[s.make_pass(p, store, None) for s, p in zip(before, before_plans)],
+                         probe=verification_probe(samples) if use_stream and output is not None else None)
     if before_plans:
         plan.meta["before"] = [p.to_dict() for p in before_plans]
     apply_resumed_rows(plan, res)
     res.propagate = stage.propagate
-    res.first_ids = samples[:batch_size]
     run = Run(stage, store, src, output, plan, res, samples, options, t_start, seed, evaluate, eval_windows, command,
               metrics, {**res.timings.to_dict(), stage.planning_time: t_plan})
     return stage.finish(run)

@@ -156,14 +156,14 @@ class OutputDir:
 
         In memory: stock `from_pretrained` of the output, logits compared bit for bit. Streamed: the
         output is streamed back block by block (so the check needs no more memory than the run) and
-        its last-block activations on the first calibration batch are compared bit for bit with the
+        its last-block activations on the engine's probe input are compared bit for bit with the
         engine's.
         """
         from ..io.verify import check_reload, check_streamed_reload
 
         if store.fully_in_memory:
             return check_reload(store.model, self.partial, store.adapter.model_inputs(sample_ids))
-        if res.final_hidden is None or res.propagate != "pruned":
-            return "not checked (dense propagation)"
+        if res.probe_hidden is None:
+            return "not checked (resumed from a partial run without a probe)"
         dtype = next(p for p in store.model.parameters() if not p.is_meta).dtype
-        return check_streamed_reload(self.partial, res.first_ids, res.final_hidden[0], dtype)
+        return check_streamed_reload(self.partial, res.probe_ids, res.probe_hidden, dtype)

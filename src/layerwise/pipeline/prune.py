@@ -185,7 +185,7 @@ def prune(model, *, method: str = "wanda", sparsity: float = 0.5, nm=None, calib
           nsamples: int = 128, seqlen: int = 256, seed: int = 0, targets: list[str] | None = None,
           ignore: list[str] | None = None, plan: str | Plan | None = None, allocation: str = "uniform",
           out: str | Path | None = None, overwrite: bool = False, resume: bool = False, overwrite_source: bool = False,
-          propagate: str = "pruned", batch_size: int = 8, stream: bool | None = None, tokenizer=None,
+          propagate: str = "pruned", batch_size: int | None = None, stream: bool | None = None, tokenizer=None,
           evaluate: bool = False, eval_windows: int = 200, command: str | None = None,
           max_sparsity: float = 0.99, allocation_params: dict | None = None,
           before: list[dict] | None = None) -> PruneResult:

@@ -363,7 +363,7 @@ def quantize(model, *, bits: float = 4.0, high: int = 4, low: int = 2, order: st
              calib: str = "stdlib", nsamples: int = 128, seqlen: int = 256, seed: int = 0, order_seed: int = 0,
              targets: list[str] | None = None, ignore: list[str] | None = None, plan: str | Plan | None = None,
              out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
-             overwrite_source: bool = False, batch_size: int = 8, stream: bool | None = None, tokenizer=None,
+             overwrite_source: bool = False, batch_size: int | None = None, stream: bool | None = None, tokenizer=None,
              evaluate: bool = False, eval_windows: int = 200, command: str | None = None,
              before: list[dict] | None = None, target: str | None = None,
              format: str | None = None) -> QuantizeResult:
@@ -496,5 +496,7 @@ def _verify_quantized(store, res, partial: Path, sample_ids: torch.Tensor, layou
         check_reload(store.model, partial, inputs, what="packed checkpoint")
         check_reload(store.model, deq, inputs, what="dequantized checkpoint")
         return "packed (layerwise.load) and dequantized (stock from_pretrained) logits identical to the in-memory model"
-    check_streamed_reload(deq, res.first_ids, res.final_hidden[0])
+    if res.probe_hidden is None:
+        return "packed tensors unpack exactly to the dequantized copy (reload not checked: resumed without a probe)"
+    check_streamed_reload(deq, res.probe_ids, res.probe_hidden)
     return "packed tensors unpack exactly to the dequantized copy; its streamed reload reproduces the engine"

@@ -5,7 +5,7 @@ import torch
 from pydantic import Field
 
 from ..engine.stats import InputStats
-from ..linalg import damped_inverse_cholesky, largest_remainder
+from ..linalg import largest_remainder
 from ..registry import MethodConfig
 from .base import PruneOutput, Pruner, register
 from .masks import lowest_in_matrix, lowest_per_row, nm_mask, row_counts
@@ -65,7 +65,7 @@ class SparseGPT(Pruner):
 
     def prune(self, weight, stats: InputStats, budget):
         r, c = weight.shape
-        U, damp = damped_inverse_cholesky(lambda: stats.hessian, self.config.percdamp)
+        U, damp = stats.inverse_factor(self.config.percdamp)
         # The sweep runs on Wᵀ: column t of W is row t here, contiguous, so each step's update of
         # the later columns is a row-major outer product (1.4x faster than strided columns).
         Wt = weight.detach().t().float().contiguous()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..linalg import damped_inverse_cholesky
+from ..linalg import inverse_cholesky_
 from ..registry import MethodConfig
 from .base import QuantResult, QuantSpec, Quantizer, dequant, find_params, quantize_col, register
 
@@ -58,10 +58,10 @@ class GPTQ(Quantizer):
         r, c = weight.shape
         if self.config.act_order:
             perm = torch.argsort(torch.diag(stats.H), descending=True, stable=True)
-            U, damp = damped_inverse_cholesky(lambda: stats.hessian[perm][:, perm], self.config.percdamp)
+            U, damp = inverse_cholesky_(stats.hessian[perm][:, perm], self.config.percdamp)
         else:
             perm = torch.arange(c)
-            U, damp = damped_inverse_cholesky(lambda: stats.hessian, self.config.percdamp)
+            U, damp = stats.inverse_factor(self.config.percdamp)
         # The sweep runs on Wᵀ (column t of W is the contiguous row t), as in SparseGPT.
         Wt = weight.detach().float()[:, perm].t().contiguous()
         M = (Wt == 0) if self.config.preserve_zeros and bool((Wt == 0).any()) else None
