@@ -240,6 +240,30 @@ def test_streamed_equals_in_memory_and_resume_equals_uninterrupted(tmp_path, mon
     assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
     plan = json.loads((tmp_path / "resumed" / "plan.json").read_text())
     assert all(r["zeros"] == r["zeros_planned"] for r in plan["rows"])
+    for d in ("stream", "resumed"):   # the probe's activations survive the checkpoint
+        man = json.loads((tmp_path / d / "manifest.json").read_text())
+        assert man["checks"]["reload"].startswith("streamed reload"), man["checks"]["reload"]
+
+
+def test_streamed_write_that_changes_a_weight_is_caught_by_the_probe(tmp_path, monkeypatch):
+    """The streamed check reloads the written blocks and runs the 64-token probe through them: one
+    weight written differently from what the engine computed with fails the run, and nothing is written."""
+    from layerwise.engine import store as store_mod
+
+    write = store_mod.ShardWriter.write
+
+    def corrupt(self, index, tensors):
+        if index == 1:
+            tensors = dict(tensors)
+            k = next(k for k in tensors if k.endswith("mlp.down_proj.weight"))
+            tensors[k] = tensors[k].clone()
+            tensors[k][0, 0] += 1e-3
+        return write(self, index, tensors)
+
+    monkeypatch.setattr(store_mod.ShardWriter, "write", corrupt)
+    with pytest.raises(LayerwiseError, match="does not reproduce"):
+        prune(str(zoo.path("llama-tiny")), method="wanda", sparsity=0.5, out=tmp_path / "out", **SMALL)
+    assert not (tmp_path / "out").exists()
 
 
 def test_plan_replay_with_a_hand_edit(tmp_path, tok):
@@ -354,3 +378,9 @@ def test_lowest_per_row_equals_a_stable_sort_per_row(r, c, levels, data):
     for i in range(r):
         ref[i, order[i, : int(k_row[i])]] = True
     assert torch.equal(lowest_per_row(score, k_row), ref)
+
+
+def test_default_calibration_batch_holds_at_most_2048_tokens():
+    from layerwise.pipeline.blockwise import default_batch
+
+    assert [default_batch(n) for n in (64, 256, 512, 1024, 4096)] == [8, 8, 4, 2, 1]

@@ -47,7 +47,11 @@ def inverse_cholesky_(H: torch.Tensor, percdamp: float = 0.01, max_tries: int = 
 
 
 def _finite(A: torch.Tensor, rows: int = 256) -> bool:
-    """torch.isfinite(A).all() without its n × n temporaries (an |A| copy: 95 MB for an MLP's H)."""
+    """torch.isfinite(A).all() without its n × n temporaries (an |A| copy: 95 MB for an MLP's H). The
+    sum is non-finite whenever an element is; only then (or if a finite sum overflowed) are the rows
+    tested one chunk at a time."""
+    if bool(torch.isfinite(A.sum())):
+        return True
     return all(bool(torch.isfinite(A[i:i + rows]).all()) for i in range(0, A.shape[0], rows))
 
 

@@ -174,15 +174,16 @@ class StatsCollector:
         self._handles.clear()
 
 
-def relative_recon_error(W: torch.Tensor, W_new: torch.Tensor, gram: torch.Tensor, max_rows: int = 256) -> float:
+def relative_recon_error(W: torch.Tensor, W_new: torch.Tensor, gram: torch.Tensor, max_rows: int = 128) -> float:
     """‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖² from the Gram matrix Σ x xᵀ of the layer's calibration inputs, over at most
     `max_rows` evenly spaced output rows: the full product costs 2·rows·in² multiply-adds, as much as
-    the Cholesky factorization of a down projection, for a number that is only reported."""
+    the factorization of a down projection, for a number that is only reported."""
     r = W.shape[0]
     if r > max_rows:
         rows = torch.linspace(0, r - 1, max_rows).round().long()
         W, W_new = W[rows], W_new[rows]
     W = W.float()
-    dW = W - W_new.float()
-    den = float(((W @ gram) * W).double().sum())
-    return float(((dW @ gram) * dW).double().sum()) / den if den > 0 else 0.0
+    both = torch.cat([W, W - W_new.float()])     # one product with the Gram matrix for both terms
+    q = ((both @ gram) * both).double().sum(1)
+    den, num = float(q[: len(W)].sum()), float(q[len(W):].sum())
+    return num / den if den > 0 else 0.0

@@ -35,6 +35,11 @@ def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_rows(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of `pack_rows`: int32 [words, k] → int64 [n, k]."""
+    if 32 % bits == 0:      # 2, 4, 8 bits: no value spans two words, one shift per position in a word
+        per = 32 // bits
+        shifts = (torch.arange(per, dtype=torch.int32) * bits).view(1, -1, 1)
+        vals = (packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)          # [words, per, k]
+        return vals.reshape(-1, packed.shape[1])[:n].to(torch.int64)
     p = packed.to(torch.int64) & 0xFFFFFFFF
     pos = torch.arange(n) * bits
     w_idx, b_off = pos // 32, pos % 32

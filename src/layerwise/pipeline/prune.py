@@ -69,7 +69,7 @@ def make_prune_action(plan: Plan, pruners: dict):
             st = work.stats[ref.name]
             out = pruners[row.method].prune(W, st, budget)
             ref.set_weight(out.weight)
-            Wn = ref.weight.detach().double()
+            Wn = ref.weight.detach()
             if st.H is not None:
                 row.recon_error = relative_recon_error(W, Wn, st.H)
             row.zeros_planned = budget.planned_zeros(ref.shape)

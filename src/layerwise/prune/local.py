@@ -92,10 +92,11 @@ class SparseGPT(Pruner):
                     seg = W1[t:t + m].pow(2) / d[t:t + m].pow(2).view(-1, 1)
                     mask1[t:t + m] = nm_mask(seg.t(), n_keep, m).t()
                 w = W1[t]
-                q = w.masked_fill(mask1[t], 0.0)
-                err = torch.sub(w, q, out=Err[t]).div_(d[t])
-                W1[t + 1:].sub_(U1[t, t + 1:].view(-1, 1) * err.view(1, -1))
-                w.copy_(q)
+                # the error of zeroing the masked entries is those entries themselves: three kernels per
+                # column (the Python loop's dispatch is most of a sweep's time at these sizes)
+                err = torch.mul(w, mask1[t], out=Err[t]).div_(d[t])
+                W1[t + 1:].addr_(U1[t, t + 1:], err, alpha=-1)
+                w.masked_fill_(mask1[t], 0.0)
             if i2 < c:
                 Wt[i2:].sub_(U[i1:i2, i2:].t() @ Err)
         W = Wt.t().contiguous()

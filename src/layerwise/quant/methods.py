@@ -6,7 +6,7 @@ from pydantic import Field
 
 from ..linalg import inverse_cholesky_
 from ..registry import MethodConfig
-from .base import QuantResult, QuantSpec, Quantizer, dequant, find_params, quantize_col, register
+from .base import QuantResult, QuantSpec, Quantizer, find_params, quantize_col, register
 
 
 @register
@@ -70,6 +70,7 @@ class GPTQ(Quantizer):
         scales = torch.empty(ng, r)
         zeros = torch.empty(ng, r)
         Qt = torch.empty(c, r)
+        buf = torch.empty(r)
         B = self.config.blocksize
         s = z = None
         for i1 in range(0, c, B):
@@ -88,10 +89,11 @@ class GPTQ(Quantizer):
                     s, z = find_params(grp.t(), spec)
                     scales[k], zeros[k] = s, z
                 w = W1[t] if M is None else W1[t].masked_fill(M[col], 0.0)
-                qc = quantize_col(w, s, z, spec.maxq)
-                err = torch.sub(w, dequant(qc, s, z), out=Err[t]).div_(U1[t, t])
-                W1[t + 1:].sub_(U1[t, t + 1:].view(-1, 1) * err.view(1, -1))
-                Qt[col] = qc
+                # quantize_col and dequant, written into preallocated rows (no allocation per column)
+                qc = torch.div(w, s, out=Qt[col]).round_().add_(z).clamp_(0, spec.maxq)
+                deq = torch.sub(qc, z, out=buf).mul_(s)
+                err = torch.sub(w, deq, out=Err[t]).div_(U1[t, t])
+                W1[t + 1:].addr_(U1[t, t + 1:], err, alpha=-1)
             if i2 < c:
                 Wt[i2:].sub_(U[i1:i2, i2:].t() @ Err)
         Q, scales, zeros = Qt.t(), scales.t().contiguous(), zeros.t().contiguous()
