@@ -57,13 +57,13 @@ def run_layerwise(model, method: str, calib: torch.Tensor, out: str | None = Non
     if out is not None:
         kw.update(out=out, stream=True)
     if method == "sparsegpt50":
-        return prune(model, method="sparsegpt", sparsity=0.5, **kw).model
+        return prune(model, method="sparsegpt", sparsity=0.5, **kw)
     if method == "wanda50":
-        return prune(model, method="wanda", sparsity=0.5, **kw).model
+        return prune(model, method="wanda", sparsity=0.5, **kw)
     if method == "sparsegpt24":
-        return prune(model, method="sparsegpt", sparsity=0.5, nm="2:4", **kw).model
+        return prune(model, method="sparsegpt", sparsity=0.5, nm="2:4", **kw)
     if method == "gptq_w4g128":
-        return quantize(model, bits=4, high=4, low=4, quantizer="gptq", group_size=128, **kw).model
+        return quantize(model, bits=4, high=4, low=4, quantizer="gptq", group_size=128, **kw)
     raise SystemExit(f"unknown method {method}")
 
 
@@ -106,6 +106,7 @@ def main():
     stream = tool == "layerwise-stream"
     model = model_dir if stream else AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     rss_loaded = peak_rss_mb()
+    timings = None
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         if method == "forward":
@@ -113,7 +114,8 @@ def main():
         elif tool == "llmcompressor":
             model = run_llmcompressor(model, method, calib)
         else:
-            model = run_layerwise(model, method, calib, out=f"{tmp}/out" if stream else None)
+            result = run_layerwise(model, method, calib, out=f"{tmp}/out" if stream else None)
+            model, timings = result.model, result.timings
         seconds = time.perf_counter() - t0
         rss = peak_rss_mb()
         if stream and windows is not None:
@@ -125,7 +127,7 @@ def main():
             model.eval()
             ppl = perplexity(model, windows)
     json.dump({"tool": tool, "method": method, "seconds": seconds, "peak_rss_mb": rss,
-               "rss_after_load_mb": rss_loaded, "perplexity": ppl}, open(out_f, "w"))
+               "rss_after_load_mb": rss_loaded, "perplexity": ppl, "timings": timings}, open(out_f, "w"))
 
 
 if __name__ == "__main__":

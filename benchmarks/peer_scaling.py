@@ -130,6 +130,19 @@ def render(rows: list[dict], a) -> str:
                     r = by[(m, tool)]
                     verdicts.append(f"{METHODS[m]} {label}: time {verdict(r['seconds'], pc['seconds'], tol=0.1)}, "
                                     f"memory {verdict(r['peak_rss_mb'], pc['peak_rss_mb'], tol=0.1)}")
+        parts = []
+        for m in METHODS:
+            r = by.get((m, "layerwise-stream")) or by.get((m, "layerwise"))
+            t = (r or {}).get("timings")
+            if not t:
+                continue
+            rest = r["seconds"] - t["forward_s"] - t["stats_s"] - t["solve_s"]
+            parts.append(f"{METHODS[m]} {r['seconds']:.0f} s = block forward passes {t['forward_s']:.0f} s "
+                         f"({t['forward_s'] / fwd['layerwise']:.2f}× forward) + statistics {t['stats_s']:.0f} s + "
+                         f"solve {t['solve_s']:.0f} s + loading, writing, verifying and reporting {rest:.0f} s")
+        floor = ("\n\nWhere layerwise's time goes (floor: the two passes of every block that pruned propagation "
+                 "needs, ≈ 2× forward without the head; the statistics are the Gram matrices, the solve the "
+                 "factorizations and sweeps): " + "; ".join(parts) + ".") if parts else ""
         out.append(
             f"**Qwen2.5-{shape.upper()} block shape** (hidden {hidden}, MLP {mlp}, {heads}/{kv} heads), "
             f"{m0['blocks']} of {full} blocks: {m0['params'] / 1e6:.0f}M parameters, {m0['model_mb']:.0f} MiB "
@@ -138,7 +151,7 @@ def render(rows: list[dict], a) -> str:
             + md_table(["method", "s in memory", "s streamed", "s llm-compressor", "in memory / peer",
                         "streamed / peer", "× forward (ours)", "× forward (peer)", "peak MB in memory",
                         "peak MB streamed", "peak MB llm-compressor", "streamed / peer memory"], table)
-            + "\n\nVerdicts (layerwise's, level within 10%): " + "; ".join(verdicts) + ".")
+            + "\n\nVerdicts (layerwise's, level within 10%): " + "; ".join(verdicts) + "." + floor)
     return (f"Random-weight Qwen2 models, vocabulary {rows[0].get('vocab', 4096)} (the zoo tokenizer's), "
             f"{a.nsamples} × {a.seqlen} calibration ids from one file read by every job; one job per "
             "(method, tool), a fresh process each, tools alternating, one repetition (each job takes minutes; "

@@ -110,6 +110,26 @@ def test_dense_propagation_over_towers_equals_the_hook_reference():
         assert torch.equal(lin.weight != 0, ref[lin.name]), lin.name
 
 
+def test_clip_calibration_loss_is_the_multi_positive_training_loss():
+    """The zoo's calibration pairs carry their digit: ECoFLaP's objective is then the loss the model is
+    trained with (same-digit pairs are positives), not CLIP's one-positive loss; without labels it
+    falls back to the model's own."""
+    from layerwise.pipeline.source import calibration_inputs
+    from layerwise.zoo.clip import contrastive_loss
+
+    m = clip(seed=2)
+    ad = get_adapter(m)
+    x = calibration_inputs("digits", None, 12, 2, 0, "clip", engine_adapter(m))
+    d = x.as_dict()
+    assert "labels" in d and len(set(d["labels"].tolist())) < 12       # repeated digits: several positives
+    with torch.no_grad():
+        ours = ad.calibration_loss(m, x)
+        trained = contrastive_loss(m, d["pixel_values"], d["input_ids"], d["labels"])
+        plain = ad.calibration_loss(m, ModelInputs(input_ids=d["input_ids"], pixel_values=d["pixel_values"]))
+        stock = m(input_ids=d["input_ids"], pixel_values=d["pixel_values"], return_loss=True).loss
+    assert torch.equal(ours, trained) and torch.equal(plain, stock) and not torch.equal(ours, plain)
+
+
 def test_zeroth_order_over_a_whole_forward_restores_weights_and_is_seeded():
     m = clip(seed=1)
     before = {k: v.clone() for k, v in m.state_dict().items()}

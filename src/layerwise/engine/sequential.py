@@ -21,10 +21,11 @@ import torch
 
 from ..console import progress_bar
 from ..errors import ConfigError
+from ..models.adapters import StopForward
 from ..utils.faults import fault_point
 from .capture import BlockBatch, capture_block_inputs, check_finite
 from .stats import InputStats, StatsCollector
-from .store import BlockStore
+from .store import BlockStore, trim_heap
 
 PROPAGATE = ("pruned", "dense")
 STATE_FILE = "engine_state.pt"
@@ -126,10 +127,15 @@ def _statistics(adapter, block, i, refs, hiddens, batches, gram, gram_limit, fir
     """One forward of `block` over every calibration batch with statistics hooks on `refs`."""
     outs: list[torch.Tensor] = []
     t0 = time.perf_counter()
-    with StatsCollector(refs, gram=gram, gram_limit=gram_limit, first_moment=first_moment) as coll:
+    with StatsCollector(refs, gram=gram, gram_limit=gram_limit, first_moment=first_moment,
+                        stop_early=not keep) as coll:
         for h, b in zip(hiddens, batches):
-            out = adapter.call_block(block, h, b.args, b.kwargs)
-            check_finite(out, f"leaving block {i}")
+            try:
+                out = adapter.call_block(block, h, b.args, b.kwargs)
+            except StopForward:      # the statistics are complete; the output is not needed
+                out = None
+            else:
+                check_finite(out, f"leaving block {i}")
             coll.end_batch()
             if keep:
                 outs.append(out)
@@ -218,10 +224,12 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
             stats, dense_out = _statistics(adapter, block, i, refs, [b.hidden for b in batches], batches, gram,
                                            gram_limit, first_moment, propagate == "dense", res.timings)
             prog.update(task, info=f"block {i}: solve")
+            trim_heap()     # the statistics pass's freed activations, before the solve's matrices
             t0 = time.perf_counter()
             res.rows.extend(action(BlockWork(i, block, refs, stats, batches)) if refs else [])
             res.timings.solve_s += time.perf_counter() - t0
             del stats
+            trim_heap()
             if i == n - 1 and not propagate_last and observe is None:
                 new = [b.hidden for b in batches]   # nothing reads the last block's output
             elif propagate == "pruned":

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..linalg import inverse_cholesky_
-from ..models.adapters import LinearRef
+from ..models.adapters import LinearRef, StopForward
 
 
 @dataclass
@@ -122,9 +122,17 @@ def mirror_upper(H: torch.Tensor) -> None:
 
 
 class StatsCollector:
+    """Forward pre-hooks that accumulate `InputStats` per input. With `stop_early` (the caller does not
+    need the block's output), every batch after the first ends the forward with `StopForward` as soon
+    as the last linear (in the first batch's execution order) has been read: a down projection's own
+    product and what follows it are never computed (0.55 s of each 0.5B-shape block's statistics pass)."""
+
     def __init__(self, linears: list[LinearRef], gram: bool = True, gram_limit: int | None = None,
-                 first_moment: bool = True):
+                 first_moment: bool = True, stop_early: bool = False):
         self.linears = linears
+        self.stop_early = stop_early
+        self._calls: list[str] = []
+        self._stop_after: str | None = None
         self.first_moment = first_moment
         self.gram = gram
         self.gram_limit = gram_limit
@@ -153,9 +161,12 @@ class StatsCollector:
                     self._owner[ref.name] = owner
                     self.stats[ref.name] = self.stats[owner]
                 self.stats[ref.name].readers.append(ref.name)
+                self._calls.append(ref.name)
             if self._owner[ref.name] == ref.name:
                 self.stats[ref.name].add(x)
             self.seconds += time.perf_counter() - t0
+            if ref.name == self._stop_after:
+                raise StopForward
         return fn
 
     def __enter__(self):
@@ -167,6 +178,9 @@ class StatsCollector:
         if self._first_batch:
             self._first_batch = False
             self._batch_seen.clear()
+            # a linear called more than once per forward (shared weights) is never a safe place to stop
+            if self.stop_early and self._calls and self._calls.count(self._calls[-1]) == 1:
+                self._stop_after = self._calls[-1]
 
     def __exit__(self, *exc):
         for h in self._handles:

@@ -73,7 +73,7 @@ class ShardWriter:
         (self.dir / f"{self.prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """Give freed block memory back to the OS (glibc keeps it otherwise, and peak RSS creeps up)."""
     try:
         import ctypes
@@ -300,7 +300,7 @@ class LazyStore(BlockStore):
         block = self.adapter.block_list()[i]
         for n, _ in list(block.named_parameters()):
             set_module_tensor_to_device(self.model, prefix + n, "meta")
-        _trim_heap()
+        trim_heap()
 
     @property
     def fully_in_memory(self) -> bool:

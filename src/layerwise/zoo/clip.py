@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..console import info, progress_bar
 from ..data import captions as cap
 from ..data.images import canvases_for
 from ..eval.images import zero_shot_score
 from ..io.artifacts import Artifact
+from ..models.adapters.vision import multi_positive_infonce
 from ..utils.threads import configure_threads
 from .specs import ZooSpec
 
@@ -55,11 +55,7 @@ def tokenizer():
 
 def contrastive_loss(model, pixels: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     out = model(input_ids=ids, pixel_values=pixels)
-    same = (labels[:, None] == labels[None, :]).float()
-    target = same / same.sum(1, keepdim=True)
-    li = -(target * F.log_softmax(out.logits_per_image, dim=1)).sum(1).mean()
-    lt = -(target * F.log_softmax(out.logits_per_text, dim=1)).sum(1).mean()
-    return (li + lt) / 2
+    return multi_positive_infonce(out.logits_per_image, out.logits_per_text, labels)
 
 
 def evaluate(model, spec: ZooSpec, split: str) -> dict:

@@ -32,6 +32,19 @@ class PixelInputs:
                               f"got {list(pixels.shape)}")
 
 
+def multi_positive_infonce(logits_per_image: torch.Tensor, logits_per_text: torch.Tensor,
+                           labels: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE in which every same-class image-caption pair shares the target mass (the
+    loss `zoo:clip-digits` is trained with, and ECoFLaP's objective on it)."""
+    import torch.nn.functional as F
+
+    same = (labels[:, None] == labels[None, :]).float()
+    target = same / same.sum(1, keepdim=True)
+    li = -(target * F.log_softmax(logits_per_image, dim=1)).sum(1).mean()
+    lt = -(target * F.log_softmax(logits_per_text, dim=1)).sum(1).mean()
+    return (li + lt) / 2
+
+
 def _split_inputs(inputs) -> dict:
     """Forward keywords from calibration inputs (`ModelInputs` or a dict); the loss's labels stay out."""
     from ..inputs import ModelInputs
@@ -254,7 +267,18 @@ class CLIPAdapter(PixelInputs, Adapter):
         model(**self.model_inputs(inputs))
 
     def calibration_loss(self, model, inputs) -> torch.Tensor:
-        return model(**self.model_inputs(inputs), return_loss=True).loss
+        """With class labels among the inputs (the zoo's calibration samples carry them): the
+        multi-positive contrastive loss the model was trained with — in a batch of digit canvases most
+        captions match several images, and CLIP's one-positive loss would count those matches as
+        errors. Without labels: the model's own loss (`return_loss=True`)."""
+        from ..inputs import ModelInputs
+
+        d = inputs.as_dict() if isinstance(inputs, ModelInputs) else dict(inputs)
+        labels = d.pop("labels", None)
+        if labels is None:
+            return model(**d, return_loss=True).loss
+        out = model(**d)
+        return multi_positive_infonce(out.logits_per_image, out.logits_per_text, labels)
 
     def example_inputs(self, batch: int = 2, length: int = 8, seed: int = 0) -> dict:
         g = torch.Generator().manual_seed(seed)
@@ -278,7 +302,7 @@ class CLIPAdapter(PixelInputs, Adapter):
         ids = cap.training_captions(images.labels[idx], g)
         if int(ids.max()) >= self.model.config.text_config.vocab_size:
             raise ConfigError("this CLIP model's vocabulary is not the digit captions' (pass calibration inputs)")
-        return ModelInputs(input_ids=ids, pixel_values=pixels)
+        return ModelInputs(input_ids=ids, pixel_values=pixels, labels=images.labels[idx])
 
     def describe(self) -> str:
         return f"{self.name} adapter: image tower at {self.blocks_path}, text tower at {_CLIP_TEXT_PATHS[0]}"
