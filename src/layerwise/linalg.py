@@ -75,6 +75,17 @@ def _restore_lower(A: torch.Tensor, chunk: int = 512) -> None:
         sub.copy_(torch.triu(sub) + torch.triu(sub, 1).t())
 
 
+def dequantize_groups(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor) -> torch.Tensor:
+    """w = s · (q − z) with each column's scale and zero from its group `g_idx[col]`. Contiguous groups
+    (no act-order) broadcast per group instead of gathering rows × columns copies of both."""
+    rows, cols = q.shape
+    groups = scales.shape[1]
+    g_idx = g_idx.long()
+    if cols % groups == 0 and torch.equal(g_idx, torch.arange(cols) // (cols // groups)):
+        return (scales.unsqueeze(2) * (q.view(rows, groups, -1).float() - zeros.float().unsqueeze(2))).view(rows, cols)
+    return scales[:, g_idx] * (q.float() - zeros[:, g_idx].float())
+
+
 def largest_remainder(total: int, weights: list[float]) -> list[int]:
     """Split the integer `total` proportionally to `weights` so that the parts sum to `total` exactly."""
     s = float(sum(weights))

@@ -16,6 +16,13 @@ def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     """values [n, k] in [0, 2^bits) → int32 [ceil(n·bits/32), k], packing along dim 0."""
     v = values.to(torch.int64)
     n, k = v.shape
+    if 32 % bits == 0:      # 2, 4, 8 bits: each word holds whole values; the fields never overlap, so + is |
+        per = 32 // bits
+        words = -(-n // per)
+        if words * per != n:
+            v = torch.cat([v, v.new_zeros(words * per - n, k)])
+        shifts = (torch.arange(per) * bits).view(1, -1, 1)
+        return _to_int32((v.view(words, per, k) << shifts).sum(1))
     words = math.ceil(n * bits / 32)
     out = torch.zeros(words + 1, k, dtype=torch.int64)       # one spare word for the last spill
     # The layout repeats every `period` values (`span` words): one vectorized step per position in

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from ..errors import ModelLoadError
+from ..linalg import dequantize_groups
 from . import ct_pack, gptq_pack
 from .formats import Format, register_format
 
@@ -53,13 +54,7 @@ class Layout:
 
     def dequantize(self, part: dict, name: str, module_type: str | None, qc: dict) -> torch.Tensor:
         q, zeros, scales, g, _ = self.codes(part, name, module_type, qc)
-        rows, cols = q.shape
-        groups = scales.shape[1]
-        if cols % groups == 0 and torch.equal(g, torch.arange(cols) // (cols // groups)):
-            # contiguous groups (no act-order): broadcast per group instead of gathering rows × cols
-            return ((q.view(rows, groups, -1).float() - zeros.float().unsqueeze(2))
-                    * scales.unsqueeze(2)).view(rows, cols)
-        return scales[:, g] * (q.float() - zeros[:, g].float())
+        return dequantize_groups(q, scales, zeros, g)
 
 
 def _gptq_codes(part, name, module_type, qc):

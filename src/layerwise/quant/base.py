@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import torch
 
+from ..linalg import dequantize_groups
 from ..registry import Method, Registry
 from ..errors import ConfigError
 
@@ -86,8 +87,7 @@ class QuantResult:
     info: dict
 
     def dequantize(self) -> torch.Tensor:
-        idx = self.g_idx.long()
-        return dequant(self.q.float(), self.scales[:, idx], self.zeros[:, idx])
+        return dequantize_groups(self.q, self.scales, self.zeros, self.g_idx)
 
 
 class Quantizer(Method):
