@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -94,9 +95,14 @@ def measure(a, rows: list[dict]) -> None:
                 plan += [(method, t) for t in order]
             for method, tool in plan:
                 r = job(pythons[tool], tool, method, d, calib, root / "job.json")
-                rows.append({**meta, **r})
+                rows.append({**meta, **r, "date": time.strftime("%Y-%m-%d"), "commit": _commit()})
                 print(rows[-1], flush=True)
                 RESULTS.write_text(json.dumps(rows, indent=1))       # partial results survive a stop
+
+
+def _commit() -> str:
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
+    return r.stdout.strip() or "unknown"
 
 
 def render(rows: list[dict], a) -> str:
@@ -140,13 +146,17 @@ def render(rows: list[dict], a) -> str:
             parts.append(f"{METHODS[m]} {r['seconds']:.0f} s = block forward passes {t['forward_s']:.0f} s "
                          f"({t['forward_s'] / fwd['layerwise']:.2f}× forward) + statistics {t['stats_s']:.0f} s + "
                          f"solve {t['solve_s']:.0f} s + loading, writing, verifying and reporting {rest:.0f} s")
-        floor = ("\n\nWhere layerwise's time goes (floor: the two passes of every block that pruned propagation "
-                 "needs, ≈ 2× forward without the head; the statistics are the Gram matrices, the solve the "
-                 "factorizations and sweeps): " + "; ".join(parts) + ".") if parts else ""
+        floor = ("\n\nWhere layerwise's time goes (floor: pruned propagation runs every block twice, ≈ 2× forward "
+                 "without the head — a little less here, as the statistics pass stops at the down projection's "
+                 "input; the statistics are the Gram matrices, the solve the factorizations and sweeps): "
+                 + "; ".join(parts) + ".") if parts else ""
+        when = (f"measured {m0['date']} at {m0['commit']}" if m0.get("date") else
+                "measured 2026-12-02, before the streamed-engine changes of 2026-12-03 (in-place factorization, "
+                "probe check, statistics pass that stops early, 2048-token batches)")
         out.append(
             f"**Qwen2.5-{shape.upper()} block shape** (hidden {hidden}, MLP {mlp}, {heads}/{kv} heads), "
             f"{m0['blocks']} of {full} blocks: {m0['params'] / 1e6:.0f}M parameters, {m0['model_mb']:.0f} MiB "
-            f"fp32. One forward pass of the calibration set: {fwd['layerwise']:.1f} s (layerwise's transformers), "
+            f"fp32; {when}. One forward pass of the calibration set: {fwd['layerwise']:.1f} s (layerwise's transformers), "
             f"{fwd['llmcompressor']:.1f} s (llm-compressor's).\n\n"
             + md_table(["method", "s in memory", "s streamed", "s llm-compressor", "in memory / peer",
                         "streamed / peer", "× forward (ours)", "× forward (peer)", "peak MB in memory",
