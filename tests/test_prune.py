@@ -11,7 +11,7 @@ from layerwise import zoo
 from layerwise.cli import main
 from layerwise.engine.stats import InputStats
 from layerwise.errors import ConfigError, LayerwiseError
-from layerwise.linalg import _restore_lower, _reverse_, inverse_cholesky_, largest_remainder
+from layerwise.linalg import fill_lower_from_upper, _reverse_, inverse_cholesky_, largest_remainder
 from layerwise.models.adapters import get_adapter
 from layerwise.pipeline.prune import prune
 from layerwise.plan import Plan
@@ -144,7 +144,7 @@ def test_reverse_and_triangle_restore_are_exact(n, chunk, rchunk):
     assert torch.equal(B, S.flip(0, 1))
     B = S.clone()
     B.tril_(-1).mul_(7).add_(S.triu())     # garbage below the diagonal, H above
-    _restore_lower(B, rchunk)
+    fill_lower_from_upper(B, rchunk)
     assert torch.equal(B, S)
 
 

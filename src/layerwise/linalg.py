@@ -40,7 +40,7 @@ def inverse_cholesky_(H: torch.Tensor, percdamp: float = 0.01, max_tries: int = 
                     H.tril_()
                     _reverse_(H)
                     return H, damp
-            _restore_lower(H)
+            fill_lower_from_upper(H)
             damp *= 10
     raise LayerwiseError(f"the layer Hessian is not positive definite even with damping {damp / 10:g}; "
                          "use more calibration samples")
@@ -66,7 +66,7 @@ def _reverse_(A: torch.Tensor, chunk: int = 1 << 18) -> None:
         f[n - e:n - s] = head.flip(0)
 
 
-def _restore_lower(A: torch.Tensor, chunk: int = 512) -> None:
+def fill_lower_from_upper(A: torch.Tensor, chunk: int = 512) -> None:
     """Rebuild the lower triangle (and diagonal block mirrors) from the untouched strict upper one."""
     n = A.shape[0]
     for i in range(0, n, chunk):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..linalg import inverse_cholesky_
+from ..linalg import fill_lower_from_upper, inverse_cholesky_
 from ..models.adapters import LinearRef, StopForward
 
 
@@ -62,7 +62,7 @@ class InputStats:
     def H(self) -> torch.Tensor | None:
         """Σ x xᵀ over the calibration tokens (float32, both triangles)."""
         if self._H is not None and not self._mirrored:
-            mirror_upper(self._H)
+            fill_lower_from_upper(self._H)
             self._mirrored = True
         return self._H
 
@@ -103,7 +103,7 @@ GRAM_BLOCKS = 8
 def add_gram(H: torch.Tensor, x: torch.Tensor) -> None:
     """H += xᵀx. Wide inputs (an MLP down projection's 4864 or 8960 columns) fill only the blocks on
     and above the diagonal — about 55% of the multiply-adds of the full product, which dominates the
-    statistics pass; `mirror_upper` completes H once, when it is read."""
+    statistics pass; `linalg.fill_lower_from_upper` completes H once, when it is read."""
     n = H.shape[0]
     if n < SYMMETRIC_GRAM_MIN:
         H.addmm_(x.t(), x)
@@ -111,14 +111,6 @@ def add_gram(H: torch.Tensor, x: torch.Tensor) -> None:
     b = -(-n // GRAM_BLOCKS)
     for i in range(0, n, b):
         H[i:i + b, i:].addmm_(x[:, i:i + b].t(), x[:, i:])
-
-
-def mirror_upper(H: torch.Tensor) -> None:
-    """Copy the block-upper triangle filled by `add_gram` into the lower one, in place."""
-    n = H.shape[0]
-    b = -(-n // GRAM_BLOCKS)
-    for i in range(b, n, b):
-        H[i:i + b, :i] = H[:i, i:i + b].t()
 
 
 class StatsCollector:

@@ -67,9 +67,6 @@ def quantize_col(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq:
     return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
 
 
-def dequant(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    return scale * (q - zero)
-
 
 @dataclass
 class QuantResult:
