@@ -103,11 +103,19 @@ def test_lazy_store_streams_blocks(tiny_dirs, tmp_path):
     assert (tmp_path / store.writer.shard_name(0)).exists()
 
 
-@pytest.mark.parametrize("n", [96, 1100])
-def test_gram_accumulated_by_triangle_blocks_equals_the_full_product(n):
-    """Wide inputs fill the block-upper triangle only; reading H mirrors it, over several batches,
-    also after H was read once (later batches touch the upper part only)."""
+@pytest.mark.parametrize("n,syrk", [(96, False), (1100, False), (1100, True)])
+def test_gram_accumulated_by_triangle_blocks_equals_the_full_product(n, syrk, monkeypatch):
+    """Wide inputs fill the (block-)upper triangle only, by torch products or BLAS ssyrk; reading H
+    mirrors it, over several batches, also after H was read once (later batches touch the upper part
+    only)."""
+    import layerwise
+    from layerwise import linalg
     from layerwise.engine.stats import InputStats
+
+    monkeypatch.setattr(layerwise, "_BLAS_SPIN_BOUNDED", syrk)
+    calls = []
+    real = linalg.syrk_
+    monkeypatch.setattr("layerwise.engine.stats.syrk_", lambda H, x: calls.append(real(H, x)) or calls[-1])
 
     g = torch.Generator().manual_seed(n)
     xs = [torch.randn(2, 40, n, generator=g) for _ in range(3)]
@@ -122,3 +130,4 @@ def test_gram_accumulated_by_triangle_blocks_equals_the_full_product(n):
     assert torch.allclose(st.H.double(), X.T @ X, rtol=1e-5, atol=1e-3)
     assert torch.equal(st.H, st.H.T) and st.gram_tokens == 240
     assert torch.allclose(st.hessian.double(), X.T @ X * (2 / 240), rtol=1e-5, atol=1e-5)
+    assert calls == ([syrk] * 3 if n >= 1024 else [])

@@ -11,7 +11,11 @@ HERE = Path(__file__).resolve().parent
 # block scores rank close blocks, and which process history preceded it (allocator state, buffer alignment
 # under the same seeds) moves its perplexity by 0.14% on today's dependency set (also on the code of the
 # previous stop); alone it reproduces the stored value exactly. Every other result keeps 0.1%.
-TOLERANCE = {"sparsegpt60-ecoflap": 5e-3}
+# GPTQ with act-order at 3 bits is the other: the compiled sweep (layerwise.sweep) rounds the product and
+# the subtraction of each error update separately, as its reference loop does, where torch's `addr_` fused
+# them on some lanes; the last-bit differences tip a few fp16 group scales and move the perplexity by
+# 0.15% (29.2015 vs 29.2468). Every GPTQ result without act-order is unchanged bit for bit.
+TOLERANCE = {"sparsegpt60-ecoflap": 5e-3, "gptq3-act": 3e-3}
 
 
 def test_results_reproduce_the_pre_core_v2_commit():

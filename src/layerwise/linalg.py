@@ -1,6 +1,7 @@
 """Numerics shared by SparseGPT and GPTQ: damped Hessians and a Cholesky that retries."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .errors import LayerwiseError
@@ -44,6 +45,30 @@ def inverse_cholesky_(H: torch.Tensor, percdamp: float = 0.01, max_tries: int = 
             damp *= 10
     raise LayerwiseError(f"the layer Hessian is not positive definite even with damping {damp / 10:g}; "
                          "use more calibration samples")
+
+
+def syrk_(H: torch.Tensor, x: torch.Tensor) -> bool:
+    """H's upper triangle += that of xᵀx through BLAS ssyrk, in H's memory; False (H untouched) where
+    it does not apply. ssyrk does half the multiply-adds of a product and runs ~25% faster than the
+    blocked triangle of torch products at an MLP's 4864 columns; it is used only when scipy's
+    OpenBLAS threads stop spinning after each call (`OPENBLAS_THREAD_TIMEOUT`, set when layerwise is
+    imported before scipy), since their spinning slowed torch's next kernels by more than it saves."""
+    from . import _BLAS_SPIN_BOUNDED
+
+    if not (_BLAS_SPIN_BOUNDED and H.dtype == x.dtype == torch.float32 and H.is_contiguous()
+            and x.is_contiguous() and H.device.type == x.device.type == "cpu" and not x.requires_grad):
+        return False
+    from scipy.linalg import blas
+    from threadpoolctl import threadpool_limits
+
+    # column-major views of the same memory: BLAS's A = xᵀ (n × tokens), and BLAS's lower triangle
+    # of C is our upper one
+    C = H.numpy().T
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+        out = blas.ssyrk(1.0, x.numpy().T, beta=1.0, c=C, trans=0, lower=1, overwrite_c=1)
+    if out is not C and not np.shares_memory(out, C):   # a scipy whose wrapper copied C
+        raise LayerwiseError("BLAS ssyrk did not update the Gram matrix in place")
+    return True
 
 
 def _finite(A: torch.Tensor, rows: int = 256) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..linalg import fill_lower_from_upper, inverse_cholesky_
+from ..linalg import fill_lower_from_upper, inverse_cholesky_, syrk_
 from ..models.adapters import LinearRef, StopForward
 
 
@@ -103,10 +103,13 @@ GRAM_BLOCKS = 8
 def add_gram(H: torch.Tensor, x: torch.Tensor) -> None:
     """H += xᵀx. Wide inputs (an MLP down projection's 4864 or 8960 columns) fill only the blocks on
     and above the diagonal — about 55% of the multiply-adds of the full product, which dominates the
-    statistics pass; `linalg.fill_lower_from_upper` completes H once, when it is read."""
+    statistics pass; `linalg.fill_lower_from_upper` completes H once, when it is read. BLAS ssyrk
+    (`linalg.syrk_`) fills the exact upper triangle faster where it applies."""
     n = H.shape[0]
     if n < SYMMETRIC_GRAM_MIN:
         H.addmm_(x.t(), x)
+        return
+    if syrk_(H, x):
         return
     b = -(-n // GRAM_BLOCKS)
     for i in range(0, n, b):

@@ -7,6 +7,7 @@ from pydantic import Field
 from ..engine.stats import InputStats
 from ..linalg import largest_remainder
 from ..registry import MethodConfig
+from ..sweep import prune_columns
 from .base import PruneOutput, Pruner, register
 from .masks import lowest_in_matrix, lowest_per_row, nm_mask, row_counts
 
@@ -79,24 +80,20 @@ class SparseGPT(Pruner):
         for bi, i1 in enumerate(starts):
             i2 = min(i1 + B, c)
             W1 = Wt[i1:i2]
-            U1 = U[i1:i2, i1:i2]
+            U1 = U[i1:i2, i1:i2].contiguous()
             d = torch.diag(U1)
             Err = torch.empty_like(W1)
             if budget.nm is None:
                 # chosen jointly over rows x block columns, on W's layout (ties broken as in W)
                 mask1 = lowest_in_matrix((W1.pow(2) / d.pow(2).view(-1, 1)).t(), k_blocks[bi]).t().contiguous()
+                prune_columns(W1, U1, Err, mask1)
             else:
                 mask1 = torch.zeros_like(W1, dtype=torch.bool)
-            for t in range(i2 - i1):
-                if budget.nm is not None and t % m == 0:
+                # each group of m columns is masked from its weights as updated by the columns before it
+                for t in range(0, i2 - i1, m):
                     seg = W1[t:t + m].pow(2) / d[t:t + m].pow(2).view(-1, 1)
                     mask1[t:t + m] = nm_mask(seg.t(), n_keep, m).t()
-                w = W1[t]
-                # the error of zeroing the masked entries is those entries themselves: three kernels per
-                # column (the Python loop's dispatch is most of a sweep's time at these sizes)
-                err = torch.mul(w, mask1[t], out=Err[t]).div_(d[t])
-                W1[t + 1:].addr_(U1[t, t + 1:], err, alpha=-1)
-                w.masked_fill_(mask1[t], 0.0)
+                    prune_columns(W1, U1, Err, mask1, t, min(t + m, i2 - i1))
             if i2 < c:
                 Wt[i2:].sub_(U[i1:i2, i2:].t() @ Err)
         W = Wt.t().contiguous()

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from ..linalg import inverse_cholesky_
 from ..registry import MethodConfig
+from ..sweep import quantize_columns
 from .base import QuantResult, QuantSpec, Quantizer, find_params, quantize_col, register
 
 
@@ -70,30 +71,27 @@ class GPTQ(Quantizer):
         scales = torch.empty(ng, r)
         zeros = torch.empty(ng, r)
         Qt = torch.empty(c, r)
-        buf = torch.empty(r)
         B = self.config.blocksize
         s = z = None
         for i1 in range(0, c, B):
             i2 = min(i1 + B, c)
             W1 = Wt[i1:i2]
             Err = torch.empty_like(W1)
-            U1 = U[i1:i2, i1:i2]
-            for t in range(i2 - i1):
-                col = i1 + t
-                if col % g == 0:
-                    k = col // g
+            U1 = U[i1:i2, i1:i2].contiguous()
+            # the block's columns in runs that share one group grid: a run starts at the block's
+            # start or at a group's first column, where the grid is fixed
+            cuts = sorted({i1, *range(-(-i1 // g) * g, i2, g), i2})
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                if a % g == 0:
+                    k = a // g
                     # The group's grid comes from its columns as updated so far (this block's part
                     # is already in Wt, later blocks' part has had the lazy updates up to here).
-                    end = min(c, col + g)
-                    grp = Wt[col:end] if M is None else Wt[col:end].masked_fill(M[col:end], 0.0)
+                    end = min(c, a + g)
+                    grp = Wt[a:end] if M is None else Wt[a:end].masked_fill(M[a:end], 0.0)
                     s, z = find_params(grp.t(), spec)
                     scales[k], zeros[k] = s, z
-                w = W1[t] if M is None else W1[t].masked_fill(M[col], 0.0)
-                # quantize_col and dequant, written into preallocated rows (no allocation per column)
-                qc = torch.div(w, s, out=Qt[col]).round_().add_(z).clamp_(0, spec.maxq)
-                deq = torch.sub(qc, z, out=buf).mul_(s)
-                err = torch.sub(w, deq, out=Err[t]).div_(U1[t, t])
-                W1[t + 1:].addr_(U1[t, t + 1:], err, alpha=-1)
+                quantize_columns(W1, U1, Err, Qt[i1:i2], s, z, spec.maxq,
+                                 None if M is None else M[i1:i2], a - i1, b - i1)
             if i2 < c:
                 Wt[i2:].sub_(U[i1:i2, i2:].t() @ Err)
         Q, scales, zeros = Qt.t(), scales.t().contiguous(), zeros.t().contiguous()
