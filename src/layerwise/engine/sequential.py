@@ -119,15 +119,17 @@ class Pass:
     gram: bool = True
     gram_limit: int | None = None
     first_moment: bool = False
+    second_moment: bool = True
     rows: list = field(default_factory=list)
     hidden: list | None = None
 
 
-def _statistics(adapter, block, i, refs, hiddens, batches, gram, gram_limit, first_moment, keep, timings):
+def _statistics(adapter, block, i, refs, hiddens, batches, gram, gram_limit, first_moment, keep, timings,
+                second_moment=True):
     """One forward of `block` over every calibration batch with statistics hooks on `refs`."""
     outs: list[torch.Tensor] = []
     t0 = time.perf_counter()
-    with StatsCollector(refs, gram=gram, gram_limit=gram_limit, first_moment=first_moment,
+    with StatsCollector(refs, gram=gram, gram_limit=gram_limit, first_moment=first_moment, second_moment=second_moment,
                         stop_early=not keep) as coll:
         for h, b in zip(hiddens, batches):
             try:
@@ -157,7 +159,7 @@ def _run_pass(p: Pass, adapter, block, i, batches, timings) -> None:
     refs = [r for r in adapter.linears(i, block) if p.select(r.name)]
     if refs:
         stats, _ = _statistics(adapter, block, i, refs, p.hidden, batches, p.gram, p.gram_limit, p.first_moment,
-                               False, timings)
+                               False, timings, p.second_moment)
         t0 = time.perf_counter()
         p.rows.extend(p.action(BlockWork(i, block, refs, stats, batches)))
         timings.solve_s += time.perf_counter() - t0
@@ -187,7 +189,7 @@ def _resume(checkpointer, store, batches, before, res, probe) -> int:
 
 def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
                    select: Callable[[str], bool] = lambda name: True, gram: bool = True,
-                   gram_limit: int | None = None, first_moment: bool = True,
+                   gram_limit: int | None = None, first_moment: bool = True, second_moment: bool = True,
                    propagate: str = "pruned", batch_size: int = 8, checkpointer: Checkpointer | None = None,
                    description: str = "compress",
                    observe: Callable[[int, list, list], None] | None = None,
@@ -222,7 +224,8 @@ def run_sequential(store: BlockStore, samples: torch.Tensor, action: Action, *,
             refs = [r for r in adapter.linears(i, block) if select(r.name)]
             prog.update(task, info=f"block {i}: statistics")
             stats, dense_out = _statistics(adapter, block, i, refs, [b.hidden for b in batches], batches, gram,
-                                           gram_limit, first_moment, propagate == "dense", res.timings)
+                                           gram_limit, first_moment, propagate == "dense", res.timings,
+                                           second_moment)
             prog.update(task, info=f"block {i}: solve")
             trim_heap()     # the statistics pass's freed activations, before the solve's matrices
             t0 = time.perf_counter()

@@ -22,6 +22,7 @@ class InputStats:
     gram: bool
     gram_limit: int | None = None           # accumulate H from at most this many tokens
     first_moment: bool = True               # Σx (FLAP's variance); pruning by Σx² alone skips it
+    second_moment: bool = True              # Σx² (Wanda, OWL); Hessian methods read H alone and skip it
     tokens: int = 0
     gram_tokens: int = 0
     sequences: int = 0
@@ -33,7 +34,8 @@ class InputStats:
     readers: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        self.sq = torch.zeros(self.columns, dtype=torch.float64)
+        if self.second_moment:
+            self.sq = torch.zeros(self.columns, dtype=torch.float64)
         if self.first_moment:
             self.s1 = torch.zeros(self.columns, dtype=torch.float64)
         if self.gram:
@@ -47,7 +49,8 @@ class InputStats:
         self.sequences += seqs
         # Per-batch sums in float32 (a few thousand tokens) added into float64 accumulators: as
         # precise as it needs to be, and several times faster than float64 reductions on a CPU.
-        self.sq += x.pow(2).sum(0).double()
+        if self.sq is not None:
+            self.sq += x.pow(2).sum(0).double()
         if self.s1 is not None:
             self.s1 += x.sum(0).double()
         if self._H is not None:
@@ -69,6 +72,7 @@ class InputStats:
     @property
     def mean_sq(self) -> torch.Tensor:
         """Mean of x_j² over tokens (Wanda's squared input-feature norm up to a constant)."""
+        assert self.sq is not None, "second moments were not collected"
         return self.sq / max(1, self.tokens)
 
     @property
@@ -123,12 +127,13 @@ class StatsCollector:
     product and what follows it are never computed (0.55 s of each 0.5B-shape block's statistics pass)."""
 
     def __init__(self, linears: list[LinearRef], gram: bool = True, gram_limit: int | None = None,
-                 first_moment: bool = True, stop_early: bool = False):
+                 first_moment: bool = True, stop_early: bool = False, second_moment: bool = True):
         self.linears = linears
         self.stop_early = stop_early
         self._calls: list[str] = []
         self._stop_after: str | None = None
         self.first_moment = first_moment
+        self.second_moment = second_moment
         self.gram = gram
         self.gram_limit = gram_limit
         self.stats: dict[str, InputStats] = {}
@@ -151,7 +156,8 @@ class StatsCollector:
                     # of the same shape within this batch.
                     self._batch_seen[key] = (x, ref.name)
                     self._owner[ref.name] = ref.name
-                    self.stats[ref.name] = InputStats(x.shape[-1], self.gram, self.gram_limit, self.first_moment)
+                    self.stats[ref.name] = InputStats(x.shape[-1], self.gram, self.gram_limit, self.first_moment,
+                                                               second_moment=self.second_moment)
                 else:
                     self._owner[ref.name] = owner
                     self.stats[ref.name] = self.stats[owner]

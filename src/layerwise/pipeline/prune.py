@@ -104,9 +104,11 @@ def prune_pass(plan: Plan) -> Pass:
     # Every method reports its reconstruction error, which needs the Gram matrix; only
     # Hessian-based methods need it from every calibration token.
     hessian = any(pruners[m].needs_gram for m in pruners)
+    # Σx² is what the activation-aware scores (Wanda) read; magnitude reads nothing, Hessian methods H
+    norms = any("calibration" in p.needs and not p.needs_gram for p in pruners.values())
     selected = {r.name for r in plan.rows}
     return Pass(make_prune_action(plan, pruners), select=lambda n: n in selected, gram=True,
-                gram_limit=None if hessian else RECON_TOKENS, first_moment=False)
+                gram_limit=None if hessian else RECON_TOKENS, first_moment=False, second_moment=norms)
 
 
 class PruneStage(BlockwiseStage):

@@ -340,7 +340,7 @@ class QuantizeStage(BlockwiseStage):
         selected = {r.name for r in plan.rows}
         hessian = any(q.needs_gram for q in qinst.values())
         return Pass(self.packing.action, select=lambda n: n in selected, gram=True,
-                    gram_limit=None if hessian else RECON_TOKENS, first_moment=False)
+                    gram_limit=None if hessian else RECON_TOKENS, first_moment=False, second_moment=False)
 
     def options(self) -> dict:
         return {"bits": self.bits, "high": self.high, "low": self.low, "order": self.order,
