@@ -108,11 +108,10 @@ def test_gram_accumulated_by_triangle_blocks_equals_the_full_product(n, syrk, mo
     """Wide inputs fill the (block-)upper triangle only, by torch products or BLAS ssyrk; reading H
     mirrors it, over several batches, also after H was read once (later batches touch the upper part
     only)."""
-    import layerwise
-    from layerwise import linalg
+    from layerwise import _blas, linalg
     from layerwise.engine.stats import InputStats
 
-    monkeypatch.setattr(layerwise, "_BLAS_SPIN_BOUNDED", syrk)
+    monkeypatch.setattr(_blas, "SPIN_BOUNDED", syrk)
     calls = []
     real = linalg.syrk_
     monkeypatch.setattr("layerwise.engine.stats.syrk_", lambda H, x: calls.append(real(H, x)) or calls[-1])
@@ -131,3 +130,34 @@ def test_gram_accumulated_by_triangle_blocks_equals_the_full_product(n, syrk, mo
     assert torch.equal(st.H, st.H.T) and st.gram_tokens == 240
     assert torch.allclose(st.hessian.double(), X.T @ X * (2 / 240), rtol=1e-5, atol=1e-5)
     assert calls == ([syrk] * 3 if n >= 1024 else [])
+
+
+@pytest.mark.parametrize("n,dead", [(64, False), (300, True), (1100, False)])
+def test_recon_error_from_the_in_place_factor_equals_the_gram_formula(n, dead):
+    """Once SparseGPT/GPTQ factor H in its own memory, reconstruction errors come from the factor
+    (d H dᵀ = ‖d U⁻¹‖² − Σ s_j d_j²), equal to the direct formula on H; H itself is then gone."""
+    from layerwise.engine.stats import InputStats, relative_recon_error
+    from layerwise.errors import LayerwiseError
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(4 * n, n, generator=g) * torch.linspace(0.1, 3, n)
+    if dead:
+        x[:, 7] = 0.0
+    st = InputStats(n, True, factor_in_place=True)
+    st.add(x)
+    W = torch.randn(200, n, generator=g)
+    news = [W + noise * torch.randn(200, n, generator=g) for noise in (1e-3, 0.3)]
+    wants = [relative_recon_error(W, Wn, st.H) for Wn in news]
+    assert [st.recon_error(W, Wn) for Wn in news] == wants       # H still there: the direct formula
+    st.inverse_factor(0.01)
+    for Wn, want in zip(news, wants):
+        assert abs(st.recon_error(W, Wn) - want) <= 1e-3 * want
+    assert st.recon_error(W, W) == 0.0
+    with pytest.raises(LayerwiseError, match="factored in place"):
+        st.H
+    with pytest.raises(LayerwiseError, match="share one damping"):
+        st.inverse_factor(0.1)
+    kept = InputStats(n, True)          # a user's accumulator keeps H and factors a copy
+    kept.add(x)
+    U, _ = kept.inverse_factor(0.01)
+    assert kept.recon_error(W, news[0]) == wants[0] and U.data_ptr() != kept.H.data_ptr()

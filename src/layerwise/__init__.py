@@ -8,20 +8,8 @@ Python API (the CLI calls the same functions):
     layerwise.data.calibration_samples(...) -> LongTensor [n, L]
     layerwise.zoo.load(name)                -> LoadedModel
 """
-import os as _os
-import sys as _sys
-
-# scipy's OpenBLAS (Gram matrices and Cholesky factors, `layerwise.linalg`) keeps its worker threads
-# spinning ~0.1 s after each call by default, taking a core from torch's next kernels; the variable
-# bounds the spin and is read once, when that OpenBLAS loads — so it is set before anything imports
-# scipy, unless the user chose a value.
-# `linalg.syrk_` is used only when the bound holds (else the blocked torch product is faster overall).
-_user_spin = _os.environ.get("OPENBLAS_THREAD_TIMEOUT")
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-_BLAS_SPIN_BOUNDED = (_user_spin is not None or "scipy.linalg" not in _sys.modules) and \
-    _os.environ["OPENBLAS_THREAD_TIMEOUT"].strip().isdigit() and int(_os.environ["OPENBLAS_THREAD_TIMEOUT"]) <= 8
-
-from ._version import __version__  # noqa: E402
+from . import _blas  # noqa: F401  (first: it configures scipy's OpenBLAS before anything loads it)
+from ._version import __version__
 
 from .errors import ConfigError, DataError, LayerwiseError, ModelLoadError  # noqa: E402
 

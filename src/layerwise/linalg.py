@@ -26,8 +26,7 @@ def inverse_cholesky_(H: torch.Tensor, percdamp: float = 0.01, max_tries: int = 
     if not _finite(H):
         raise LayerwiseError("non-finite values in the layer Hessian; check the calibration activations")
     _reverse_(H)
-    diag = H.diagonal().clone()
-    diag[diag == 0] = 1.0
+    diag = _dead_to_one(H.diagonal())
     mean = float(diag.mean())
     F = H.numpy().T   # column-major view of the same memory: LAPACK's upper triangle is our lower one
     damp = percdamp
@@ -47,15 +46,37 @@ def inverse_cholesky_(H: torch.Tensor, percdamp: float = 0.01, max_tries: int = 
                          "use more calibration samples")
 
 
+def _dead_to_one(diag: torch.Tensor) -> torch.Tensor:
+    d = diag.clone()
+    d[d == 0] = 1.0
+    return d
+
+
+def damping_shift(diag: torch.Tensor, damp: float) -> torch.Tensor:
+    """What `inverse_cholesky_` added to the diagonal of a Hessian whose diagonal was `diag`, when it
+    returned relative damping `damp`: H + diag(shift) is the matrix U factors."""
+    d = _dead_to_one(diag)
+    return d - diag + damp * float(d.mean())
+
+
+def relative_error_from_factor(D: torch.Tensor, U: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per row d of D, d H dᵀ from the inverse factor of H + diag(shift) alone (UᵀU = (H + S)⁻¹, so
+    H + S = U⁻¹U⁻ᵀ and d H dᵀ = ‖d U⁻¹‖² − Σ_j s_j d_j²): one triangular solve of D's rows, for when
+    H itself was factored in place. float64 results."""
+    Y = torch.linalg.solve_triangular(U, D.float(), upper=True, left=False)
+    D = D.double()
+    return Y.double().pow(2).sum(1) - (D * D * shift.double()).sum(1)
+
+
 def syrk_(H: torch.Tensor, x: torch.Tensor) -> bool:
     """H's upper triangle += that of xᵀx through BLAS ssyrk, in H's memory; False (H untouched) where
     it does not apply. ssyrk does half the multiply-adds of a product and runs ~25% faster than the
     blocked triangle of torch products at an MLP's 4864 columns; it is used only when scipy's
     OpenBLAS threads stop spinning after each call (`OPENBLAS_THREAD_TIMEOUT`, set when layerwise is
     imported before scipy), since their spinning slowed torch's next kernels by more than it saves."""
-    from . import _BLAS_SPIN_BOUNDED
+    from ._blas import SPIN_BOUNDED
 
-    if not (_BLAS_SPIN_BOUNDED and H.dtype == x.dtype == torch.float32 and H.is_contiguous()
+    if not (SPIN_BOUNDED and H.dtype == x.dtype == torch.float32 and H.is_contiguous()
             and x.is_contiguous() and H.device.type == x.device.type == "cpu" and not x.requires_grad):
         return False
     from scipy.linalg import blas

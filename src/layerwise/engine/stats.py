@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..linalg import fill_lower_from_upper, inverse_cholesky_, syrk_
+from ..errors import LayerwiseError
+from ..linalg import (damping_shift, fill_lower_from_upper, inverse_cholesky_, relative_error_from_factor,
+                      syrk_)
 from ..models.adapters import LinearRef, StopForward
 
 
@@ -23,6 +25,7 @@ class InputStats:
     gram_limit: int | None = None           # accumulate H from at most this many tokens
     first_moment: bool = True               # Σx (FLAP's variance); pruning by Σx² alone skips it
     second_moment: bool = True              # Σx² (Wanda, OWL); Hessian methods read H alone and skip it
+    factor_in_place: bool = False           # `inverse_factor` may consume H (the engine's accumulators)
     tokens: int = 0
     gram_tokens: int = 0
     sequences: int = 0
@@ -30,7 +33,7 @@ class InputStats:
     s1: torch.Tensor | None = None          # Σ_t x_tj            [in]
     _H: torch.Tensor | None = None          # Σ_t x_t x_tᵀ        [in, in], upper block triangle until read
     _mirrored: bool = True
-    _factor: tuple | None = None            # (percdamp, U, damping used) of the last `inverse_factor`
+    _factor: tuple | None = None            # (percdamp, U, damping used, diagonal shift) of `inverse_factor`
     readers: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -64,6 +67,9 @@ class InputStats:
     @property
     def H(self) -> torch.Tensor | None:
         """Σ x xᵀ over the calibration tokens (float32, both triangles)."""
+        if self._H is None and self._factor is not None:
+            raise LayerwiseError("the Gram matrix of this input was factored in place; read it before "
+                                 "`inverse_factor`")
         if self._H is not None and not self._mirrored:
             fill_lower_from_upper(self._H)
             self._mirrored = True
@@ -92,11 +98,43 @@ class InputStats:
 
     def inverse_factor(self, percdamp: float) -> tuple[torch.Tensor, float]:
         """The damped inverse-Hessian factor SparseGPT and GPTQ sweep with (`inverse_cholesky_`), computed
-        once per accumulator: q/k/v (gate/up) read the same one. Callers must not modify it."""
-        if self._factor is None or self._factor[0] != percdamp:
-            self._factor = None
-            self._factor = (percdamp, *inverse_cholesky_(self.hessian, percdamp))
-        return self._factor[1], self._factor[2]
+        once per accumulator: q/k/v (gate/up) read the same one. Callers must not modify it.
+
+        With `factor_in_place` (the engine's accumulators, read by one pass and dropped) it is computed
+        in the Gram matrix's own memory — H and a factor side by side were the largest pair of tensors
+        of a streamed run (2 × 95 MB for the 0.5B shape's down projection, 2 × 321 MB at 1.5B) — and
+        reconstruction errors are read from the factor afterwards (`recon_error`). Otherwise H stays
+        and the factor is computed in a copy."""
+        if self._factor is not None:
+            if self._factor[0] != percdamp:
+                raise LayerwiseError(f"the linears reading one input must share one damping (got {percdamp} "
+                                     f"after {self._factor[0]})")
+            return self._factor[1], self._factor[2]
+        if not self.factor_in_place:
+            self._factor = (percdamp, *inverse_cholesky_(self.hessian, percdamp), None)
+            return self._factor[1], self._factor[2]
+        H = self.H
+        assert H is not None, "Gram statistics were not collected"
+        H.mul_(2.0 / max(1, self.gram_tokens))
+        diag = H.diagonal().clone()
+        self._H = None
+        U, damp = inverse_cholesky_(H, percdamp)
+        self._factor = (percdamp, U, damp, damping_shift(diag, damp))
+        return U, damp
+
+    def recon_error(self, W: torch.Tensor, W_new: torch.Tensor, max_rows: int = 128) -> float | None:
+        """`relative_recon_error` of this input's Gram matrix, or of its inverse factor once H was
+        factored in place; None without Gram statistics."""
+        if self._H is not None:
+            return relative_recon_error(W, W_new, self.H, max_rows)
+        if self._factor is None:
+            return None
+        U, shift = self._factor[1], self._factor[3]
+        W, W_new = _sample_rows(W, W_new, max_rows)
+        # U factors the scaled Hessian (2/T)·H (+ the shift): the ratio is that of H
+        q = relative_error_from_factor(torch.cat([W, W - W_new]), U, shift)
+        den, num = float(q[: len(W)].sum()), float(q[len(W):].sum())
+        return max(0.0, num) / den if den > 0 else 0.0
 
 
 # Below this width a plain x.t() @ x is as fast as the block-triangular product.
@@ -124,7 +162,8 @@ class StatsCollector:
     """Forward pre-hooks that accumulate `InputStats` per input. With `stop_early` (the caller does not
     need the block's output), every batch after the first ends the forward with `StopForward` as soon
     as the last linear (in the first batch's execution order) has been read: a down projection's own
-    product and what follows it are never computed (0.55 s of each 0.5B-shape block's statistics pass)."""
+    product and what follows it are never computed (0.55 s of each 0.5B-shape block's statistics pass).
+    Its accumulators serve one pass's action, so `inverse_factor` may consume their Gram matrices."""
 
     def __init__(self, linears: list[LinearRef], gram: bool = True, gram_limit: int | None = None,
                  first_moment: bool = True, stop_early: bool = False, second_moment: bool = True):
@@ -157,7 +196,8 @@ class StatsCollector:
                     self._batch_seen[key] = (x, ref.name)
                     self._owner[ref.name] = ref.name
                     self.stats[ref.name] = InputStats(x.shape[-1], self.gram, self.gram_limit, self.first_moment,
-                                                               second_moment=self.second_moment)
+                                                               second_moment=self.second_moment,
+                                                               factor_in_place=True)
                 else:
                     self._owner[ref.name] = owner
                     self.stats[ref.name] = self.stats[owner]
@@ -193,12 +233,16 @@ def relative_recon_error(W: torch.Tensor, W_new: torch.Tensor, gram: torch.Tenso
     """‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖² from the Gram matrix Σ x xᵀ of the layer's calibration inputs, over at most
     `max_rows` evenly spaced output rows: the full product costs 2·rows·in² multiply-adds, as much as
     the factorization of a down projection, for a number that is only reported."""
-    r = W.shape[0]
-    if r > max_rows:
-        rows = torch.linspace(0, r - 1, max_rows).round().long()
-        W, W_new = W[rows], W_new[rows]
-    W = W.float()
+    W, W_new = _sample_rows(W, W_new, max_rows)
     both = torch.cat([W, W - W_new.float()])     # one product with the Gram matrix for both terms
     q = ((both @ gram) * both).double().sum(1)
     den, num = float(q[: len(W)].sum()), float(q[len(W):].sum())
     return num / den if den > 0 else 0.0
+
+
+def _sample_rows(W: torch.Tensor, W_new: torch.Tensor, max_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r = W.shape[0]
+    if r > max_rows:
+        rows = torch.linspace(0, r - 1, max_rows).round().long()
+        W, W_new = W[rows], W_new[rows]
+    return W.float(), W_new.float()

@@ -9,7 +9,6 @@ from torch import nn
 
 from ..engine import Pass
 from ..engine.sequential import BlockWork
-from ..engine.stats import relative_recon_error
 from ..errors import ConfigError
 from ..models.adapters import compile_patterns, name_matches
 from ..scores.base import SCORES
@@ -70,8 +69,7 @@ def make_prune_action(plan: Plan, pruners: dict):
             out = pruners[row.method].prune(W, st, budget)
             ref.set_weight(out.weight)
             Wn = ref.weight.detach()
-            if st.H is not None:
-                row.recon_error = relative_recon_error(W, Wn, st.H)
+            row.recon_error = st.recon_error(W, Wn)
             row.zeros_planned = budget.planned_zeros(ref.shape)
             row.zeros = int((Wn == 0).sum())
             row.damping = out.info.get("damping")

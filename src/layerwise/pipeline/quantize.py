@@ -23,7 +23,6 @@ from ..allocate.bits import orders, allocate_bits, check_bit_request, parse_orde
 from ..console import warn
 from ..engine import Pass, ShardWriter
 from ..engine.sequential import BlockWork
-from ..engine.stats import relative_recon_error
 from ..engine.store import tied_names
 from ..errors import ConfigError, LayerwiseError
 from ..scores.base import SCORES
@@ -143,8 +142,7 @@ class Packing:
             ref.set_weight(res.dequantize())
             if self.write:
                 self.packed[ref.name] = self.layout.pack(res.q, res.zeros, res.scales, res.g_idx, row.bits, self.sym)
-            if st.H is not None:
-                row.recon_error = relative_recon_error(W, ref.weight.detach(), st.H)
+            row.recon_error = st.recon_error(W, ref.weight.detach())
             row.damping = res.info.get("damping")
             row.seconds = time.perf_counter() - t1
             done.append(row.to_dict())
