@@ -161,3 +161,5 @@ def test_recon_error_from_the_in_place_factor_equals_the_gram_formula(n, dead):
     kept.add(x)
     U, _ = kept.inverse_factor(0.01)
     assert kept.recon_error(W, news[0]) == wants[0] and U.data_ptr() != kept.H.data_ptr()
+    U2, damp = kept.inverse_factor(0.1)                 # another damping: a new factor from the kept H
+    assert damp == 0.1 and not torch.equal(U, U2)

@@ -1,9 +1,20 @@
-"""The compiled OBS sweep steps are bit-identical to one-torch-step-per-column reference loops."""
+"""The compiled OBS sweep steps are bit-identical to the one-column-at-a-time torch loops."""
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from layerwise.sweep import (prune_columns, prune_columns_reference, quantize_columns,
-                             quantize_columns_reference)
+from layerwise import sweep
+from layerwise.sweep import prune_columns, prune_columns_torch, quantize_columns, quantize_columns_torch
+
+
+@pytest.fixture(autouse=True)
+def compiled_at_every_size(monkeypatch):
+    monkeypatch.setattr(sweep, "KERNEL_MIN_WEIGHTS", 0)
+    assert sweep._compile(), "numba kernels did not build"
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.view(torch.int32), b.view(torch.int32))   # signed zeros included
 
 
 def _factor(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -24,8 +35,8 @@ def test_prune_columns_matches_reference(n, r, seed, data):
     W1, W2 = W.clone(), W.clone()
     E1, E2 = torch.zeros(n, r), torch.zeros(n, r)
     prune_columns(W1, U, E1, mask, t0, t1)
-    prune_columns_reference(W2, U, E2, mask, t0, t1)
-    assert torch.equal(W1, W2) and torch.equal(E1, E2)
+    prune_columns_torch(W2, U, E2, mask, t0, t1)
+    assert _same_bits(W1, W2) and _same_bits(E1, E2)
 
 
 @settings(max_examples=40, deadline=None)
@@ -44,6 +55,20 @@ def test_quantize_columns_matches_reference(n, r, bits, masked, seed, data):
     W1, W2 = W.clone(), W.clone()
     E1, E2, Q1, Q2 = (torch.zeros(n, r) for _ in range(4))
     quantize_columns(W1, U, E1, Q1, scale, zero, maxq, keep0, t0, t1)
-    quantize_columns_reference(W2, U, E2, Q2, scale, zero, maxq, keep0, t0, t1)
-    assert torch.equal(W1, W2) and torch.equal(E1, E2) and torch.equal(Q1, Q2)
+    quantize_columns_torch(W2, U, E2, Q2, scale, zero, maxq, keep0, t0, t1)
+    assert _same_bits(W1, W2) and _same_bits(E1, E2) and _same_bits(Q1, Q2)
     assert bool(((Q1[t0:t1] >= 0) & (Q1[t0:t1] <= maxq)).all())
+
+
+def test_small_blocks_and_a_missing_numba_take_the_torch_loops(monkeypatch):
+    monkeypatch.setattr(sweep, "KERNEL_MIN_WEIGHTS", 1 << 16)
+    monkeypatch.setattr(sweep, "_kernels", None)        # numba not loaded yet
+    assert sweep._kernel(torch.zeros(128, 511), 0) is None and sweep._kernels is None
+    assert sweep._kernel(torch.zeros(128, 512), 0) is not None
+    assert sweep._kernel(torch.zeros(2, 2), 0) is not None   # loaded: every block uses it
+    monkeypatch.setattr(sweep, "_kernels", False)       # numba could not load or compile
+    assert sweep._kernel(torch.zeros(128, 4096), 1) is None
+    W = torch.randn(8, 3)
+    E, M = torch.zeros(8, 3), torch.rand(8, 3) < 0.5
+    prune_columns(W, torch.eye(8), E, M)
+    assert bool((W[M] == 0).all())

@@ -105,12 +105,13 @@ class InputStats:
         of a streamed run (2 × 95 MB for the 0.5B shape's down projection, 2 × 321 MB at 1.5B) — and
         reconstruction errors are read from the factor afterwards (`recon_error`). Otherwise H stays
         and the factor is computed in a copy."""
-        if self._factor is not None:
-            if self._factor[0] != percdamp:
-                raise LayerwiseError(f"the linears reading one input must share one damping (got {percdamp} "
-                                     f"after {self._factor[0]})")
+        if self._factor is not None and self._factor[0] == percdamp:
             return self._factor[1], self._factor[2]
+        if self._factor is not None and self._H is None:
+            raise LayerwiseError(f"the linears reading one input must share one damping (got {percdamp} "
+                                 f"after {self._factor[0]})")
         if not self.factor_in_place:
+            self._factor = None     # the old factor is freed before the new one is computed
             self._factor = (percdamp, *inverse_cholesky_(self.hessian, percdamp), None)
             return self._factor[1], self._factor[2]
         H = self.H
