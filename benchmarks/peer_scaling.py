@@ -97,7 +97,8 @@ def measure(a, rows: list[dict]) -> None:
                 r = job(pythons[tool], tool, method, d, calib, root / "job.json")
                 rows.append({**meta, **r, "date": time.strftime("%Y-%m-%d"), "commit": _commit()})
                 print(rows[-1], flush=True)
-                RESULTS.write_text(json.dumps(rows, indent=1))       # partial results survive a stop
+                if not a.no_write:      # a trial run must not replace the recorded rows
+                    RESULTS.write_text(json.dumps(rows, indent=1))   # partial results survive a stop
 
 
 def _commit() -> str:
@@ -184,7 +185,7 @@ def main():
     ap.add_argument("--peer-python", default=str(HERE / ".venv-llmcompressor" / "bin" / "python"))
     ap.add_argument("--append", action="store_true", help="keep results/ rows of other shapes and depths")
     ap.add_argument("--render-only", action="store_true", help="rewrite the section from results/ without measuring")
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only: neither results/ nor BENCHMARKS.md")
     a = ap.parse_args()
     if a.render_only:
         rows = json.loads(RESULTS.read_text())
