@@ -89,7 +89,8 @@ def measure(a, rows: list[dict]) -> None:
                     "vocab": json.loads((d / "config.json").read_text())["vocab_size"],
                     "model_mb": sum(f.stat().st_size for f in d.glob("*.safetensors")) / 2**20}
             tools = [t for t in TOOLS if t in a.tools.split(",")]
-            plan = [("forward", t) for t in ("layerwise", "llmcompressor")]
+            have = {r["tool"] for r in rows if (r["shape"], r["blocks"], r["method"]) == (shape, int(nb), "forward")}
+            plan = [("forward", t) for t in ("layerwise", "llmcompressor") if t not in have]
             for k, method in enumerate(a.methods.split(",")):
                 order = tools if k % 2 == 0 else tools[::-1]      # alternate who goes first
                 plan += [(method, t) for t in order]
@@ -151,7 +152,8 @@ def render(rows: list[dict], a) -> str:
                  "without the head — a little less here, as the statistics pass stops at the down projection's "
                  "input; the statistics are the Gram matrices, the solve the factorizations and sweeps): "
                  + "; ".join(parts) + ".") if parts else ""
-        when = (f"measured {m0['date']} at {m0['commit']}" if m0.get("date") else
+        stamps = list(dict.fromkeys(f"{r['date']} at {r['commit']}" for r in rs if r.get("date")))
+        when = (f"measured {' and '.join(stamps)}" if m0.get("date") else
                 "measured 2026-12-02, before the streamed-engine changes of 2026-12-03 (in-place factorization, "
                 "probe check, statistics pass that stops early, 2048-token batches)")
         out.append(
@@ -183,7 +185,8 @@ def main():
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--peer-python", default=str(HERE / ".venv-llmcompressor" / "bin" / "python"))
-    ap.add_argument("--append", action="store_true", help="keep results/ rows of other shapes and depths")
+    ap.add_argument("--append", action="store_true",
+                    help="keep results/ rows of other shapes, depths, methods and tools")
     ap.add_argument("--render-only", action="store_true", help="rewrite the section from results/ without measuring")
     ap.add_argument("--no-write", action="store_true", help="print only: neither results/ nor BENCHMARKS.md")
     a = ap.parse_args()
@@ -194,7 +197,10 @@ def main():
             raise SystemExit(f"{a.peer_python} not found: run `bash benchmarks/peer_llmcompressor_venv.sh` first")
         rows = json.loads(RESULTS.read_text()) if a.append and RESULTS.exists() else []
         sizes = {(k, int(v)) for k, v in (kv.split("=") for kv in a.blocks.split(","))}
-        rows = [r for r in rows if (r["shape"], r["blocks"]) not in sizes]
+        jobs = {(m, t) for m in a.methods.split(",") for t in a.tools.split(",")}
+        # rows of the sizes measured now are replaced job by job: other methods' rows stay, and so does
+        # the forward pass they are measured against (it is measured only where missing)
+        rows = [r for r in rows if (r["shape"], r["blocks"]) not in sizes or (r["method"], r["tool"]) not in jobs]
         measure(a, rows)
     body = render(rows, a)
     print(body)
