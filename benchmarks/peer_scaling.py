@@ -209,6 +209,8 @@ def main():
                        commands=["bash benchmarks/peer_llmcompressor_venv.sh",
                                  "python benchmarks/peer_scaling.py --blocks 0.5b=24 --methods sparsegpt50,gptq_w4g128 "
                                  "--tools layerwise-stream,llmcompressor",
+                                 "python benchmarks/peer_scaling.py --blocks 0.5b=24 --methods wanda50 "
+                                 "--tools layerwise-stream,llmcompressor --append",
                                  "python benchmarks/peer_scaling.py --blocks 1.5b=2 --append"])
 
 
