@@ -187,7 +187,7 @@ def _run(stage, src, output, plan, *, calib, nsamples, seqlen, seed, resume, bat
     metrics: dict = {"perplexity_dense": perplexity_of(src, None, eval_windows)} if evaluate else {}
     res = run_towers(store, samples, main.action, select=main.select, gram=main.gram,
                          gram_limit=main.gram_limit, first_moment=main.first_moment,
-                     second_moment=main.second_moment, propagate=stage.propagate,
+                         second_moment=main.second_moment, propagate=stage.propagate,
                          batch_size=batch_size, checkpointer=ckpt, description=stage.description(),
                          propagate_last=False,
                          before=[s.make_pass(p, store, None) for s, p in zip(before, before_plans)],
